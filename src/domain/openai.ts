@@ -1,0 +1,157 @@
+import { Effect, ParseResult, Schema } from "effect"
+import { InvalidJson, InvalidRequest } from "./errors.js"
+
+/** OpenAI wire schemas, as accepted by the neuron. Unknown fields are ignored, never rejected. */
+
+const opt = <S extends Schema.Schema.Any>(s: S) => Schema.optionalWith(s, { exact: true })
+
+export const TextPart = Schema.Struct({ type: Schema.Literal("text"), text: Schema.String })
+export const ImagePart = Schema.Struct({
+  type: Schema.Literal("image_url"),
+  image_url: Schema.Union(Schema.String, Schema.Struct({ url: Schema.String, detail: opt(Schema.String) }))
+})
+export const ContentPart = Schema.Union(
+  TextPart,
+  ImagePart,
+  Schema.Struct({ type: Schema.String }, { key: Schema.String, value: Schema.Unknown })
+)
+export type ContentPart = typeof ContentPart.Type
+
+export const ToolCall = Schema.Struct({
+  id: Schema.String,
+  type: opt(Schema.Literal("function")),
+  function: Schema.Struct({
+    name: Schema.String,
+    // Clients send a JSON string (the spec) or, sometimes, the object itself: accept both.
+    arguments: Schema.Union(Schema.String, Schema.Record({ key: Schema.String, value: Schema.Unknown }))
+  })
+})
+export type ToolCall = typeof ToolCall.Type
+
+export const ChatMessage = Schema.Struct({
+  role: Schema.Literal("system", "developer", "user", "assistant", "tool", "function"),
+  content: opt(Schema.NullOr(Schema.Union(Schema.String, Schema.Array(ContentPart)))),
+  name: opt(Schema.String),
+  tool_calls: opt(Schema.NullOr(Schema.Array(ToolCall))),
+  tool_call_id: opt(Schema.String),
+  reasoning_content: opt(Schema.NullOr(Schema.String))
+})
+export type ChatMessage = typeof ChatMessage.Type
+
+export const FunctionTool = Schema.Struct({
+  type: Schema.Literal("function"),
+  function: Schema.Struct({
+    name: Schema.String.pipe(Schema.minLength(1)),
+    description: opt(Schema.String),
+    parameters: opt(Schema.Record({ key: Schema.String, value: Schema.Unknown })),
+    strict: opt(Schema.NullOr(Schema.Boolean))
+  })
+})
+export type FunctionTool = typeof FunctionTool.Type
+
+export const ToolChoice = Schema.Union(
+  Schema.Literal("none", "auto", "required"),
+  Schema.Struct({ type: Schema.Literal("function"), function: Schema.Struct({ name: Schema.String }) })
+)
+export type ToolChoice = typeof ToolChoice.Type
+
+export const ResponseFormat = Schema.Union(
+  Schema.Struct({ type: Schema.Literal("text") }),
+  Schema.Struct({ type: Schema.Literal("json_object") }),
+  Schema.Struct({
+    type: Schema.Literal("json_schema"),
+    json_schema: Schema.Struct({
+      name: opt(Schema.String),
+      schema: opt(Schema.Record({ key: Schema.String, value: Schema.Unknown })),
+      strict: opt(Schema.NullOr(Schema.Boolean))
+    })
+  })
+)
+export type ResponseFormat = typeof ResponseFormat.Type
+
+const Stop = Schema.NullOr(Schema.Union(Schema.String, Schema.Array(Schema.String).pipe(Schema.maxItems(16))))
+const Tokens = Schema.Int.pipe(Schema.positive())
+
+/** Sampling fields shared by chat and text completions. */
+export const SamplingFields = {
+  temperature: opt(Schema.NullOr(Schema.Number.pipe(Schema.between(0, 2)))),
+  top_p: opt(Schema.NullOr(Schema.Number.pipe(Schema.between(0, 1)))),
+  top_k: opt(Schema.NullOr(Schema.Int.pipe(Schema.nonNegative()))),
+  min_p: opt(Schema.NullOr(Schema.Number.pipe(Schema.between(0, 1)))),
+  seed: opt(Schema.NullOr(Schema.Int)),
+  frequency_penalty: opt(Schema.NullOr(Schema.Number.pipe(Schema.between(-2, 2)))),
+  presence_penalty: opt(Schema.NullOr(Schema.Number.pipe(Schema.between(-2, 2)))),
+  repeat_penalty: opt(Schema.NullOr(Schema.Number.pipe(Schema.between(0, 10)))),
+  max_tokens: opt(Schema.NullOr(Tokens)),
+  stop: opt(Stop),
+  stream: opt(Schema.NullOr(Schema.Boolean)),
+  stream_options: opt(Schema.NullOr(Schema.Struct({ include_usage: opt(Schema.Boolean) }))),
+  n: opt(Schema.NullOr(Schema.Literal(1))),
+  user: opt(Schema.String)
+}
+
+export const ChatCompletionRequest = Schema.Struct({
+  model: Schema.String.pipe(Schema.minLength(1)),
+  messages: Schema.Array(ChatMessage).pipe(Schema.minItems(1)),
+  max_completion_tokens: opt(Schema.NullOr(Tokens)),
+  tools: opt(Schema.NullOr(Schema.Array(FunctionTool))),
+  tool_choice: opt(Schema.NullOr(ToolChoice)),
+  parallel_tool_calls: opt(Schema.NullOr(Schema.Boolean)),
+  response_format: opt(Schema.NullOr(ResponseFormat)),
+  ...SamplingFields
+})
+export type ChatCompletionRequest = typeof ChatCompletionRequest.Type
+
+export const CompletionRequest = Schema.Struct({
+  model: Schema.String.pipe(Schema.minLength(1)),
+  prompt: Schema.Union(Schema.String, Schema.Array(Schema.String).pipe(Schema.itemsCount(1))),
+  echo: opt(Schema.NullOr(Schema.Boolean)),
+  ...SamplingFields
+})
+export type CompletionRequest = typeof CompletionRequest.Type
+
+export const EmbeddingRequest = Schema.Struct({
+  model: Schema.String.pipe(Schema.minLength(1)),
+  input: Schema.Union(Schema.String, Schema.Array(Schema.String).pipe(Schema.minItems(1), Schema.maxItems(2048))),
+  encoding_format: opt(Schema.Literal("float", "base64")),
+  dimensions: opt(Schema.Int.pipe(Schema.positive())),
+  user: opt(Schema.String)
+})
+export type EmbeddingRequest = typeof EmbeddingRequest.Type
+
+export const LoadRequest = Schema.Struct({
+  model: Schema.String.pipe(Schema.minLength(1)),
+  context_size: opt(Schema.Int.pipe(Schema.between(64, 1 << 20)))
+})
+export type LoadRequest = typeof LoadRequest.Type
+
+export const UnloadRequest = Schema.Struct({ model: Schema.String.pipe(Schema.minLength(1)) })
+export type UnloadRequest = typeof UnloadRequest.Type
+
+export const TokenizeRequest = Schema.Struct({
+  model: Schema.String.pipe(Schema.minLength(1)),
+  text: opt(Schema.String),
+  messages: opt(Schema.Array(ChatMessage))
+})
+export type TokenizeRequest = typeof TokenizeRequest.Type
+
+/** Parse a request body: malformed JSON is a 400, a wrong shape a 422 naming the field. */
+export const decodeBody = <A, I>(schema: Schema.Schema<A, I>, text: string) =>
+  Effect.gen(function*() {
+    let json: unknown
+    try {
+      json = JSON.parse(text)
+    } catch (e) {
+      return yield* new InvalidJson({ message: `Malformed JSON body: ${(e as Error).message}` })
+    }
+    return yield* Schema.decodeUnknown(schema)(json, { errors: "first" }).pipe(
+      Effect.mapError((error) => {
+        const issue = ParseResult.ArrayFormatter.formatErrorSync(error)[0]
+        const param = issue && issue.path.length > 0 ? issue.path.join(".") : null
+        return new InvalidRequest({
+          message: param ? `Invalid value for '${param}': ${issue?.message}` : `Invalid request: ${issue?.message}`,
+          param
+        })
+      })
+    )
+  })

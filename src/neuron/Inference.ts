@@ -1,0 +1,327 @@
+/**
+ * OpenAI inference on the neuron: admission, then a generation on the device worker, answered
+ * as one JSON body or as an SSE stream with keep-alives, a usage chunk carrying timing, and an
+ * in-band error event (never `[DONE]`) when a started stream fails.
+ */
+import { HttpServerResponse } from "@effect/platform"
+import { Cause, Deferred, Effect, Exit, Fiber, Option, Queue, Schedule, Stream } from "effect"
+import { randomBytes } from "node:crypto"
+import {
+  type ApiError,
+  ContextLengthExceeded,
+  InsufficientVram,
+  InternalError,
+  InvalidRequest,
+  isApiError,
+  ModelUnavailable,
+  WorkerCrashed
+} from "../domain/errors.js"
+import type { ChatCompletionRequest, CompletionRequest, EmbeddingRequest } from "../domain/openai.js"
+import { toWorkerMessages } from "./ChatMessages.js"
+import { WorkerCrash, WorkerFailed } from "./DeviceWorker.js"
+import { ModelManager, type Seat } from "./ModelManager.js"
+import { NeuronConfig } from "./NeuronConfig.js"
+import { resolveSampling } from "./Sampling.js"
+import type { EmbedResult, GenerationParams, GenerationResult, Job } from "./worker/protocol.js"
+
+const encoder = new TextEncoder()
+const frame = (value: unknown) => encoder.encode(`data: ${JSON.stringify(value)}\n\n`)
+const KEEPALIVE = encoder.encode(": keep-alive\n\n")
+const DONE = encoder.encode("data: [DONE]\n\n")
+/** How long a stream may stay silent before its headers go out with a keep-alive. */
+const HEAD_START_MS = 750
+
+const newId = (prefix: string) => `${prefix}-${randomBytes(12).toString("hex")}`
+const now = () => Math.floor(Date.now() / 1000)
+
+export const toApiError = (model: string, seat: Seat | undefined) => (error: unknown): ApiError => {
+  if (isApiError(error)) return error
+  if (error instanceof WorkerCrash) return new WorkerCrashed({ device: error.device, detail: error.detail })
+  if (error instanceof WorkerFailed) {
+    const f = error.failure
+    switch (f.tag) {
+      case "ContextLengthExceeded":
+        return new ContextLengthExceeded({ model, limit: f.limit, requested: f.requested })
+      case "InsufficientVram":
+        return new InsufficientVram({
+          model,
+          device: seat?.device ?? "unknown",
+          required_mb: f.required_mb,
+          free_mb: f.free_mb,
+          phase: "request"
+        })
+      case "NotLoaded":
+        return new ModelUnavailable({ model, state: "not_loaded" })
+      case "InvalidRequest":
+        return new InvalidRequest({ message: f.message, param: f.param })
+      case "Failed":
+        return new InternalError({ detail: f.message })
+    }
+  }
+  return new InternalError({ detail: (error as Error)?.message ?? String(error) })
+}
+
+interface Events {
+  readonly onChunk: (kind: "content" | "reasoning", text: string) => void
+  readonly onPrefilled: (promptTokens: number, cachedTokens: number) => void
+}
+
+/** Run one request on the seat's worker; interruption cancels it and waits (bounded) for the worker to stop. */
+const runOnWorker = <A>(
+  seat: Seat,
+  message: Parameters<Seat["worker"]["call"]>[0],
+  events: Partial<Events> = {}
+) =>
+  Effect.async<A, ApiError>((resume) => {
+    const { id, promise } = seat.worker.call<A>(message, events)
+    promise.then(
+      (value) => resume(Effect.succeed(value)),
+      (error) => resume(Effect.fail(toApiError(seat.model, seat)(error)))
+    )
+    return Effect.sync(() => seat.worker.cancel(id)).pipe(
+      Effect.zipRight(Effect.promise(() => promise.catch(() => undefined))),
+      Effect.timeout("5 seconds"),
+      Effect.ignore
+    )
+  })
+
+const usageOf = (result: GenerationResult, queueMs: number) => ({
+  prompt_tokens: result.usage.promptTokens,
+  completion_tokens: result.usage.completionTokens,
+  total_tokens: result.usage.promptTokens + result.usage.completionTokens,
+  prompt_tokens_details: { cached_tokens: result.usage.cachedTokens },
+  timing: {
+    queue_ms: queueMs,
+    prefill_ms: result.timing.prefillMs,
+    decode_ms: result.timing.decodeMs,
+    ttft_ms: Math.round((queueMs + result.timing.ttftMs) * 100) / 100
+  }
+})
+
+const finishReason = (result: GenerationResult) =>
+  result.toolCalls.length > 0 ? "tool_calls" : result.finishReason === "abort" ? "stop" : result.finishReason
+
+const toolCallsOf = (result: GenerationResult) =>
+  result.toolCalls.map((call, index) => ({
+    index,
+    id: `call_${randomBytes(8).toString("hex")}`,
+    type: "function" as const,
+    function: { name: call.name, arguments: call.arguments }
+  }))
+
+export const errorResponse = (error: ApiError) =>
+  HttpServerResponse.unsafeJson(error.body, { status: error.status, headers: error.headers })
+
+type Kind = "chat" | "completion"
+
+export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
+  effect: Effect.gen(function*() {
+    const models = yield* ModelManager
+    const config = yield* NeuronConfig
+
+    const prepare = (request: ChatCompletionRequest | CompletionRequest, kind: Kind) =>
+      Effect.try({
+        try: (): { job: Job; params: GenerationParams } => {
+          const sampling = resolveSampling(request)
+          if (kind === "completion") {
+            const r = request as CompletionRequest
+            return {
+              job: { kind: "completion", prompt: typeof r.prompt === "string" ? r.prompt : r.prompt[0]! },
+              params: { ...sampling, tools: [], toolChoice: "none" }
+            }
+          }
+          const r = request as ChatCompletionRequest
+          const tools = (r.tools ?? []).map((t) => ({
+            name: t.function.name,
+            ...(t.function.description !== undefined ? { description: t.function.description } : {}),
+            ...(t.function.parameters !== undefined ? { parameters: t.function.parameters } : {})
+          }))
+          const choice = r.tool_choice ?? "auto"
+          const toolChoice = typeof choice === "string" ? choice : { name: choice.function.name }
+          if (typeof toolChoice === "object" && !tools.some((t) => t.name === toolChoice.name)) {
+            throw new InvalidRequest({ message: `tool_choice names '${toolChoice.name}', which is not in tools`, param: "tool_choice" })
+          }
+          const format = r.response_format
+          const responseFormat = format?.type === "json_object"
+            ? { kind: "json" as const }
+            : format?.type === "json_schema"
+            ? format.json_schema.schema ? { kind: "schema" as const, schema: format.json_schema.schema } : { kind: "json" as const }
+            : undefined
+          return {
+            job: { kind: "chat", messages: toWorkerMessages(r.messages) },
+            params: {
+              ...sampling,
+              ...(responseFormat ? { responseFormat } : {}),
+              tools,
+              toolChoice: tools.length === 0 ? "none" : toolChoice
+            }
+          }
+        },
+        catch: (e) => isApiError(e) ? e : new InvalidRequest({ message: String(e), param: null })
+      })
+
+    const generate = (seat: Seat, job: Job, params: GenerationParams, events: Partial<Events>) =>
+      runOnWorker<GenerationResult>(seat, {
+        _tag: "generate",
+        model: seat.model,
+        job,
+        params,
+        budget: {
+          freeMb: seat.freeMb,
+          prefillBaseMb: config.prefillBaseMb,
+          prefillMbPer1kTokens: config.prefillMbPer1kTokens,
+          device: seat.device
+        }
+      }, events)
+
+    /** Non-streaming chat or text completion. */
+    const complete = (request: ChatCompletionRequest | CompletionRequest, kind: Kind, principal: string) =>
+      Effect.scoped(Effect.gen(function*() {
+        const { job, params } = yield* prepare(request, kind)
+        const seat = yield* models.acquire(request.model, principal)
+        const result = yield* generate(seat, job, params, {})
+        const usage = usageOf(result, seat.queueMs)
+        yield* Effect.logDebug(`${kind} ${request.model}: ${result.usage.completionTokens} tokens`)
+        if (kind === "completion") {
+          return {
+            id: newId("cmpl"),
+            object: "text_completion",
+            created: now(),
+            model: request.model,
+            choices: [{ index: 0, text: result.text, finish_reason: finishReason(result), logprobs: null }],
+            usage
+          }
+        }
+        const toolCalls = toolCallsOf(result)
+        return {
+          id: newId("chatcmpl"),
+          object: "chat.completion",
+          created: now(),
+          model: request.model,
+          choices: [{
+            index: 0,
+            message: {
+              role: "assistant",
+              content: toolCalls.length > 0 && result.text === "" ? null : result.text,
+              ...(result.reasoning ? { reasoning_content: result.reasoning } : {}),
+              ...(toolCalls.length > 0 ? { tool_calls: toolCalls } : {})
+            },
+            finish_reason: finishReason(result),
+            logprobs: null
+          }],
+          usage
+        }
+      }))
+
+    /**
+     * A streamed chat or text completion. Errors found before anything was generated (unknown
+     * model, admission refusal, context too long) are plain HTTP errors when they come within
+     * the head start; after the headers went out they are an in-band error event.
+     */
+    const stream = (request: ChatCompletionRequest | CompletionRequest, kind: Kind, principal: string) =>
+      Effect.gen(function*() {
+        const { job, params } = yield* prepare(request, kind)
+        const id = newId(kind === "chat" ? "chatcmpl" : "cmpl")
+        const created = now()
+        const object = kind === "chat" ? "chat.completion.chunk" : "text_completion"
+        const includeUsage = request.stream_options?.include_usage !== false
+        const queue = yield* Queue.unbounded<Uint8Array | null>()
+        const started = yield* Deferred.make<void, ApiError>()
+        const chunk = (delta: Record<string, unknown>, finish: string | null = null) =>
+          kind === "chat"
+            ? { id, object, created, model: request.model, choices: [{ index: 0, delta, finish_reason: finish, logprobs: null }] }
+            : {
+              id,
+              object,
+              created,
+              model: request.model,
+              choices: [{ index: 0, text: (delta.content as string | undefined) ?? "", finish_reason: finish, logprobs: null }]
+            }
+        const push = (bytes: Uint8Array) => Queue.unsafeOffer(queue, bytes)
+
+        const run = Effect.scoped(Effect.gen(function*() {
+          const seat = yield* models.acquire(request.model, principal)
+          const result = yield* generate(seat, job, params, {
+            onPrefilled: () => {
+              Deferred.unsafeDone(started, Exit.void)
+              if (kind === "chat") push(frame(chunk({ role: "assistant", content: "" })))
+            },
+            onChunk: (type, text) => {
+              if (text.length === 0) return
+              push(frame(chunk(type === "reasoning" ? { reasoning_content: text } : { content: text })))
+            }
+          })
+          const toolCalls = toolCallsOf(result)
+          if (toolCalls.length > 0) push(frame(chunk({ tool_calls: toolCalls })))
+          push(frame(chunk({}, finishReason(result))))
+          if (includeUsage) {
+            push(frame({ id, object, created, model: request.model, choices: [], usage: usageOf(result, seat.queueMs) }))
+          }
+          push(DONE)
+        })).pipe(
+          Effect.catchAllCause((cause) => {
+            if (Cause.isInterruptedOnly(cause)) return Effect.void
+            const failure = Cause.failureOption(cause)
+            const error = Option.isSome(failure)
+              ? failure.value
+              : toApiError(request.model, undefined)(Cause.squash(cause))
+            return Effect.sync(() => {
+              Deferred.unsafeDone(started, Exit.fail(error))
+              push(frame(error.body))
+            })
+          }),
+          Effect.ensuring(Queue.offer(queue, null))
+        )
+        const fiber = yield* Effect.forkDaemon(run)
+        // The client may hang up before the stream starts: take the generation down with it.
+        const head = yield* Deferred.await(started).pipe(
+          Effect.timeout(`${HEAD_START_MS} millis`),
+          Effect.either,
+          Effect.onInterrupt(() => Fiber.interrupt(fiber))
+        )
+        if (head._tag === "Left" && head.left._tag !== "TimeoutException") {
+          yield* Fiber.interrupt(fiber)
+          return errorResponse(head.left as ApiError)
+        }
+        const body = Stream.fromQueue(queue).pipe(
+          Stream.takeWhile((item): item is Uint8Array => item !== null),
+          Stream.merge(Stream.repeatValue(KEEPALIVE).pipe(Stream.schedule(Schedule.spaced("1 second"))), {
+            haltStrategy: "left"
+          }),
+          Stream.ensuring(Fiber.interrupt(fiber))
+        )
+        return HttpServerResponse.stream(body, {
+          contentType: "text/event-stream",
+          headers: { "cache-control": "no-cache", "x-accel-buffering": "no", connection: "keep-alive" }
+        })
+      })
+
+    const embed = (request: EmbeddingRequest, principal: string) =>
+      Effect.scoped(Effect.gen(function*() {
+        const inputs = typeof request.input === "string" ? [request.input] : [...request.input]
+        const seat = yield* models.acquire(request.model, principal)
+        const result = yield* runOnWorker<EmbedResult>(seat, { _tag: "embed", model: seat.model, inputs })
+        return {
+          object: "list",
+          model: request.model,
+          data: result.vectors.map((vector, index) => ({
+            object: "embedding",
+            index,
+            embedding: request.encoding_format === "base64"
+              ? Buffer.from(new Float32Array(vector).buffer).toString("base64")
+              : vector
+          })),
+          usage: { prompt_tokens: result.promptTokens, total_tokens: result.promptTokens }
+        }
+      }))
+
+    const tokenize = (model: string, job: Job, principal: string) =>
+      Effect.scoped(Effect.gen(function*() {
+        const seat = yield* models.acquire(model, principal)
+        const count = yield* runOnWorker<number>(seat, { _tag: "tokenize", model, job })
+        return { model, tokens: count }
+      }))
+
+    return { complete, stream, embed, tokenize, prepare } as const
+  })
+}) {}

@@ -1,0 +1,99 @@
+/**
+ * Entry point of a device worker: a child process forked by the neuron (DeviceWorker.ts).
+ * It owns every node-llama-cpp object for its device. If llama.cpp aborts, only this process
+ * dies; the neuron sees the exit and recovers.
+ */
+import { Schema } from "effect"
+import { Engine, Failure } from "./engine.js"
+import { type FromWorker, ToWorker } from "./protocol.js"
+
+const send = (message: FromWorker) => {
+  process.send?.(message)
+}
+
+const threads = Math.max(1, Number(process.env.CORTEX_WORKER_THREADS ?? "1"))
+const gpu = process.env.CORTEX_WORKER_GPU === "1"
+const decode = Schema.decodeUnknownSync(ToWorker)
+
+const engine = await Engine.create({ gpu, threads })
+const running = new Map<number, AbortController>()
+
+const fail = (id: number, error: unknown) => {
+  if (error instanceof Failure) send({ _tag: "failure", id, failure: error.failure })
+  else send({ _tag: "failure", id, failure: { tag: "Failed", message: (error as Error)?.message ?? String(error) } })
+}
+
+const handle = async (message: ToWorker): Promise<void> => {
+  switch (message._tag) {
+    case "load": {
+      const info = await engine.load(
+        message.model,
+        message.path,
+        message.contextSize,
+        message.sequences,
+        message.batchSize,
+        message.gpuLayers
+      )
+      return send({ _tag: "result", id: message.id, value: info })
+    }
+    case "unload":
+      return send({ _tag: "result", id: message.id, value: await engine.unload(message.model) })
+    case "estimate":
+      return send({
+        _tag: "result",
+        id: message.id,
+        value: await engine.estimate(message.path, message.contextSize, message.sequences, message.batchSize)
+      })
+    case "generate": {
+      const controller = new AbortController()
+      running.set(message.id, controller)
+      try {
+        const result = await engine.generate(
+          message.model,
+          message.job,
+          message.params,
+          message.budget,
+          controller.signal,
+          {
+            chunk: (kind, text) => send({ _tag: "chunk", id: message.id, kind, text }),
+            prefilled: (promptTokens, cachedTokens) =>
+              send({ _tag: "prefilled", id: message.id, promptTokens, cachedTokens })
+          }
+        )
+        return send({ _tag: "result", id: message.id, value: result })
+      } finally {
+        running.delete(message.id)
+      }
+    }
+    case "embed":
+      return send({ _tag: "result", id: message.id, value: await engine.embed(message.model, message.inputs) })
+    case "tokenize":
+      return send({ _tag: "result", id: message.id, value: engine.promptTokens(message.model, message.job).length })
+    case "cancel":
+      running.get(message.id)?.abort()
+      return
+    case "memory":
+      return send({ _tag: "result", id: message.id, value: await engine.memory() })
+    case "shutdown":
+      for (const controller of running.values()) controller.abort()
+      await engine.dispose()
+      send({ _tag: "result", id: message.id, value: true })
+      process.exit(0)
+  }
+}
+
+process.on("message", (raw) => {
+  let message: ToWorker
+  try {
+    message = decode(raw)
+  } catch (e) {
+    const id = typeof (raw as { id?: unknown })?.id === "number" ? (raw as { id: number }).id : -1
+    return fail(id, new Failure({ tag: "Failed", message: `bad IPC message: ${(e as Error).message}` }))
+  }
+  handle(message).catch((e) => fail(message.id, e))
+})
+
+// The neuron is gone: nothing left to serve.
+process.on("disconnect", () => process.exit(0))
+
+send({ _tag: "ready", info: await engine.info() })

@@ -1,0 +1,174 @@
+/**
+ * The typed IPC protocol between the neuron and a device worker (a child process).
+ * Control messages are validated on arrival in the worker; per-token `chunk` messages are
+ * plain objects (no Schema on the hot path).
+ */
+import { Schema } from "effect"
+
+export const ToolSpec = Schema.Struct({
+  name: Schema.String,
+  description: Schema.optionalWith(Schema.String, { exact: true }),
+  parameters: Schema.optionalWith(Schema.Unknown, { exact: true })
+})
+export type ToolSpec = typeof ToolSpec.Type
+
+/** Sampling and stopping, fully resolved by the neuron (see Sampling.ts). */
+export const GenerationParams = Schema.Struct({
+  maxTokens: Schema.optionalWith(Schema.Number, { exact: true }),
+  temperature: Schema.Number,
+  topP: Schema.optionalWith(Schema.Number, { exact: true }),
+  topK: Schema.optionalWith(Schema.Number, { exact: true }),
+  minP: Schema.optionalWith(Schema.Number, { exact: true }),
+  seed: Schema.optionalWith(Schema.Number, { exact: true }),
+  repeatPenalty: Schema.optionalWith(
+    Schema.Struct({ penalty: Schema.Number, frequencyPenalty: Schema.Number, presencePenalty: Schema.Number }),
+    { exact: true }
+  ),
+  stop: Schema.Array(Schema.String),
+  responseFormat: Schema.optionalWith(
+    Schema.Union(
+      Schema.Struct({ kind: Schema.Literal("json") }),
+      Schema.Struct({ kind: Schema.Literal("schema"), schema: Schema.Unknown })
+    ),
+    { exact: true }
+  ),
+  tools: Schema.Array(ToolSpec),
+  toolChoice: Schema.Union(
+    Schema.Literal("none", "auto", "required"),
+    Schema.Struct({ name: Schema.String })
+  )
+})
+export type GenerationParams = typeof GenerationParams.Type
+
+/** A chat turn in the worker's own shape (OpenAI messages already flattened by the neuron). */
+export const WorkerMessage = Schema.Union(
+  Schema.Struct({ role: Schema.Literal("system"), text: Schema.String }),
+  Schema.Struct({ role: Schema.Literal("user"), text: Schema.String }),
+  Schema.Struct({
+    role: Schema.Literal("assistant"),
+    text: Schema.String,
+    reasoning: Schema.optionalWith(Schema.String, { exact: true }),
+    toolCalls: Schema.Array(Schema.Struct({ name: Schema.String, params: Schema.Unknown, result: Schema.Unknown }))
+  })
+)
+export type WorkerMessage = typeof WorkerMessage.Type
+
+/** Limits the worker checks once it knows the prompt's token count. */
+export const RequestBudget = Schema.Struct({
+  freeMb: Schema.Number,
+  prefillBaseMb: Schema.Number,
+  prefillMbPer1kTokens: Schema.Number,
+  device: Schema.String
+})
+export type RequestBudget = typeof RequestBudget.Type
+
+export const Job = Schema.Union(
+  Schema.Struct({ kind: Schema.Literal("chat"), messages: Schema.Array(WorkerMessage) }),
+  Schema.Struct({ kind: Schema.Literal("completion"), prompt: Schema.String })
+)
+export type Job = typeof Job.Type
+
+export const ToWorker = Schema.Union(
+  Schema.TaggedStruct("load", {
+    id: Schema.Number,
+    model: Schema.String,
+    path: Schema.String,
+    contextSize: Schema.Number,
+    sequences: Schema.Number,
+    batchSize: Schema.Number,
+    gpuLayers: Schema.optionalWith(Schema.Number, { exact: true })
+  }),
+  Schema.TaggedStruct("unload", { id: Schema.Number, model: Schema.String }),
+  Schema.TaggedStruct("estimate", {
+    id: Schema.Number,
+    path: Schema.String,
+    contextSize: Schema.Number,
+    sequences: Schema.Number,
+    batchSize: Schema.Number
+  }),
+  Schema.TaggedStruct("generate", {
+    id: Schema.Number,
+    model: Schema.String,
+    job: Job,
+    params: GenerationParams,
+    budget: RequestBudget
+  }),
+  Schema.TaggedStruct("embed", { id: Schema.Number, model: Schema.String, inputs: Schema.Array(Schema.String) }),
+  Schema.TaggedStruct("tokenize", { id: Schema.Number, model: Schema.String, job: Job }),
+  Schema.TaggedStruct("cancel", { id: Schema.Number }),
+  Schema.TaggedStruct("memory", { id: Schema.Number }),
+  Schema.TaggedStruct("shutdown", { id: Schema.Number })
+)
+export type ToWorker = typeof ToWorker.Type
+
+/** Errors a worker reports for one request; the neuron maps them to its tagged API errors. */
+export type WorkerFailure =
+  | { readonly tag: "ContextLengthExceeded"; readonly limit: number; readonly requested: number }
+  | { readonly tag: "InsufficientVram"; readonly required_mb: number; readonly free_mb: number }
+  | { readonly tag: "NotLoaded"; readonly model: string }
+  | { readonly tag: "InvalidRequest"; readonly message: string; readonly param: string | null }
+  | { readonly tag: "Failed"; readonly message: string }
+
+export interface ModelEstimate {
+  readonly ramMb: number
+  readonly vramMb: number
+  readonly trainContextSize: number | null
+  readonly embeddingSize: number | null
+}
+
+export interface LoadedInfo {
+  readonly contextSize: number
+  readonly trainContextSize: number | null
+  readonly embeddingSize: number | null
+  readonly estimate: ModelEstimate
+  readonly gpuLayers: number
+  readonly loadMs: number
+}
+
+export interface Usage {
+  readonly promptTokens: number
+  readonly completionTokens: number
+  readonly cachedTokens: number
+}
+
+export interface Timing {
+  readonly prefillMs: number
+  readonly decodeMs: number
+  readonly ttftMs: number
+}
+
+export type FinishReason = "stop" | "length" | "tool_calls" | "abort"
+
+export interface GenerationResult {
+  readonly text: string
+  readonly reasoning: string
+  readonly toolCalls: ReadonlyArray<{ readonly name: string; readonly arguments: string }>
+  readonly finishReason: FinishReason
+  readonly usage: Usage
+  readonly timing: Timing
+}
+
+export interface EmbedResult {
+  readonly vectors: ReadonlyArray<ReadonlyArray<number>>
+  readonly promptTokens: number
+}
+
+export interface MemoryState {
+  readonly ram: { readonly total: number; readonly free: number }
+  readonly vram: { readonly total: number; readonly used: number; readonly free: number }
+  readonly gpu: string | false
+  readonly gpuNames: ReadonlyArray<string>
+}
+
+export interface EngineInfo {
+  readonly engine: string
+  readonly version: string
+  readonly memory: MemoryState
+}
+
+export type FromWorker =
+  | { readonly _tag: "ready"; readonly info: EngineInfo }
+  | { readonly _tag: "result"; readonly id: number; readonly value: unknown }
+  | { readonly _tag: "failure"; readonly id: number; readonly failure: WorkerFailure }
+  | { readonly _tag: "chunk"; readonly id: number; readonly kind: "content" | "reasoning"; readonly text: string }
+  | { readonly _tag: "prefilled"; readonly id: number; readonly promptTokens: number; readonly cachedTokens: number }
