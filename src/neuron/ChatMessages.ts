@@ -40,7 +40,11 @@ export const toWorkerMessages = (messages: ReadonlyArray<ChatMessage>): Array<Wo
         return
       case "assistant": {
         const toolCalls = (m.tool_calls ?? []).map((call) => {
-          const entry = { name: call.function.name, params: parseArguments(call.function.arguments), result: null as unknown }
+          const entry = {
+            name: call.function.name,
+            params: parseArguments(call.function.arguments),
+            result: null as unknown
+          }
           calls.set(call.id, entry)
           return entry
         })

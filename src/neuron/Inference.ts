@@ -139,13 +139,18 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
           const choice = r.tool_choice ?? "auto"
           const toolChoice = typeof choice === "string" ? choice : { name: choice.function.name }
           if (typeof toolChoice === "object" && !tools.some((t) => t.name === toolChoice.name)) {
-            throw new InvalidRequest({ message: `tool_choice names '${toolChoice.name}', which is not in tools`, param: "tool_choice" })
+            throw new InvalidRequest({
+              message: `tool_choice names '${toolChoice.name}', which is not in tools`,
+              param: "tool_choice"
+            })
           }
           const format = r.response_format
           const responseFormat = format?.type === "json_object"
             ? { kind: "json" as const }
             : format?.type === "json_schema"
-            ? format.json_schema.schema ? { kind: "schema" as const, schema: format.json_schema.schema } : { kind: "json" as const }
+            ? format.json_schema.schema
+              ? { kind: "schema" as const, schema: format.json_schema.schema }
+              : { kind: "json" as const }
             : undefined
           return {
             job: { kind: "chat", messages: toWorkerMessages(r.messages) },
@@ -229,13 +234,24 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
         const started = yield* Deferred.make<void, ApiError>()
         const chunk = (delta: Record<string, unknown>, finish: string | null = null) =>
           kind === "chat"
-            ? { id, object, created, model: request.model, choices: [{ index: 0, delta, finish_reason: finish, logprobs: null }] }
+            ? {
+              id,
+              object,
+              created,
+              model: request.model,
+              choices: [{ index: 0, delta, finish_reason: finish, logprobs: null }]
+            }
             : {
               id,
               object,
               created,
               model: request.model,
-              choices: [{ index: 0, text: (delta.content as string | undefined) ?? "", finish_reason: finish, logprobs: null }]
+              choices: [{
+                index: 0,
+                text: (delta.content as string | undefined) ?? "",
+                finish_reason: finish,
+                logprobs: null
+              }]
             }
         const push = (bytes: Uint8Array) => Queue.unsafeOffer(queue, bytes)
 
@@ -255,7 +271,9 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
           if (toolCalls.length > 0) push(frame(chunk({ tool_calls: toolCalls })))
           push(frame(chunk({}, finishReason(result))))
           if (includeUsage) {
-            push(frame({ id, object, created, model: request.model, choices: [], usage: usageOf(result, seat.queueMs) }))
+            push(
+              frame({ id, object, created, model: request.model, choices: [], usage: usageOf(result, seat.queueMs) })
+            )
           }
           push(DONE)
         })).pipe(

@@ -4,7 +4,7 @@
  * and recovery after a worker crash. Control-plane reads (`snapshot`) are synchronous reads of
  * cached state: they never wait behind inference.
  */
-import { Deferred, Effect, Exit, Schedule, type Scope } from "effect"
+import { Deferred, Effect, Exit, Runtime, Schedule, type Scope } from "effect"
 import {
   InsufficientVram,
   ModelLoadFailed,
@@ -78,7 +78,11 @@ const loadedStatuses: ReadonlySet<ModelStatus> = new Set(["loaded", "loading", "
 export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelManager", {
   scoped: Effect.gen(function*() {
     const config = yield* NeuronConfig
-    const log = (message: string) => Effect.runFork(Effect.logInfo(message))
+    // Callbacks from worker processes run in this service's runtime (its logger, its services).
+    const runtime = yield* Effect.runtime<never>()
+    const runFork = Runtime.runFork(runtime)
+    const runPromiseExit = Runtime.runPromiseExit(runtime)
+    const log = (message: string) => runFork(Effect.logInfo(message))
     const entries = new Map<string, Entry>()
     let devices = yield* Effect.promise(() => discoverDevices(config.gpu))
     const workers = new Map<string, DeviceWorker>()
@@ -131,7 +135,7 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
         }
       })
       worker.onRestart(() => {
-        Effect.runFork(recover(device.id))
+        runFork(recover(device.id))
       })
       yield* Effect.logInfo(`worker ${device.id} ready (pid ${worker.pid}, ${device.name})`)
     }
@@ -372,7 +376,7 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
             catch: toLoadError(id, target.device.id)
           })
         })
-        e.loading = Effect.runPromiseExit(
+        e.loading = runPromiseExit(
           attempt.pipe(
             Effect.tapBoth({
               onSuccess: (info) =>
@@ -381,7 +385,9 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
                   e.loaded = info
                   e.loadedAt = Date.now()
                   e.admission = Admission.empty
-                }).pipe(Effect.zipRight(Effect.logInfo(`loaded ${id} in ${info.loadMs} ms (context ${info.contextSize})`))),
+                }).pipe(
+                  Effect.zipRight(Effect.logInfo(`loaded ${id} in ${info.loadMs} ms (context ${info.contextSize})`))
+                ),
               onFailure: (error) =>
                 Effect.sync(() => {
                   e.device = undefined
@@ -479,7 +485,11 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
           const admitted = yield* Deferred.await(waiter).pipe(
             Effect.as(true),
             Effect.catchAllCause(() => Effect.succeed(false)),
-            Effect.timeoutTo({ duration: `${config.maxWaitSecs} seconds`, onTimeout: () => "timeout" as const, onSuccess: (ok) => ok })
+            Effect.timeoutTo({
+              duration: `${config.maxWaitSecs} seconds`,
+              onTimeout: () => "timeout" as const,
+              onSuccess: (ok) => ok
+            })
           )
           if (admitted === "timeout") {
             return yield* new Overloaded({ model: id, reason: "queue_timeout", retry_after_secs: 2 })

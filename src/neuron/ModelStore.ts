@@ -28,7 +28,9 @@ export const scanModels = async (modelsDir: string): Promise<Array<ModelFile>> =
       if (entry.isDirectory()) await walk(full, depth + 1)
       else if (entry.isFile() && entry.name.toLowerCase().endsWith(".gguf")) {
         const info = await stat(full).catch(() => undefined)
-        if (info) found.push({ id: modelIdFor(modelsDir, full), path: full, sizeBytes: info.size, mtimeMs: info.mtimeMs })
+        if (info) {
+          found.push({ id: modelIdFor(modelsDir, full), path: full, sizeBytes: info.size, mtimeMs: info.mtimeMs })
+        }
       }
     }
   }

@@ -126,7 +126,9 @@ const envNumber = (env: Record<string, string | undefined>, key: string, fallbac
     const n = Number(raw)
     return Number.isFinite(n) && n >= 0
       ? Effect.succeed(n)
-      : Effect.fail(new ConfigError({ file: "environment", key, reason: `expected a non-negative number, got '${raw}'` }))
+      : Effect.fail(
+        new ConfigError({ file: "environment", key, reason: `expected a non-negative number, got '${raw}'` })
+      )
   })
 
 export const loadNeuronConfig = (options: {

@@ -74,4 +74,3 @@ export const resolveSampling = (
     stop: [...new Set(stop)]
   }
 }
-

@@ -3,11 +3,11 @@
  * Plain async code on purpose: this is the per-token hot path.
  */
 import {
-  GgufInsights,
-  getLlama,
-  getModuleVersion,
   type ChatHistoryItem,
   type ChatModelFunctions,
+  getLlama,
+  getModuleVersion,
+  GgufInsights,
   type Llama,
   LlamaChat,
   LlamaCompletion,
@@ -191,7 +191,11 @@ export class Engine {
       const slots: Array<Slot> = []
       for (let i = 0; i < sequences; i++) {
         const sequence = context.getSequence()
-        slots.push({ sequence, chat: new LlamaChat({ contextSequence: sequence, autoDisposeSequence: false }), busy: false })
+        slots.push({
+          sequence,
+          chat: new LlamaChat({ contextSequence: sequence, autoDisposeSequence: false }),
+          busy: false
+        })
       }
       this.models.set(id, { model, context, slots, embedding: undefined, contextSize: context.contextSize })
       return {
@@ -299,7 +303,8 @@ export class Engine {
     let cached = -1
     for (const slot of resident.slots) {
       if (slot.busy) continue
-      const shared = commonPrefix(slot.sequence.contextTokens, prompt)
+      // The last prompt token is always evaluated again to get fresh logits.
+      const shared = Math.min(commonPrefix(slot.sequence.contextTokens, prompt), Math.max(0, prompt.length - 1))
       if (shared > cached) {
         best = slot
         cached = shared

@@ -1,0 +1,106 @@
+/** The `cortex` command line. */
+import { Command, Options } from "@effect/cli"
+import { NodeContext, NodeRuntime } from "@effect/platform-node"
+import { Console, Effect, Layer, Option } from "effect"
+import { existsSync } from "node:fs"
+import * as path from "node:path"
+import { type ModelShape, writeModel } from "../gguf/ModelGenerator.js"
+import { NeuronLive } from "../layers/NeuronLive.js"
+import { VERSION } from "../neuron/Http.js"
+import { scanModels } from "../neuron/ModelStore.js"
+import { loadNeuronConfig } from "../neuron/NeuronConfig.js"
+
+const configOption = Options.file("config").pipe(
+  Options.withAlias("c"),
+  Options.withDescription("Path to neuron.toml"),
+  Options.optional
+)
+const portOption = Options.integer("port").pipe(
+  Options.withAlias("p"),
+  Options.withDescription("Port to listen on (overrides the config file)"),
+  Options.optional
+)
+
+/** Bad configuration stops the process before any port is bound, with file, key and reason. */
+const runNeuron = (file: string | undefined, port: number | undefined, extra: Record<string, string> = {}) =>
+  Effect.gen(function*() {
+    const settings = yield* loadNeuronConfig({ file, port, env: { ...process.env, ...extra } })
+    yield* Effect.logInfo(
+      `neuron ${VERSION}: models from ${settings.modelsDir}, ${settings.threads} thread(s), ` +
+        (settings.memoryBudgetMb !== undefined ? `memory budget ${settings.memoryBudgetMb} MB` : "memory detected")
+    )
+    return yield* Layer.launch(NeuronLive(settings))
+  }).pipe(
+    Effect.catchTag("ConfigError", (error) =>
+      Console.error(`cortex: invalid configuration: ${error.message}`).pipe(
+        Effect.zipRight(Effect.sync(() => process.exit(2)))
+      ))
+  )
+
+const neuron = Command.make(
+  "neuron",
+  { config: configOption, port: portOption },
+  ({ config, port }) => runNeuron(Option.getOrUndefined(config), Option.getOrUndefined(port))
+).pipe(Command.withDescription("Run the neuron daemon: serve the GGUF models of this host"))
+
+const makeModel = Command.make(
+  "make-model",
+  {
+    out: Options.text("out").pipe(Options.withDescription("Where to write the .gguf file")),
+    shape: Options.choice("shape", ["tiny", "bench"]).pipe(Options.withDefault("tiny" as const)),
+    seed: Options.integer("seed").pipe(Options.withDefault(1))
+  },
+  ({ out, seed, shape }) =>
+    Effect.gen(function*() {
+      const started = Date.now()
+      const result = yield* Effect.promise(() => writeModel(out, { shape: shape as ModelShape, seed }))
+      yield* Console.log(
+        `wrote ${out}: ${shape}, seed ${seed}, ${(result.bytes / 1e6).toFixed(1)} MB, sha256 ${result.sha256} ` +
+          `(${Date.now() - started} ms)`
+      )
+    })
+).pipe(Command.withDescription("Write a generated GGUF model with deterministic weights (for tests and demos)"))
+
+const up = Command.make(
+  "up",
+  {
+    models: Options.directory("models").pipe(Options.withDefault("models")),
+    port: portOption
+  },
+  ({ models, port }) =>
+    Effect.gen(function*() {
+      const dir = path.resolve(models)
+      const found = yield* Effect.promise(() => scanModels(dir))
+      if (found.length === 0) {
+        const file = path.join(dir, "tiny.gguf")
+        yield* Console.log(`no models in ${dir}: generating the demo model ${file}`)
+        yield* Effect.promise(() => writeModel(file, { shape: "tiny" }))
+      }
+      const ids = (yield* Effect.promise(() => scanModels(dir))).map((m) => m.id)
+      const listen = Option.getOrElse(port, () => 13131)
+      yield* Console.log(
+        [
+          `cortex up: a local neuron on http://127.0.0.1:${listen} serving ${ids.join(", ")}`,
+          `try:  curl -N http://127.0.0.1:${listen}/v1/chat/completions -H 'content-type: application/json' \\`,
+          `        -d '{"model":"${ids[0]}","stream":true,"messages":[{"role":"user","content":"Hello"}]}'`
+        ].join("\n")
+      )
+      const config = existsSync("neuron.toml") ? "neuron.toml" : undefined
+      return yield* runNeuron(config, listen, {
+        NEURON_MODELS_DIR: dir,
+        NEURON_DEFAULT_MODELS: ids.slice(0, 1).join(","),
+        NEURON_HOST: process.env.NEURON_HOST ?? "127.0.0.1"
+      })
+    })
+).pipe(
+  Command.withDescription("Start the embedded default: a local neuron serving ./models (demo model generated if empty)")
+)
+
+const cortex = Command.make("cortex").pipe(
+  Command.withDescription("Gateway and fleet manager for local LLM inference"),
+  Command.withSubcommands([up, neuron, makeModel])
+)
+
+const cli = Command.run(cortex, { name: "cortex", version: VERSION })
+
+cli(process.argv).pipe(Effect.provide(NodeContext.layer), NodeRuntime.runMain)

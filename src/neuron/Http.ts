@@ -1,0 +1,203 @@
+/**
+ * The neuron's HTTP API (port 13131): control plane (health, discovery, models, load, unload)
+ * answered from cached state, and the OpenAI-compatible inference routes.
+ */
+import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import { Effect, Redacted, type Schema } from "effect"
+import {
+  type ApiError,
+  InternalError,
+  isApiError,
+  NotFoundRoute,
+  ShuttingDown,
+  Unauthorized
+} from "../domain/errors.js"
+import {
+  ChatCompletionRequest,
+  CompletionRequest,
+  decodeBody,
+  EmbeddingRequest,
+  LoadRequest,
+  TokenizeRequest,
+  UnloadRequest
+} from "../domain/openai.js"
+import { toWorkerMessages } from "./ChatMessages.js"
+import { hostInfo } from "./Discovery.js"
+import { errorResponse, Inference } from "./Inference.js"
+import { ModelManager } from "./ModelManager.js"
+import { NeuronConfig } from "./NeuronConfig.js"
+
+export const VERSION = "0.1.0"
+/** The gateway names the principal for fair share; a direct client is its remote address. */
+export const PRINCIPAL_HEADER = "x-cortex-principal"
+const startedAt = Date.now()
+
+const json = (body: unknown, status = 200) => HttpServerResponse.unsafeJson(body, { status })
+
+const body = <A, I>(schema: Schema.Schema<A, I>) =>
+  Effect.gen(function*() {
+    const request = yield* HttpServerRequest.HttpServerRequest
+    const text = yield* request.text.pipe(
+      Effect.mapError(() => new InternalError({ detail: "could not read the request body" }))
+    )
+    return yield* decodeBody(schema, text)
+  })
+
+const principal = Effect.map(HttpServerRequest.HttpServerRequest, (request) => {
+  const header = request.headers[PRINCIPAL_HEADER]
+  if (header) return header
+  return request.remoteAddress._tag === "Some" ? request.remoteAddress.value : "anonymous"
+})
+
+const handled = <R>(effect: Effect.Effect<HttpServerResponse.HttpServerResponse, ApiError, R>) =>
+  effect.pipe(
+    Effect.catchAll((error) => Effect.succeed(errorResponse(error))),
+    Effect.catchAllDefect((defect) =>
+      Effect.logError("unhandled defect", defect).pipe(
+        Effect.as(errorResponse(
+          isApiError(defect) ? defect : new InternalError({ detail: String((defect as Error)?.message ?? defect) })
+        ))
+      )
+    )
+  )
+
+export const makeRouter = Effect.gen(function*() {
+  const models = yield* ModelManager
+  const inference = yield* Inference
+  const config = yield* NeuronConfig
+
+  const guard = <R>(effect: Effect.Effect<HttpServerResponse.HttpServerResponse, ApiError, R>, admit = false) =>
+    handled(Effect.gen(function*() {
+      if (config.apiToken !== undefined) {
+        const request = yield* HttpServerRequest.HttpServerRequest
+        const auth = request.headers["authorization"] ?? ""
+        const token = auth.toLowerCase().startsWith("bearer ") ? auth.slice(7).trim() : request.headers["x-api-key"]
+        if (token !== Redacted.value(config.apiToken)) return yield* new Unauthorized()
+      }
+      if (admit && models.isDraining()) return yield* new ShuttingDown()
+      return yield* effect
+    }))
+
+  const health = Effect.sync(() => {
+    const totals = models.totals()
+    const devices = models.deviceViews()
+    return json({
+      status: models.isDraining() ? "draining" : devices.every((d) => d.worker.alive) ? "ok" : "degraded",
+      version: VERSION,
+      uptime_s: Math.round((Date.now() - startedAt) / 1000),
+      devices: devices.map((d) => ({
+        id: d.id,
+        name: d.name,
+        total_mb: d.totalMb,
+        free_mb: d.freeMb,
+        used_mb: d.usedMb,
+        worker_alive: d.worker.alive,
+        worker_restarts: d.worker.restarts
+      })),
+      in_flight: totals.inFlight,
+      queued: totals.queued,
+      models: models.snapshot().filter((m) => m.status !== "available").map((m) => ({
+        id: m.id,
+        status: m.status,
+        in_flight: m.in_flight,
+        queue_depth: m.queue_depth
+      }))
+    })
+  })
+
+  const discovery = Effect.sync(() => {
+    const engine = models.engine()
+    return json({
+      host: hostInfo(),
+      neuron: { version: VERSION, port: config.port, models_dir: config.modelsDir, threads: config.threads },
+      engine: engine
+        ? { name: engine.engine, version: engine.version, gpu: engine.memory.gpu, gpu_names: engine.memory.gpuNames }
+        : null,
+      memory_budget_mb: config.memoryBudgetMb ?? null,
+      devices: models.deviceViews().map((d) => ({
+        id: d.id,
+        kind: d.kind,
+        index: d.index,
+        name: d.name,
+        total_mb: d.totalMb,
+        free_mb: d.freeMb
+      }))
+    })
+  })
+
+  const listModels = Effect.sync(() => json({ object: "list", data: models.snapshot(), devices: models.deviceViews() }))
+
+  const openaiModels = Effect.sync(() =>
+    json({
+      object: "list",
+      data: models.snapshot().map((m) => ({
+        id: m.id,
+        object: "model",
+        created: Math.floor(startedAt / 1000),
+        owned_by: "cortex",
+        status: m.status,
+        context_length: m.context_limit
+      }))
+    })
+  )
+
+  const load = Effect.gen(function*() {
+    const request = yield* body(LoadRequest)
+    return json(yield* models.load(request.model, request.context_size))
+  })
+
+  const unload = Effect.gen(function*() {
+    const request = yield* body(UnloadRequest)
+    return json(yield* models.unload(request.model))
+  })
+
+  const chat = Effect.gen(function*() {
+    const request = yield* body(ChatCompletionRequest)
+    const who = yield* principal
+    if (request.stream) return yield* inference.stream(request, "chat", who)
+    return json(yield* inference.complete(request, "chat", who))
+  })
+
+  const completions = Effect.gen(function*() {
+    const request = yield* body(CompletionRequest)
+    const who = yield* principal
+    if (request.stream) return yield* inference.stream(request, "completion", who)
+    return json(yield* inference.complete(request, "completion", who))
+  })
+
+  const embeddings = Effect.gen(function*() {
+    const request = yield* body(EmbeddingRequest)
+    return json(yield* inference.embed(request, yield* principal))
+  })
+
+  const tokenize = Effect.gen(function*() {
+    const request = yield* body(TokenizeRequest)
+    const job = request.messages
+      ? {
+        kind: "chat" as const,
+        messages: yield* Effect.try({ try: () => toWorkerMessages(request.messages!), catch: (e) => e as ApiError })
+      }
+      : { kind: "completion" as const, prompt: request.text ?? "" }
+    return json(yield* inference.tokenize(request.model, job, yield* principal))
+  })
+
+  return HttpRouter.empty.pipe(
+    HttpRouter.get("/health", handled(health)),
+    HttpRouter.get("/discovery", guard(discovery)),
+    HttpRouter.get("/models", guard(listModels)),
+    HttpRouter.post("/models/load", guard(load, true)),
+    HttpRouter.post("/models/unload", guard(unload)),
+    HttpRouter.get("/v1/models", guard(openaiModels)),
+    HttpRouter.post("/v1/chat/completions", guard(chat, true)),
+    HttpRouter.post("/v1/completions", guard(completions, true)),
+    HttpRouter.post("/v1/embeddings", guard(embeddings, true)),
+    HttpRouter.post("/tokenize", guard(tokenize, true))
+  )
+})
+
+/** The router as an app whose unknown routes answer 404 in the OpenAI envelope. */
+export const makeApp = Effect.map(makeRouter, (router) =>
+  router.pipe(
+    Effect.catchTag("RouteNotFound", (e) =>
+      Effect.succeed(errorResponse(new NotFoundRoute({ method: e.request.method, path: e.request.url }))))
+  ))
