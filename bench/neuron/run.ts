@@ -1,0 +1,640 @@
+/**
+ * Neuron benchmark: node-llama-cpp called directly in this process versus the same model served
+ * by a real neuron process over HTTP (streaming SSE), on the generated `bench` model.
+ *
+ *   npx tsx bench/neuron/run.ts [--model PATH] [--runs N] [--decode-tokens N] [--prefill-words N]
+ *
+ * Not part of the test suite: it takes a minute or two and wants the CPU to itself.
+ */
+import { type ChatHistoryItem, getLlama, LlamaChat, LlamaLogLevel, type Token } from "node-llama-cpp"
+import { type ChildProcess, spawn } from "node:child_process"
+import { existsSync } from "node:fs"
+import { mkdtemp, rm } from "node:fs/promises"
+import { createServer } from "node:net"
+import * as os from "node:os"
+import * as path from "node:path"
+import { fileURLToPath } from "node:url"
+import { parseArgs } from "node:util"
+import { writeModel } from "../../src/gguf/ModelGenerator.js"
+
+// ---------------------------------------------------------------------------------------------
+// Settings
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..")
+
+const { values: args } = parseArgs({
+  options: {
+    model: { type: "string" },
+    runs: { type: "string", default: "3" },
+    "decode-tokens": { type: "string", default: "256" },
+    "prefill-words": { type: "string", default: "1500" },
+    verbose: { type: "boolean", default: false }
+  }
+})
+
+const positiveInt = (name: string, raw: string | undefined): number => {
+  const n = Number(raw)
+  if (!Number.isInteger(n) || n < 1) {
+    console.error(`--${name} must be a positive integer, got ${raw}`)
+    process.exit(2)
+  }
+  return n
+}
+
+const SETTINGS = {
+  threads: 1,
+  contextSize: 4096,
+  batchSize: 512,
+  temperature: 0,
+  seed: 42,
+  runs: positiveInt("runs", args.runs),
+  decodeTokens: positiveInt("decode-tokens", args["decode-tokens"]),
+  prefillWords: positiveInt("prefill-words", args["prefill-words"])
+} as const
+
+const DECODE_PROMPT = "Write a long story about the water and the people."
+const TTFT_PROMPT = "Hello, what is your name?"
+
+/** Deterministic filler text of `n` words from the bench vocabulary (about one token a word). */
+const fillerText = (n: number): string => {
+  const words = (
+    "the of and to in is it you that he was for on are with as his they be at one have this from or had by "
+    + "but what some we can out other were all there when up use your how said an each she which do their time "
+    + "if will way about many then them write would like so these her long make thing see him two has look more "
+    + "day could go come did number sound no most people my over know water than call first who may down side"
+  ).split(" ")
+  let state = 0x12345678
+  const out: Array<string> = []
+  for (let i = 0; i < n; i++) {
+    state = (Math.imul(state, 1664525) + 1013904223) >>> 0
+    out.push(words[state % words.length]!)
+  }
+  return out.join(" ")
+}
+
+const PREFILL_TEXT = fillerText(SETTINGS.prefillWords)
+
+/** A per-run prefix that makes each prompt differ right after the chat template's opening. */
+const unique = (tag: string, run: number, text: string) => `${tag} run ${run}. ${text}`
+
+// ---------------------------------------------------------------------------------------------
+// Statistics and formatting
+
+interface Summary {
+  readonly median: number
+  readonly min: number
+  readonly max: number
+  readonly samples: ReadonlyArray<number>
+}
+
+const summarize = (samples: ReadonlyArray<number>): Summary => {
+  const sorted = [...samples].sort((a, b) => a - b)
+  const mid = Math.floor(sorted.length / 2)
+  const median = sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2
+  return {
+    median: round(median),
+    min: round(sorted[0] ?? NaN),
+    max: round(sorted[sorted.length - 1] ?? NaN),
+    samples: samples.map(round)
+  }
+}
+
+const round = (x: number) => Math.round(x * 100) / 100
+
+const fmt = (s: Summary, digits = 1) =>
+  `${s.median.toFixed(digits)} (${s.min.toFixed(digits)}–${s.max.toFixed(digits)})`
+
+const log = (line: string) => process.stderr.write(`[bench] ${line}\n`)
+
+// ---------------------------------------------------------------------------------------------
+// Measurements shared by both sides
+
+interface Sample {
+  /** Tokens in the prompt as the model sees it. */
+  readonly promptTokens: number
+  readonly cachedTokens: number
+  readonly completionTokens: number
+  /** Request start → first content text. */
+  readonly ttftMs: number
+  /** First content text → last content text. */
+  readonly decodeSpanMs: number
+  /** The neuron's own usage.timing (HTTP only). */
+  readonly server?: ServerTiming
+}
+
+interface ServerTiming {
+  readonly queue_ms: number
+  readonly prefill_ms: number
+  readonly decode_ms: number
+  readonly ttft_ms: number
+}
+
+type Runner = (prompt: string, maxTokens: number) => Promise<Sample>
+
+interface SideResult {
+  readonly decode: ReadonlyArray<Sample>
+  readonly prefill: ReadonlyArray<Sample>
+  readonly ttft: ReadonlyArray<Sample>
+}
+
+const decodeRate = (s: Sample) => (s.completionTokens - 1) / (s.decodeSpanMs / 1000)
+const prefillRate = (s: Sample) => s.promptTokens / (s.ttftMs / 1000)
+
+const measureSide = async (name: string, run: Runner, fresh: () => Promise<void>): Promise<SideResult> => {
+  // Warm-up (not measured): the first generation pays for lazy allocations.
+  await fresh()
+  await run(unique("warm-up", 0, DECODE_PROMPT), 16)
+  const decode: Array<Sample> = []
+  const prefill: Array<Sample> = []
+  const ttft: Array<Sample> = []
+  for (let i = 1; i <= SETTINGS.runs; i++) {
+    await fresh()
+    const d = await run(unique("decode", i, DECODE_PROMPT), SETTINGS.decodeTokens)
+    decode.push(d)
+    await fresh()
+    const p = await run(unique("prefill", i, PREFILL_TEXT), 1)
+    prefill.push(p)
+    await fresh()
+    const t = await run(unique("ttft", i, TTFT_PROMPT), 1)
+    ttft.push(t)
+    log(
+      `${name} run ${i}/${SETTINGS.runs}: decode ${decodeRate(d).toFixed(1)} tok/s (${d.completionTokens} tok), `
+        + `prefill ${prefillRate(p).toFixed(1)} tok/s (${p.promptTokens} tok, cached ${p.cachedTokens}), `
+        + `ttft ${t.ttftMs.toFixed(1)} ms (${t.promptTokens} tok, cached ${t.cachedTokens})`
+    )
+  }
+  return { decode, prefill, ttft }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Direct node-llama-cpp
+
+const runDirect = async (modelPath: string): Promise<SideResult> => {
+  const llama = await getLlama({
+    gpu: false,
+    build: "never",
+    maxThreads: SETTINGS.threads,
+    logLevel: LlamaLogLevel.error,
+    progressLogs: false
+  })
+  try {
+    const model = await llama.loadModel({ modelPath, gpuLayers: 0 })
+    try {
+      const context = await model.createContext({
+        contextSize: SETTINGS.contextSize,
+        sequences: 1,
+        batchSize: SETTINGS.batchSize,
+        threads: SETTINGS.threads
+      })
+      try {
+        const sequence = context.getSequence()
+        const chat = new LlamaChat({ contextSequence: sequence, autoDisposeSequence: false })
+        const promptTokens = (history: Array<ChatHistoryItem>) =>
+          chat.chatWrapper.generateContextState({ chatHistory: [...history, { type: "model", response: [] }] })
+            .contextText.tokenize(model.tokenizer).length
+        const run: Runner = async (prompt, maxTokens) => {
+          const history: Array<ChatHistoryItem> = [{ type: "user", text: prompt }]
+          const tokens = promptTokens(history)
+          const cachedBefore = sequence.contextTokens.length
+          let completionTokens = 0
+          let firstText: number | undefined
+          let lastText = 0
+          const started = performance.now()
+          await chat.generateResponse(history, {
+            maxTokens,
+            temperature: SETTINGS.temperature,
+            seed: SETTINGS.seed,
+            repeatPenalty: false,
+            onToken: (t: Array<Token>) => {
+              completionTokens += t.length
+            },
+            onResponseChunk: (chunk) => {
+              if (chunk.type === "segment" || chunk.text.length === 0) return
+              const now = performance.now()
+              firstText ??= now
+              lastText = now
+            }
+          })
+          const ended = performance.now()
+          const first = firstText ?? ended
+          return {
+            promptTokens: tokens,
+            cachedTokens: cachedBefore,
+            completionTokens,
+            ttftMs: first - started,
+            decodeSpanMs: (firstText === undefined ? ended : lastText) - first
+          }
+        }
+        const fresh = async () => {
+          await sequence.clearHistory()
+        }
+        const result = await measureSide("direct", run, fresh)
+        chat.dispose({ disposeSequence: true })
+        return result
+      } finally {
+        await context.dispose()
+      }
+    } finally {
+      await model.dispose()
+    }
+  } finally {
+    await llama.dispose()
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Neuron over HTTP
+
+const freePort = () =>
+  new Promise<number>((resolve, reject) => {
+    const server = createServer()
+    server.once("error", reject)
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address()
+      const port = typeof address === "object" && address !== null ? address.port : 0
+      server.close(() => resolve(port))
+    })
+  })
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
+
+class NeuronProcess {
+  readonly logs: Array<string> = []
+  private exited: Promise<void>
+  private exitInfo: string | undefined
+
+  private constructor(readonly child: ChildProcess, readonly base: string) {
+    const keep = (data: Buffer) => {
+      for (const line of data.toString("utf8").split("\n")) {
+        if (line.length === 0) continue
+        if (args.verbose) process.stderr.write(`[neuron] ${line}\n`)
+        this.logs.push(line)
+        if (this.logs.length > 200) this.logs.shift()
+      }
+    }
+    child.stdout?.on("data", keep)
+    child.stderr?.on("data", keep)
+    this.exited = new Promise((resolve) => {
+      child.once("exit", (code, signal) => {
+        this.exitInfo = `code ${code}, signal ${signal}`
+        resolve()
+      })
+    })
+  }
+
+  static async start(modelsDir: string, modelId: string): Promise<NeuronProcess> {
+    const port = await freePort()
+    const env: Record<string, string> = {}
+    for (const [key, value] of Object.entries(process.env)) {
+      if (value !== undefined && !key.startsWith("NEURON_")) env[key] = value
+    }
+    Object.assign(env, {
+      NEURON_THREADS: String(SETTINGS.threads),
+      NEURON_MODELS_DIR: modelsDir,
+      NEURON_HOST: "127.0.0.1",
+      NEURON_DEFAULT_MODELS: modelId,
+      NEURON_MAX_IN_FLIGHT: "1",
+      NEURON_CONTEXT_SIZE: String(SETTINGS.contextSize),
+      NEURON_PREFILL_CHUNK_TOKENS: String(SETTINGS.batchSize),
+      NEURON_GPU: "off"
+    })
+    const child = spawn(process.execPath, [path.join(ROOT, "bin/cortex.js"), "neuron", "--port", String(port)], {
+      cwd: ROOT,
+      env,
+      stdio: ["ignore", "pipe", "pipe"]
+    })
+    const neuron = new NeuronProcess(child, `http://127.0.0.1:${port}`)
+    active = neuron
+    return neuron
+  }
+
+  get alive() {
+    return this.exitInfo === undefined
+  }
+
+  describeExit() {
+    return `${this.exitInfo ?? "still running"}; last log lines:\n${this.logs.slice(-30).join("\n")}`
+  }
+
+  async waitLoaded(modelId: string, timeoutMs: number) {
+    const deadline = Date.now() + timeoutMs
+    while (Date.now() < deadline) {
+      if (!this.alive) throw new Error(`neuron exited before loading ${modelId}: ${this.describeExit()}`)
+      try {
+        const res = await fetch(`${this.base}/health`, { signal: AbortSignal.timeout(2000) })
+        if (res.ok) {
+          const body = (await res.json()) as { models?: Array<{ id: string; status: string }> }
+          if (body.models?.some((m) => m.id === modelId && m.status === "loaded")) return
+        }
+      } catch {
+        // not listening yet
+      }
+      await sleep(200)
+    }
+    throw new Error(`neuron did not report ${modelId} loaded within ${timeoutMs} ms: ${this.describeExit()}`)
+  }
+
+  /** SIGTERM, then SIGKILL if it has not exited after `graceMs`. */
+  async stop(graceMs = 10_000) {
+    if (this.alive) {
+      this.child.kill("SIGTERM")
+      const timedOut = await Promise.race([this.exited.then(() => false), sleep(graceMs).then(() => true)])
+      if (timedOut && this.alive) {
+        log("neuron ignored SIGTERM, sending SIGKILL")
+        this.child.kill("SIGKILL")
+        await this.exited
+      }
+    }
+    if (active === this) active = undefined
+  }
+}
+
+let active: NeuronProcess | undefined
+
+/** Parse an SSE response body into `data:` payloads, skipping comment lines such as keep-alives. */
+async function* sseEvents(body: ReadableStream<Uint8Array>): AsyncGenerator<string> {
+  const decoder = new TextDecoder()
+  let buffer = ""
+  const reader = body.getReader()
+  try {
+    for (;;) {
+      const { done, value } = await reader.read()
+      if (done) break
+      buffer += decoder.decode(value, { stream: true })
+      let boundary: number
+      while ((boundary = buffer.indexOf("\n\n")) >= 0) {
+        const event = buffer.slice(0, boundary)
+        buffer = buffer.slice(boundary + 2)
+        const data = event
+          .split("\n")
+          .filter((line) => line.startsWith("data:"))
+          .map((line) => line.slice(5).replace(/^ /, ""))
+          .join("\n")
+        if (data.length > 0) yield data
+      }
+    }
+  } finally {
+    reader.releaseLock()
+  }
+}
+
+interface ChunkBody {
+  readonly choices?: ReadonlyArray<{ readonly delta?: { readonly content?: string | null } }>
+  readonly usage?: {
+    readonly prompt_tokens: number
+    readonly completion_tokens: number
+    readonly prompt_tokens_details?: { readonly cached_tokens?: number }
+    readonly timing?: ServerTiming
+  }
+  readonly error?: unknown
+}
+
+const httpRunner = (base: string, modelId: string): Runner => async (prompt, maxTokens) => {
+  const started = performance.now()
+  const res = await fetch(`${base}/v1/chat/completions`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({
+      model: modelId,
+      messages: [{ role: "user", content: prompt }],
+      max_tokens: maxTokens,
+      temperature: SETTINGS.temperature,
+      seed: SETTINGS.seed,
+      stream: true,
+      stream_options: { include_usage: true }
+    })
+  })
+  if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}: ${await res.text()}`)
+  let firstText: number | undefined
+  let lastText = 0
+  let usage: ChunkBody["usage"]
+  let sawDone = false
+  for await (const data of sseEvents(res.body)) {
+    if (data === "[DONE]") {
+      sawDone = true
+      continue
+    }
+    const chunk = JSON.parse(data) as ChunkBody
+    if (chunk.error !== undefined) throw new Error(`stream error: ${data}`)
+    const text = chunk.choices?.[0]?.delta?.content
+    if (typeof text === "string" && text.length > 0) {
+      const now = performance.now()
+      firstText ??= now
+      lastText = now
+    }
+    if (chunk.usage) usage = chunk.usage
+  }
+  const ended = performance.now()
+  if (!sawDone) throw new Error("stream ended without [DONE]")
+  if (!usage) throw new Error("stream carried no usage chunk")
+  const first = firstText ?? ended
+  return {
+    promptTokens: usage.prompt_tokens,
+    cachedTokens: usage.prompt_tokens_details?.cached_tokens ?? 0,
+    completionTokens: usage.completion_tokens,
+    ttftMs: first - started,
+    decodeSpanMs: (firstText === undefined ? ended : lastText) - first,
+    ...(usage.timing ? { server: usage.timing } : {})
+  }
+}
+
+const runNeuron = async (modelsDir: string, modelId: string): Promise<{ result: SideResult; startupMs: number }> => {
+  const started = performance.now()
+  const neuron = await NeuronProcess.start(modelsDir, modelId)
+  try {
+    await neuron.waitLoaded(modelId, 90_000)
+    const startupMs = performance.now() - started
+    log(`neuron up on ${neuron.base} with ${modelId} loaded after ${(startupMs / 1000).toFixed(1)} s`)
+    const result = await measureSide("neuron", httpRunner(neuron.base, modelId), async () => {})
+    return { result, startupMs }
+  } finally {
+    await neuron.stop()
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+const cpuInfo = () => {
+  const cpus = os.cpus()
+  return {
+    model: cpus[0]?.model.trim() ?? "unknown",
+    logicalCores: cpus.length,
+    availableParallelism: os.availableParallelism(),
+    totalMemMb: Math.round(os.totalmem() / (1024 * 1024))
+  }
+}
+
+const table = (rows: ReadonlyArray<ReadonlyArray<string>>) => {
+  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => (r[c] ?? "").length)))
+  const line = (r: ReadonlyArray<string>) => `| ${r.map((cell, c) => cell.padEnd(widths[c]!)).join(" | ")} |`
+  const sep = `|${widths.map((w) => "-".repeat(w + 2)).join("|")}|`
+  return [line(rows[0]!), sep, ...rows.slice(1).map(line)].join("\n")
+}
+
+const report = (direct: SideResult, neuron: SideResult, modelPath: string, startupMs: number) => {
+  const d = {
+    decode: summarize(direct.decode.map(decodeRate)),
+    prefill: summarize(direct.prefill.map(prefillRate)),
+    ttft: summarize(direct.ttft.map((s) => s.ttftMs))
+  }
+  const n = {
+    decode: summarize(neuron.decode.map(decodeRate)),
+    prefill: summarize(neuron.prefill.map(prefillRate)),
+    ttft: summarize(neuron.ttft.map((s) => s.ttftMs))
+  }
+  const server = (samples: ReadonlyArray<Sample>, f: (t: ServerTiming, s: Sample) => number) =>
+    summarize(samples.flatMap((s) => (s.server ? [f(s.server, s)] : [])))
+  const srv = {
+    decode: server(neuron.decode, (t, s) => (s.completionTokens - 1) / (t.decode_ms / 1000)),
+    prefill: server(neuron.prefill, (t, s) => s.promptTokens / (t.prefill_ms / 1000)),
+    ttft: server(neuron.ttft, (t) => t.ttft_ms),
+    queueMs: server([...neuron.decode, ...neuron.prefill, ...neuron.ttft], (t) => t.queue_ms)
+  }
+  const ratio = (a: Summary, b: Summary) => (b.median / a.median).toFixed(3)
+  const tokens = (samples: ReadonlyArray<Sample>, f: (s: Sample) => number) => [...new Set(samples.map(f))].join("/")
+
+  const rows: Array<Array<string>> = [
+    [
+      "metric (median, min–max)",
+      "direct node-llama-cpp",
+      "neuron HTTP (client)",
+      "neuron usage.timing",
+      "ratio neuron/direct"
+    ],
+    [
+      `decode tok/s (${tokens(direct.decode, (s) => s.completionTokens)} tok)`,
+      fmt(d.decode),
+      fmt(n.decode),
+      fmt(srv.decode),
+      ratio(d.decode, n.decode)
+    ],
+    [
+      `prefill tok/s (${tokens(direct.prefill, (s) => s.promptTokens)} tok prompt)`,
+      fmt(d.prefill),
+      fmt(n.prefill),
+      fmt(srv.prefill),
+      ratio(d.prefill, n.prefill)
+    ],
+    [
+      `TTFT ms, short prompt (${tokens(direct.ttft, (s) => s.promptTokens)} tok)`,
+      fmt(d.ttft),
+      fmt(n.ttft),
+      fmt(srv.ttft),
+      `${ratio(d.ttft, n.ttft)} (+${(n.ttft.median - d.ttft.median).toFixed(1)} ms)`
+    ],
+    [
+      "prefill-run TTFT ms (long prompt)",
+      fmt(summarize(direct.prefill.map((s) => s.ttftMs))),
+      fmt(summarize(neuron.prefill.map((s) => s.ttftMs))),
+      fmt(server(neuron.prefill, (t) => t.ttft_ms)),
+      `+${
+        (summarize(neuron.prefill.map((s) => s.ttftMs)).median - summarize(direct.prefill.map((s) => s.ttftMs)).median)
+          .toFixed(1)
+      } ms`
+    ]
+  ]
+  const cached = {
+    direct: [...direct.decode, ...direct.prefill, ...direct.ttft].map((s) => s.cachedTokens),
+    neuron: [...neuron.decode, ...neuron.prefill, ...neuron.ttft].map((s) => s.cachedTokens)
+  }
+  const cpu = cpuInfo()
+
+  console.log("")
+  console.log(
+    `machine:  ${cpu.model}, ${cpu.logicalCores} logical cores, ${cpu.totalMemMb} MB RAM, node ${process.version}`
+  )
+  console.log(
+    `settings: model ${path.basename(modelPath)}, threads ${SETTINGS.threads}, context ${SETTINGS.contextSize}, `
+      + `batch ${SETTINGS.batchSize}, temperature ${SETTINGS.temperature}, seed ${SETTINGS.seed}, runs ${SETTINGS.runs}, `
+      + `decode ${SETTINGS.decodeTokens} tok, gpu off, neuron max_in_flight 1`
+  )
+  console.log(
+    `cached prompt tokens per measured request: direct [${cached.direct.join(",")}], neuron [${
+      cached.neuron.join(",")
+    }]`
+  )
+  console.log(
+    `neuron queue_ms median ${srv.queueMs.median}; neuron startup (spawn → model loaded) ${
+      (startupMs / 1000).toFixed(1)
+    } s (not measured above)`
+  )
+  console.log("")
+  console.log(table(rows))
+  console.log("")
+  console.log(JSON.stringify({
+    bench: "neuron",
+    machine: cpu,
+    settings: { ...SETTINGS, model: path.basename(modelPath) },
+    direct: { decodeTokPerS: d.decode, prefillTokPerS: d.prefill, ttftMs: d.ttft },
+    neuronClient: { decodeTokPerS: n.decode, prefillTokPerS: n.prefill, ttftMs: n.ttft },
+    neuronServer: { decodeTokPerS: srv.decode, prefillTokPerS: srv.prefill, ttftMs: srv.ttft, queueMs: srv.queueMs },
+    ratio: {
+      decode: Number(ratio(d.decode, n.decode)),
+      prefill: Number(ratio(d.prefill, n.prefill)),
+      ttft: Number(ratio(d.ttft, n.ttft)),
+      ttftOverheadMs: round(n.ttft.median - d.ttft.median)
+    },
+    tokens: {
+      decodeCompletion: direct.decode.map((s) => s.completionTokens),
+      prefillPrompt: direct.prefill.map((s) => s.promptTokens),
+      ttftPrompt: direct.ttft.map((s) => s.promptTokens)
+    },
+    cachedTokens: cached,
+    neuronStartupMs: Math.round(startupMs)
+  }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Main
+
+let tempDir: string | undefined
+
+const cleanup = async () => {
+  if (active) await active.stop(3000)
+  if (tempDir) await rm(tempDir, { recursive: true, force: true })
+}
+
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.once(signal, () => {
+    log(`${signal}: stopping`)
+    // Kill synchronously first so nothing is left behind even if the async cleanup is cut short.
+    active?.child.kill("SIGKILL")
+    void cleanup().finally(() => process.exit(130))
+  })
+}
+process.once("exit", () => {
+  if (active?.alive) active.child.kill("SIGKILL")
+})
+
+const main = async () => {
+  let modelPath: string
+  if (args.model !== undefined) {
+    modelPath = path.resolve(args.model)
+    if (!existsSync(modelPath)) throw new Error(`--model ${modelPath} does not exist`)
+    if (!modelPath.endsWith(".gguf")) throw new Error(`--model must name a .gguf file`)
+  } else {
+    tempDir = await mkdtemp(path.join(os.tmpdir(), "cortex-bench-"))
+    modelPath = path.join(tempDir, "bench.gguf")
+    const t0 = performance.now()
+    const { bytes } = await writeModel(modelPath, { shape: "bench" })
+    log(`generated ${modelPath} (${(bytes / 1e6).toFixed(1)} MB) in ${((performance.now() - t0) / 1000).toFixed(1)} s`)
+  }
+  const modelId = path.basename(modelPath, ".gguf")
+  const modelsDir = path.dirname(modelPath)
+
+  log(`direct node-llama-cpp: ${SETTINGS.runs} runs`)
+  const direct = await runDirect(modelPath)
+  log(`neuron over HTTP: ${SETTINGS.runs} runs`)
+  const { result: neuron, startupMs } = await runNeuron(modelsDir, modelId)
+  report(direct, neuron, modelPath, startupMs)
+}
+
+try {
+  await main()
+} catch (error) {
+  console.error(error instanceof Error ? (error.stack ?? error.message) : error)
+  process.exitCode = 1
+} finally {
+  await cleanup()
+}
