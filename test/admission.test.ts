@@ -13,7 +13,10 @@ const limitsArb: fc.Arbitrary<Admission.Limits> = fc.record({
 })
 
 const opArb: fc.Arbitrary<Op> = fc.oneof(
-  { weight: 3, arbitrary: fc.record({ kind: fc.constant("admit" as const), principal: fc.constantFrom("a", "b", "c") }) },
+  {
+    weight: 3,
+    arbitrary: fc.record({ kind: fc.constant("admit" as const), principal: fc.constantFrom("a", "b", "c") })
+  },
   {
     weight: 2,
     arbitrary: fc.record({ kind: fc.constant("leave" as const), pick: fc.nat(), unknown: fc.boolean() })

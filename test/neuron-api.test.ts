@@ -11,7 +11,11 @@ let neuron: NeuronProcess
 let client: OpenAI
 
 beforeAll(async () => {
-  neuron = await startNeuron({ models: ["tiny", "tiny-b"], defaultModels: ["tiny"], env: { NEURON_MAX_IN_FLIGHT: "2" } })
+  neuron = await startNeuron({
+    models: ["tiny", "tiny-b"],
+    defaultModels: ["tiny"],
+    env: { NEURON_MAX_IN_FLIGHT: "2" }
+  })
   client = new OpenAI({ baseURL: `${neuron.url}/v1`, apiKey: "unused", maxRetries: 0 })
 })
 
@@ -46,7 +50,11 @@ describe("chat completions", () => {
   it("streams deltas whose text and token count match the usage chunk and the non-streamed answer", async () => {
     const request = { model: "tiny", messages: user("Tell me a story"), max_tokens: 24, temperature: 0, seed: 7 }
     const whole = await client.chat.completions.create(request)
-    const stream = await client.chat.completions.create({ ...request, stream: true, stream_options: { include_usage: true } })
+    const stream = await client.chat.completions.create({
+      ...request,
+      stream: true,
+      stream_options: { include_usage: true }
+    })
     let text = ""
     let deltas = 0
     let finish: string | null = null
@@ -83,7 +91,13 @@ describe("chat completions", () => {
   })
 
   it("is deterministic with temperature 0 and a seed, and reports cached prefix tokens on reuse", async () => {
-    const request = { model: "tiny", messages: user("Repeat after me please"), max_tokens: 16, temperature: 0, seed: 42 }
+    const request = {
+      model: "tiny",
+      messages: user("Repeat after me please"),
+      max_tokens: 16,
+      temperature: 0,
+      seed: 42
+    }
     const a = await client.chat.completions.create(request)
     const b = await client.chat.completions.create(request)
     expect(b.choices[0]!.message.content).toBe(a.choices[0]!.message.content)
@@ -141,7 +155,11 @@ describe("chat completions", () => {
         {
           role: "assistant",
           content: null,
-          tool_calls: [{ id: "call_1", type: "function", function: { name: "get_weather", arguments: "{\"city\":\"Oslo\",\"unit\":\"C\"}" } }]
+          tool_calls: [{
+            id: "call_1",
+            type: "function",
+            function: { name: "get_weather", arguments: "{\"city\":\"Oslo\",\"unit\":\"C\"}" }
+          }]
         },
         { role: "tool", tool_call_id: "call_1", content: "{\"temp\": 3}" },
         { role: "user", content: "And Paris?" }
@@ -185,7 +203,12 @@ describe("chat completions", () => {
 
 describe("completions and embeddings", () => {
   it("completes raw text", async () => {
-    const res = await client.completions.create({ model: "tiny", prompt: "Once upon a time", max_tokens: 10, temperature: 0 })
+    const res = await client.completions.create({
+      model: "tiny",
+      prompt: "Once upon a time",
+      max_tokens: 10,
+      temperature: 0
+    })
     expect(res.object).toBe("text_completion")
     expect(res.choices[0]!.text.length).toBeGreaterThan(0)
     expect(res.choices[0]!.finish_reason).toBe("length")
@@ -193,7 +216,13 @@ describe("completions and embeddings", () => {
   })
 
   it("streams raw completions", async () => {
-    const stream = await client.completions.create({ model: "tiny", prompt: "Once", max_tokens: 6, stream: true, temperature: 0 })
+    const stream = await client.completions.create({
+      model: "tiny",
+      prompt: "Once",
+      max_tokens: 6,
+      stream: true,
+      temperature: 0
+    })
     let text = ""
     for await (const chunk of stream) text += chunk.choices[0]?.text ?? ""
     const whole = await client.completions.create({ model: "tiny", prompt: "Once", max_tokens: 6, temperature: 0 })
@@ -224,7 +253,10 @@ describe("bad input", () => {
   })
 
   it("answers a wrong shape with 422 naming the field", async () => {
-    const res = await post("/v1/chat/completions", JSON.stringify({ model: "tiny", messages: user("x"), temperature: "hot" }))
+    const res = await post(
+      "/v1/chat/completions",
+      JSON.stringify({ model: "tiny", messages: user("x"), temperature: "hot" })
+    )
     expect(res.status).toBe(422)
     const body = await res.json() as any
     expect(body.error.param).toBe("temperature")

@@ -10,8 +10,7 @@ const present = <A extends Record<string, unknown>>(fields: A) =>
   Object.fromEntries(Object.entries(fields).filter(([, v]) => v !== undefined))
 
 /** A request value: absent, explicit null, or a value (0 included, which must not count as absent). */
-const requestValue = <A>(value: fc.Arbitrary<A>) =>
-  fc.oneof(fc.constant(undefined), fc.constant(null), value)
+const requestValue = <A>(value: fc.Arbitrary<A>) => fc.oneof(fc.constant(undefined), fc.constant(null), value)
 const defaultValue = <A>(value: fc.Arbitrary<A>) => fc.option(value, { nil: undefined })
 
 const unit = fc.oneof(fc.constant(0), fc.double({ min: 0, max: 1, noNaN: true }))

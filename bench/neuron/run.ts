@@ -135,18 +135,26 @@ interface SideResult {
   readonly decode: ReadonlyArray<Sample>
   readonly prefill: ReadonlyArray<Sample>
   readonly ttft: ReadonlyArray<Sample>
+  /** Direct only: TTFT with the chat template's opening kept in the sequence, as the neuron keeps it. */
+  readonly ttftShared: ReadonlyArray<Sample>
 }
 
 const decodeRate = (s: Sample) => (s.completionTokens - 1) / (s.decodeSpanMs / 1000)
 const prefillRate = (s: Sample) => s.promptTokens / (s.ttftMs / 1000)
 
-const measureSide = async (name: string, run: Runner, fresh: () => Promise<void>): Promise<SideResult> => {
+const measureSide = async (
+  name: string,
+  run: Runner,
+  fresh: () => Promise<void>,
+  sharedPrefix: boolean
+): Promise<SideResult> => {
   // Warm-up (not measured): the first generation pays for lazy allocations.
   await fresh()
   await run(unique("warm-up", 0, DECODE_PROMPT), 16)
   const decode: Array<Sample> = []
   const prefill: Array<Sample> = []
   const ttft: Array<Sample> = []
+  const ttftShared: Array<Sample> = []
   for (let i = 1; i <= SETTINGS.runs; i++) {
     await fresh()
     const d = await run(unique("decode", i, DECODE_PROMPT), SETTINGS.decodeTokens)
@@ -157,13 +165,22 @@ const measureSide = async (name: string, run: Runner, fresh: () => Promise<void>
     await fresh()
     const t = await run(unique("ttft", i, TTFT_PROMPT), 1)
     ttft.push(t)
+    // No clearing: the sequence still holds the previous prompt, so only the template's opening matches.
+    if (sharedPrefix) ttftShared.push(await run(unique("shared", i, TTFT_PROMPT), 1))
     log(
       `${name} run ${i}/${SETTINGS.runs}: decode ${decodeRate(d).toFixed(1)} tok/s (${d.completionTokens} tok), `
         + `prefill ${prefillRate(p).toFixed(1)} tok/s (${p.promptTokens} tok, cached ${p.cachedTokens}), `
         + `ttft ${t.ttftMs.toFixed(1)} ms (${t.promptTokens} tok, cached ${t.cachedTokens})`
     )
   }
-  return { decode, prefill, ttft }
+  return { decode, prefill, ttft, ttftShared }
+}
+
+const commonPrefix = (a: ReadonlyArray<Token>, b: ReadonlyArray<Token>) => {
+  const n = Math.min(a.length, b.length)
+  let i = 0
+  while (i < n && a[i] === b[i]) i++
+  return i
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -191,11 +208,12 @@ const runDirect = async (modelPath: string): Promise<SideResult> => {
         const chat = new LlamaChat({ contextSequence: sequence, autoDisposeSequence: false })
         const promptTokens = (history: Array<ChatHistoryItem>) =>
           chat.chatWrapper.generateContextState({ chatHistory: [...history, { type: "model", response: [] }] })
-            .contextText.tokenize(model.tokenizer).length
+            .contextText.tokenize(model.tokenizer)
         const run: Runner = async (prompt, maxTokens) => {
           const history: Array<ChatHistoryItem> = [{ type: "user", text: prompt }]
           const tokens = promptTokens(history)
-          const cachedBefore = sequence.contextTokens.length
+          // As the neuron counts it: the last prompt token is always evaluated again.
+          const cached = Math.min(commonPrefix(sequence.contextTokens, tokens), Math.max(0, tokens.length - 1))
           let completionTokens = 0
           let firstText: number | undefined
           let lastText = 0
@@ -218,8 +236,8 @@ const runDirect = async (modelPath: string): Promise<SideResult> => {
           const ended = performance.now()
           const first = firstText ?? ended
           return {
-            promptTokens: tokens,
-            cachedTokens: cachedBefore,
+            promptTokens: tokens.length,
+            cachedTokens: cached,
             completionTokens,
             ttftMs: first - started,
             decodeSpanMs: (firstText === undefined ? ended : lastText) - first
@@ -228,7 +246,7 @@ const runDirect = async (modelPath: string): Promise<SideResult> => {
         const fresh = async () => {
           await sequence.clearHistory()
         }
-        const result = await measureSide("direct", run, fresh)
+        const result = await measureSide("direct", run, fresh, true)
         chat.dispose({ disposeSequence: true })
         return result
       } finally {
@@ -445,7 +463,7 @@ const runNeuron = async (modelsDir: string, modelId: string): Promise<{ result: 
     await neuron.waitLoaded(modelId, 90_000)
     const startupMs = performance.now() - started
     log(`neuron up on ${neuron.base} with ${modelId} loaded after ${(startupMs / 1000).toFixed(1)} s`)
-    const result = await measureSide("neuron", httpRunner(neuron.base, modelId), async () => {})
+    const result = await measureSide("neuron", httpRunner(neuron.base, modelId), async () => {}, false)
     return { result, startupMs }
   } finally {
     await neuron.stop()
@@ -472,27 +490,36 @@ const table = (rows: ReadonlyArray<ReadonlyArray<string>>) => {
   return [line(rows[0]!), sep, ...rows.slice(1).map(line)].join("\n")
 }
 
-const report = (direct: SideResult, neuron: SideResult, modelPath: string, startupMs: number) => {
+const signed = (ms: number) => `${ms >= 0 ? "+" : "−"}${Math.abs(ms).toFixed(1)} ms`
+
+const report = (direct: SideResult, neuron: SideResult, modelPath: string, startupMs: number, load: Load) => {
+  const ttft = (samples: ReadonlyArray<Sample>) => summarize(samples.map((s) => s.ttftMs))
+  const server = (samples: ReadonlyArray<Sample>, f: (t: ServerTiming, s: Sample) => number) =>
+    summarize(samples.flatMap((s) => (s.server ? [f(s.server, s)] : [])))
   const d = {
     decode: summarize(direct.decode.map(decodeRate)),
     prefill: summarize(direct.prefill.map(prefillRate)),
-    ttft: summarize(direct.ttft.map((s) => s.ttftMs))
+    ttft: ttft(direct.ttft),
+    ttftShared: ttft(direct.ttftShared),
+    prefillTtft: ttft(direct.prefill)
   }
   const n = {
     decode: summarize(neuron.decode.map(decodeRate)),
     prefill: summarize(neuron.prefill.map(prefillRate)),
-    ttft: summarize(neuron.ttft.map((s) => s.ttftMs))
+    ttft: ttft(neuron.ttft),
+    prefillTtft: ttft(neuron.prefill)
   }
-  const server = (samples: ReadonlyArray<Sample>, f: (t: ServerTiming, s: Sample) => number) =>
-    summarize(samples.flatMap((s) => (s.server ? [f(s.server, s)] : [])))
   const srv = {
     decode: server(neuron.decode, (t, s) => (s.completionTokens - 1) / (t.decode_ms / 1000)),
     prefill: server(neuron.prefill, (t, s) => s.promptTokens / (t.prefill_ms / 1000)),
     ttft: server(neuron.ttft, (t) => t.ttft_ms),
+    prefillTtft: server(neuron.prefill, (t) => t.ttft_ms),
     queueMs: server([...neuron.decode, ...neuron.prefill, ...neuron.ttft], (t) => t.queue_ms)
   }
-  const ratio = (a: Summary, b: Summary) => (b.median / a.median).toFixed(3)
-  const tokens = (samples: ReadonlyArray<Sample>, f: (s: Sample) => number) => [...new Set(samples.map(f))].join("/")
+  const ratio = (a: Summary, b: Summary) => Math.round((b.median / a.median) * 1000) / 1000
+  const overhead = (a: Summary, b: Summary) => round(b.median - a.median)
+  const distinct = (samples: ReadonlyArray<Sample>, f: (s: Sample) => number) => [...new Set(samples.map(f))].join("/")
+  const cachedOf = (samples: ReadonlyArray<Sample>) => distinct(samples, (s) => s.cachedTokens)
 
   const rows: Array<Array<string>> = [
     [
@@ -500,80 +527,103 @@ const report = (direct: SideResult, neuron: SideResult, modelPath: string, start
       "direct node-llama-cpp",
       "neuron HTTP (client)",
       "neuron usage.timing",
-      "ratio neuron/direct"
+      "neuron/direct"
     ],
     [
-      `decode tok/s (${tokens(direct.decode, (s) => s.completionTokens)} tok)`,
+      `decode tok/s (${distinct(direct.decode, (s) => s.completionTokens)} tok)`,
       fmt(d.decode),
       fmt(n.decode),
       fmt(srv.decode),
-      ratio(d.decode, n.decode)
+      ratio(d.decode, n.decode).toFixed(3)
     ],
     [
-      `prefill tok/s (${tokens(direct.prefill, (s) => s.promptTokens)} tok prompt)`,
+      `prefill tok/s (${distinct(direct.prefill, (s) => s.promptTokens)} tok; cached ${cachedOf(direct.prefill)} vs ${
+        cachedOf(neuron.prefill)
+      })`,
       fmt(d.prefill),
       fmt(n.prefill),
       fmt(srv.prefill),
-      ratio(d.prefill, n.prefill)
+      ratio(d.prefill, n.prefill).toFixed(3)
     ],
     [
-      `TTFT ms, short prompt (${tokens(direct.ttft, (s) => s.promptTokens)} tok)`,
+      `  its TTFT ms`,
+      fmt(d.prefillTtft),
+      fmt(n.prefillTtft),
+      fmt(srv.prefillTtft),
+      `${ratio(d.prefillTtft, n.prefillTtft).toFixed(3)} (${signed(overhead(d.prefillTtft, n.prefillTtft))})`
+    ],
+    [
+      `TTFT ms, short (${distinct(direct.ttft, (s) => s.promptTokens)} tok; cached ${cachedOf(direct.ttft)} vs ${
+        cachedOf(neuron.ttft)
+      })`,
       fmt(d.ttft),
       fmt(n.ttft),
       fmt(srv.ttft),
-      `${ratio(d.ttft, n.ttft)} (+${(n.ttft.median - d.ttft.median).toFixed(1)} ms)`
+      `${ratio(d.ttft, n.ttft).toFixed(3)} (${signed(overhead(d.ttft, n.ttft))})`
     ],
     [
-      "prefill-run TTFT ms (long prompt)",
-      fmt(summarize(direct.prefill.map((s) => s.ttftMs))),
-      fmt(summarize(neuron.prefill.map((s) => s.ttftMs))),
-      fmt(server(neuron.prefill, (t) => t.ttft_ms)),
-      `+${
-        (summarize(neuron.prefill.map((s) => s.ttftMs)).median - summarize(direct.prefill.map((s) => s.ttftMs)).median)
-          .toFixed(1)
-      } ms`
+      `TTFT ms, short, same prefix (cached ${cachedOf(direct.ttftShared)} vs ${cachedOf(neuron.ttft)})`,
+      fmt(d.ttftShared),
+      fmt(n.ttft),
+      fmt(srv.ttft),
+      `${ratio(d.ttftShared, n.ttft).toFixed(3)} (${signed(overhead(d.ttftShared, n.ttft))})`
     ]
   ]
   const cached = {
     direct: [...direct.decode, ...direct.prefill, ...direct.ttft].map((s) => s.cachedTokens),
+    directSharedPrefix: direct.ttftShared.map((s) => s.cachedTokens),
     neuron: [...neuron.decode, ...neuron.prefill, ...neuron.ttft].map((s) => s.cachedTokens)
   }
   const cpu = cpuInfo()
+  const loadText = (l: ReadonlyArray<number>) => l.map((x) => x.toFixed(2)).join(" ")
 
   console.log("")
   console.log(
-    `machine:  ${cpu.model}, ${cpu.logicalCores} logical cores, ${cpu.totalMemMb} MB RAM, node ${process.version}`
+    `machine:  ${cpu.model}, ${cpu.logicalCores} logical cores, ${cpu.totalMemMb} MB RAM, node ${process.version}, `
+      + `load average ${loadText(load.before)} before, ${loadText(os.loadavg())} after`
   )
   console.log(
     `settings: model ${path.basename(modelPath)}, threads ${SETTINGS.threads}, context ${SETTINGS.contextSize}, `
       + `batch ${SETTINGS.batchSize}, temperature ${SETTINGS.temperature}, seed ${SETTINGS.seed}, runs ${SETTINGS.runs}, `
-      + `decode ${SETTINGS.decodeTokens} tok, gpu off, neuron max_in_flight 1`
+      + `decode ${SETTINGS.decodeTokens} tok, gpu off, neuron max_in_flight 1, chat completions streamed over SSE`
   )
   console.log(
-    `cached prompt tokens per measured request: direct [${cached.direct.join(",")}], neuron [${
-      cached.neuron.join(",")
-    }]`
+    `cached prompt tokens per request (decode, prefill, ttft runs): direct [${cached.direct.join(",")}], `
+      + `neuron [${cached.neuron.join(",")}]`
   )
   console.log(
-    `neuron queue_ms median ${srv.queueMs.median}; neuron startup (spawn → model loaded) ${
-      (startupMs / 1000).toFixed(1)
-    } s (not measured above)`
+    `neuron queue_ms median ${srv.queueMs.median}; neuron startup (spawn → model loaded) `
+      + `${(startupMs / 1000).toFixed(1)} s, not part of any figure`
   )
   console.log("")
   console.log(table(rows))
   console.log("")
   console.log(JSON.stringify({
     bench: "neuron",
-    machine: cpu,
-    settings: { ...SETTINGS, model: path.basename(modelPath) },
-    direct: { decodeTokPerS: d.decode, prefillTokPerS: d.prefill, ttftMs: d.ttft },
-    neuronClient: { decodeTokPerS: n.decode, prefillTokPerS: n.prefill, ttftMs: n.ttft },
-    neuronServer: { decodeTokPerS: srv.decode, prefillTokPerS: srv.prefill, ttftMs: srv.ttft, queueMs: srv.queueMs },
+    machine: { ...cpu, loadavgBefore: load.before.map(round), loadavgAfter: os.loadavg().map(round) },
+    settings: { ...SETTINGS, model: path.basename(modelPath), gpu: false },
+    direct: {
+      decodeTokPerS: d.decode,
+      prefillTokPerS: d.prefill,
+      prefillTtftMs: d.prefillTtft,
+      ttftMs: d.ttft,
+      ttftSharedPrefixMs: d.ttftShared
+    },
+    neuronClient: { decodeTokPerS: n.decode, prefillTokPerS: n.prefill, prefillTtftMs: n.prefillTtft, ttftMs: n.ttft },
+    neuronServer: {
+      decodeTokPerS: srv.decode,
+      prefillTokPerS: srv.prefill,
+      prefillTtftMs: srv.prefillTtft,
+      ttftMs: srv.ttft,
+      queueMs: srv.queueMs
+    },
     ratio: {
-      decode: Number(ratio(d.decode, n.decode)),
-      prefill: Number(ratio(d.prefill, n.prefill)),
-      ttft: Number(ratio(d.ttft, n.ttft)),
-      ttftOverheadMs: round(n.ttft.median - d.ttft.median)
+      decode: ratio(d.decode, n.decode),
+      prefill: ratio(d.prefill, n.prefill),
+      ttft: ratio(d.ttft, n.ttft),
+      ttftOverheadMs: overhead(d.ttft, n.ttft),
+      ttftSharedPrefix: ratio(d.ttftShared, n.ttft),
+      ttftSharedPrefixOverheadMs: overhead(d.ttftShared, n.ttft)
     },
     tokens: {
       decodeCompletion: direct.decode.map((s) => s.completionTokens),
@@ -583,6 +633,10 @@ const report = (direct: SideResult, neuron: SideResult, modelPath: string, start
     cachedTokens: cached,
     neuronStartupMs: Math.round(startupMs)
   }))
+}
+
+interface Load {
+  readonly before: ReadonlyArray<number>
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -620,6 +674,7 @@ const main = async () => {
     const { bytes } = await writeModel(modelPath, { shape: "bench" })
     log(`generated ${modelPath} (${(bytes / 1e6).toFixed(1)} MB) in ${((performance.now() - t0) / 1000).toFixed(1)} s`)
   }
+  const load: Load = { before: os.loadavg() }
   const modelId = path.basename(modelPath, ".gguf")
   const modelsDir = path.dirname(modelPath)
 
@@ -627,7 +682,7 @@ const main = async () => {
   const direct = await runDirect(modelPath)
   log(`neuron over HTTP: ${SETTINGS.runs} runs`)
   const { result: neuron, startupMs } = await runNeuron(modelsDir, modelId)
-  report(direct, neuron, modelPath, startupMs)
+  report(direct, neuron, modelPath, startupMs, load)
 }
 
 try {

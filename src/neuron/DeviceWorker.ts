@@ -82,7 +82,10 @@ export class DeviceWorker {
         CORTEX_WORKER_GPU: this.device.kind === "cuda" ? "1" : "0",
         ...(this.device.kind === "cuda" ? { CUDA_VISIBLE_DEVICES: String(this.device.index) } : {})
       },
-      stdio: ["ignore", "inherit", "inherit", "ipc"]
+      stdio: ["ignore", "inherit", "inherit", "ipc"],
+      // Its own process group: a Ctrl-C or a group-wide SIGTERM meant for the neuron must not
+      // kill the worker before the neuron has drained. It exits on its own if the IPC channel closes.
+      detached: true
     })
     this.child = child
     this.ready = new Promise<EngineInfo>((resolve, reject) => {

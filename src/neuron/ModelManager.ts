@@ -491,6 +491,7 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
               onSuccess: (ok) => ok
             })
           )
+          if (draining) return yield* new ShuttingDown()
           if (admitted === "timeout") {
             return yield* new Overloaded({ model: id, reason: "queue_timeout", retry_after_secs: 2 })
           }
@@ -520,6 +521,13 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
     /** Stop admitting, wait (bounded) for running requests to finish. */
     const drain = Effect.gen(function*() {
       draining = true
+      // Queued requests would only wait to be cut off: refuse them now.
+      for (const e of entries.values()) {
+        for (const t of e.admission.queue) {
+          const waiter = e.waiters.get(t.id)
+          if (waiter) Deferred.unsafeDone(waiter, Exit.die("shutting down"))
+        }
+      }
       const deadline = Date.now() + config.drainSecs * 1000
       const busy = () => [...entries.values()].some((e) => e.admission.running.length + e.admission.queue.length > 0)
       if (busy()) yield* Effect.logInfo("draining in-flight requests")

@@ -56,11 +56,12 @@ export const resolveSampling = (
   const penalty = pick(request.repeat_penalty, defaults.repeat_penalty)
   const frequency = request.frequency_penalty ?? 0
   const presence = request.presence_penalty ?? 0
-  const stop = request.stop === undefined || request.stop === null
+  const stops = request.stop === undefined || request.stop === null
     ? []
     : typeof request.stop === "string"
     ? [request.stop]
-    : request.stop.filter((s) => s.length > 0)
+    : request.stop
+  const stop = stops.filter((s) => s.length > 0)
   return {
     temperature,
     ...(topP !== undefined ? { topP } : {}),

@@ -147,8 +147,10 @@ export class Engine {
   ): Promise<ModelEstimate> {
     const insights = await GgufInsights.from(await readGgufFileInfo(path), this.llama)
     const layers = this.llama.gpu === false ? 0 : (gpuLayers ?? insights.totalLayers)
-    const model = await insights.estimateModelResourceRequirementsV2({ gpuLayers: layers })
-    const context = await insights.estimateContextResourceRequirementsV2({
+    // The V1 estimators are arithmetic over the GGUF header. The V2 ones load the model natively
+    // to simulate it, and a malformed file then aborts the worker just for being listed.
+    const model = insights.estimateModelResourceRequirements({ gpuLayers: layers })
+    const context = insights.estimateContextResourceRequirements({
       contextSize: Math.min(contextSize, insights.trainContextSize ?? contextSize),
       modelGpuLayers: layers,
       sequences,
