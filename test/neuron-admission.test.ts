@@ -117,6 +117,32 @@ describe("admission", () => {
     expect(Date.now() - hungUpAt).toBeLessThan(5_000)
     await waitFor("idle", async () => (await health()).in_flight === 0 ? true : undefined, 5_000)
   })
+
+  it("frees the seat of a client that hangs up during a long prefill, and stops that prefill", async () => {
+    const prompt = Array.from({ length: 150 }, (_, i) => `line ${i} of another long document about something`).join(
+      "\n"
+    )
+    const p = new AbortController()
+    const res = await chat(
+      "paul",
+      { stream: true, max_tokens: 50, messages: [{ role: "user", content: prompt }] },
+      p.signal
+    )
+    expect(res.status).toBe(200)
+    const reading = readSse(res).catch(() => [])
+    await waitFor("paul in flight", async () => (await health()).in_flight === 1 ? true : undefined)
+    await new Promise((r) => setTimeout(r, 300))
+    const hungUpAt = Date.now()
+    p.abort()
+    await reading
+    await waitFor("seat freed", async () => (await health()).in_flight === 0 ? true : undefined, 10_000)
+    const freedAfter = Date.now() - hungUpAt
+    const next = await chat("quinn", { max_tokens: 2 })
+    expect(next.status).toBe(200)
+    expect((await next.json() as any).usage.completion_tokens).toBe(2)
+    // Prefill stops within one 512-token window; the whole prompt takes seconds on one thread.
+    expect(freedAfter).toBeLessThan(2_500)
+  })
 })
 
 describe("keep-alive", () => {

@@ -360,6 +360,9 @@ export class Engine {
         stopOnAbortSignal: true,
         onToken
       }
+      if (!(await this.prefill(slot.sequence, prompt, cached, resident.context.batchSize, signal))) {
+        return aborted(prompt.length, cached, started)
+      }
       const grammarSchema = forced
         ? this.forcedToolSchema(params)
         : params.responseFormat?.kind === "schema"
@@ -442,6 +445,28 @@ export class Engine {
     }
   }
 
+  /**
+   * Evaluate the prompt (all but its last token) in windows of the batch size, checking for a
+   * cancel between windows: a client that hangs up mid-prefill stops it within one window.
+   * The generator then finds this prefix in the sequence and evaluates only the last token.
+   */
+  private async prefill(
+    sequence: LlamaContextSequence,
+    prompt: ReadonlyArray<Token>,
+    cached: number,
+    window: number,
+    signal: AbortSignal
+  ): Promise<boolean> {
+    if (sequence.nextTokenIndex > cached) {
+      await sequence.eraseContextTokenRanges([{ start: cached, end: sequence.nextTokenIndex }])
+    }
+    for (let at = cached; at < prompt.length - 1; at += window) {
+      if (signal.aborted) return false
+      await sequence.evaluateWithoutGeneratingNewTokens(prompt.slice(at, Math.min(at + window, prompt.length - 1)))
+    }
+    return !signal.aborted
+  }
+
   async embed(id: string, inputs: ReadonlyArray<string>): Promise<EmbedResult> {
     const resident = this.resident(id)
     if (!resident.embedding) {
@@ -476,6 +501,15 @@ export class Engine {
 }
 
 const round = (ms: number) => Math.round(ms * 100) / 100
+
+const aborted = (promptTokens: number, cachedTokens: number, started: number): GenerationResult => ({
+  text: "",
+  reasoning: "",
+  toolCalls: [],
+  finishReason: "abort",
+  usage: { promptTokens, completionTokens: 0, cachedTokens },
+  timing: { prefillMs: round(performance.now() - started), ttftMs: 0, decodeMs: 0 }
+})
 
 const parseForcedCall = (text: string): { name: string; arguments: string } | undefined => {
   try {
