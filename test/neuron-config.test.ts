@@ -215,20 +215,23 @@ describe("loadNeuronConfig", () => {
       expect(error.reason).toContain("ENOENT")
     }))
 
-  it.effect("reports a bad environment value as a ConfigError naming the key", () =>
+  it.effect("reports a bad environment value as a ConfigError naming the variable", () =>
     Effect.gen(function*() {
       const port = yield* failure({ env: { NEURON_PORT: "abc" } })
       expect(port._tag).toBe("ConfigError")
       expect(port.file).toBe("environment")
-      expect(port.key).toBe("port")
+      expect(port.key).toBe("NEURON_PORT")
       expect(port.reason.length).toBeGreaterThan(0)
 
       const seats = yield* failure({ env: { NEURON_MAX_IN_FLIGHT: "0" } })
       expect(seats.file).toBe("environment")
-      expect(seats.key).toBe("max_in_flight")
+      expect(seats.key).toBe("NEURON_MAX_IN_FLIGHT")
 
       const gpu = yield* failure({ env: { NEURON_GPU: "cuda" } })
-      expect(gpu.key).toBe("gpu")
+      expect(gpu.key).toBe("NEURON_GPU")
+
+      const autoLoad = yield* failure({ env: { NEURON_AUTO_LOAD: "yes" } })
+      expect(autoLoad.key).toBe("NEURON_AUTO_LOAD")
 
       const prefill = yield* failure({ env: { NEURON_PREFILL_BASE_MB: "lots" } })
       expect(prefill._tag).toBe("ConfigError")
@@ -241,6 +244,6 @@ describe("loadNeuronConfig", () => {
       const file = writeConfig(`port = 9000\n`)
       const error = yield* failure({ file, env: { NEURON_PORT: "70000" } })
       expect(error.file).toBe("environment")
-      expect(error.key).toBe("port")
+      expect(error.key).toBe("NEURON_PORT")
     }))
 })

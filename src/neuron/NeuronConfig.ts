@@ -101,7 +101,7 @@ const envValue = (key: keyof NeuronFile, raw: string): unknown => {
     case "default_models":
       return raw.split(",").map((s) => s.trim()).filter((s) => s.length > 0)
     case "auto_load":
-      return raw === "true" || raw === "1"
+      return raw === "true" || raw === "1" ? true : raw === "false" || raw === "0" ? false : raw
     default:
       return raw.trim() === "" ? raw : Number(raw)
   }
@@ -157,7 +157,14 @@ export const loadNeuronConfig = (options: {
       if (value !== undefined) overrides[key] = envValue(key, value)
     }
     if (options.port !== undefined) overrides.port = options.port
-    const merged = yield* decodeFile("environment", { ...fromFile, ...overrides })
+    // Overrides are decoded on their own so an error names the variable that carried it.
+    const fromEnv = yield* decodeFile("environment", overrides).pipe(
+      Effect.mapError((error) => {
+        const variable = Object.entries(ENV_KEYS).find(([, key]) => key === error.key)?.[0]
+        return variable && env[variable] !== undefined ? new ConfigError({ ...error, key: variable }) : error
+      })
+    )
+    const merged: NeuronFile = { ...fromFile, ...fromEnv }
     const base = file ? path.dirname(file) : process.cwd()
     const maxInFlight = merged.max_in_flight ?? 2
     return {
