@@ -177,6 +177,38 @@ describe("chat completions", () => {
     expect(call.id).toMatch(/^call_/)
   })
 
+  it("streams a forced tool call as a tool_calls delta with finish_reason tool_calls", async () => {
+    const stream = await client.chat.completions.create({
+      model: "tiny",
+      temperature: 0,
+      max_tokens: 64,
+      stream: true,
+      messages: user("Turn the lights on"),
+      tools: [{
+        type: "function",
+        function: {
+          name: "lights",
+          parameters: { type: "object", properties: { on: { type: "boolean" } }, required: ["on"] }
+        }
+      }],
+      tool_choice: "required"
+    })
+    let content = ""
+    let finish: string | null = null
+    const calls: Array<{ name?: string; arguments?: string }> = []
+    for await (const chunk of stream) {
+      const choice = chunk.choices[0]
+      content += choice?.delta.content ?? ""
+      for (const call of choice?.delta.tool_calls ?? []) calls.push(call.function ?? {})
+      if (choice?.finish_reason) finish = choice.finish_reason
+    }
+    expect(finish).toBe("tool_calls")
+    expect(content).toBe("")
+    expect(calls).toHaveLength(1)
+    expect(calls[0]!.name).toBe("lights")
+    expect(typeof JSON.parse(calls[0]!.arguments!).on).toBe("boolean")
+  })
+
   it("constrains output to a JSON schema with response_format", async () => {
     const res = await client.chat.completions.create({
       model: "tiny",
