@@ -5,7 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import OpenAI from "openai"
-import { type NeuronProcess, readSse, startNeuron } from "./fixtures/neuron.js"
+import { type NeuronProcess, postJson, readSse, startNeuron } from "./fixtures/neuron.js"
 
 let neuron: NeuronProcess
 let client: OpenAI
@@ -77,10 +77,11 @@ describe("chat completions", () => {
   })
 
   it("ends streams with [DONE] after the usage chunk", async () => {
-    const res = await fetch(`${neuron.url}/v1/chat/completions`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({ model: "tiny", stream: true, messages: user("hi"), max_tokens: 4 })
+    const res = await postJson(`${neuron.url}/v1/chat/completions`, {
+      model: "tiny",
+      stream: true,
+      messages: user("hi"),
+      max_tokens: 4
     })
     expect(res.headers.get("content-type")).toContain("text/event-stream")
     const data = (await readSse(res)).filter((e) => e.type === "data").map((e) => e.value)
@@ -340,12 +341,7 @@ describe("model lifecycle API", () => {
   })
 
   it("loads single-flight (concurrent loads resolve together) and unloads", async () => {
-    const load = () =>
-      fetch(`${neuron.url}/models/load`, {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({ model: "tiny-b" })
-      })
+    const load = () => postJson(`${neuron.url}/models/load`, { model: "tiny-b" })
     const [a, b] = await Promise.all([load(), load()])
     expect(a.status).toBe(200)
     expect(b.status).toBe(200)
@@ -353,13 +349,20 @@ describe("model lifecycle API", () => {
     expect((await b.json() as any).load_ms).toBeGreaterThan(0)
     // "Already loaded" is success.
     expect((await load()).status).toBe(200)
-    const unload = await fetch(`${neuron.url}/models/unload`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({ model: "tiny-b" })
-    })
+    const unload = await postJson(`${neuron.url}/models/unload`, { model: "tiny-b" })
     expect(unload.status).toBe(200)
     expect((await unload.json() as any).status).toBe("available")
+  })
+
+  it("counts a chat prompt's tokens exactly as generation sees them", async () => {
+    const messages = [{ role: "system" as const, content: "Be brief." }, ...user("How many tokens is this?")]
+    const res = await postJson(`${neuron.url}/tokenize`, { model: "tiny", messages })
+    const counted = (await res.json() as any).tokens
+    const chat = await client.chat.completions.create({ model: "tiny", messages, max_tokens: 1 })
+    expect(counted).toBe(chat.usage?.prompt_tokens)
+    const text = await (await postJson(`${neuron.url}/tokenize`, { model: "tiny", text: "hello world" })).json() as any
+    expect(text.tokens).toBeGreaterThan(0)
+    expect(text.tokens).toBeLessThan(11)
   })
 
   it("reports discovery: host, devices with memory, engine", async () => {

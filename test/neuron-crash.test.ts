@@ -5,7 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import OpenAI from "openai"
-import { getJson, modelStatus, type NeuronProcess, readSse, startNeuron, waitFor } from "./fixtures/neuron.js"
+import { getJson, modelStatus, type NeuronProcess, postJson, readSse, startNeuron, waitFor } from "./fixtures/neuron.js"
 
 let neuron: NeuronProcess
 
@@ -24,15 +24,11 @@ describe("worker crash", () => {
     expect(before.body.models).toEqual([{ id: "tiny", status: "loaded", in_flight: 0, queue_depth: 0 }])
 
     // A long generation in flight on the healthy model.
-    const streaming = await fetch(`${neuron.url}/v1/chat/completions`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({
-        model: "tiny",
-        stream: true,
-        messages: [{ role: "user", content: "go" }],
-        max_tokens: 4000
-      })
+    const streaming = await postJson(`${neuron.url}/v1/chat/completions`, {
+      model: "tiny",
+      stream: true,
+      messages: [{ role: "user", content: "go" }],
+      max_tokens: 4000
     })
     expect(streaming.status).toBe(200)
     let firstData: () => void
@@ -40,11 +36,7 @@ describe("worker crash", () => {
     const events = readSse(streaming, () => firstData())
     await gotFirst
 
-    const load = await fetch(`${neuron.url}/models/load`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({ model: "broken" })
-    })
+    const load = await postJson(`${neuron.url}/models/load`, { model: "broken" })
     expect(load.status).toBe(500)
     const loadBody = await load.json() as any
     expect(loadBody.error.code).toBe("model_load_failed")
@@ -84,10 +76,10 @@ describe("worker crash", () => {
     const pid = (await getJson(`${neuron.url}/models`)).body.devices[0].worker.pid as number
     process.kill(pid, "SIGKILL")
     const res = await waitFor("a 503 while recovering", async () => {
-      const r = await fetch(`${neuron.url}/v1/chat/completions`, {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({ model: "tiny", messages: [{ role: "user", content: "hi" }], max_tokens: 2 })
+      const r = await postJson(`${neuron.url}/v1/chat/completions`, {
+        model: "tiny",
+        messages: [{ role: "user", content: "hi" }],
+        max_tokens: 2
       })
       return r.status === 503 ? r : undefined
     }, 5_000)

@@ -4,7 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import OpenAI from "openai"
-import { getJson, type NeuronProcess, startNeuron } from "./fixtures/neuron.js"
+import { getJson, type NeuronProcess, postJson, startNeuron } from "./fixtures/neuron.js"
 
 let neuron: NeuronProcess
 const BUDGET_MB = 120
@@ -35,11 +35,7 @@ describe("memory pre-flight", () => {
 
   it("refuses a load that cannot fit with 507 and required/free figures, without trying it", async () => {
     const started = Date.now()
-    const res = await fetch(`${neuron.url}/models/load`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({ model: "bench" })
-    })
+    const res = await postJson(`${neuron.url}/models/load`, { model: "bench" })
     expect(res.status).toBe(507)
     const body = await res.json() as any
     expect(body.error.code).toBe("insufficient_vram")

@@ -178,7 +178,7 @@ export const makeRouter = Effect.gen(function*() {
         messages: yield* Effect.try({ try: () => toWorkerMessages(request.messages!), catch: (e) => e as ApiError })
       }
       : { kind: "completion" as const, prompt: request.text ?? "" }
-    return json(yield* inference.tokenize(request.model, job, yield* principal))
+    return json(yield* inference.tokenize(request.model, job))
   })
 
   return HttpRouter.empty.pipe(

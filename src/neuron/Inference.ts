@@ -333,12 +333,12 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
         }
       }))
 
-    const tokenize = (model: string, job: Job, principal: string) =>
-      Effect.scoped(Effect.gen(function*() {
-        const seat = yield* models.acquire(model, principal)
+    const tokenize = (model: string, job: Job) =>
+      Effect.gen(function*() {
+        const seat = yield* models.peek(model)
         const count = yield* runOnWorker<number>(seat, { _tag: "tokenize", model, job })
         return { model, tokens: count }
-      }))
+      })
 
     return { complete, stream, embed, tokenize, prepare } as const
   })

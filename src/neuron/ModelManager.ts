@@ -447,18 +447,10 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
       }
     }
 
-    /**
-     * A seat on a loaded model for the life of the current scope. Loads on demand (auto_load),
-     * waits in the bounded queue, and gives the seat back on success, failure or interruption.
-     */
-    const acquire = (id: string, principal: string): Effect.Effect<
-      Seat,
-      ModelNotFound | ModelUnavailable | Overloaded | ShuttingDown | InsufficientVram | ModelLoadFailed | WorkerCrashed,
-      Scope.Scope
-    > =>
+    /** The entry of a loaded model, loading it first when it is on disk and auto_load is on. */
+    const resident = (id: string) =>
       Effect.gen(function*() {
         if (draining) return yield* new ShuttingDown()
-        const arrived = Date.now()
         let e = yield* find(id)
         if ((e.status === "available" || e.status === "loading") && config.autoLoad) {
           yield* load(id)
@@ -471,6 +463,36 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
             ...(e.error ? { detail: e.error } : {})
           })
         }
+        return e
+      })
+
+    const seatOn = (entry: Entry, queueMs: number): Seat => {
+      const device = devices.find((d) => d.id === entry.device)!
+      return {
+        model: entry.file.id,
+        worker: workers.get(device.id)!,
+        contextSize: entry.loaded!.contextSize,
+        freeMb: freeMb(device),
+        device: device.id,
+        queueMs
+      }
+    }
+
+    /** The worker serving a loaded model, without taking a seat (tokenizing needs no sequence). */
+    const peek = (id: string) => Effect.map(resident(id), (e) => seatOn(e, 0))
+
+    /**
+     * A seat on a loaded model for the life of the current scope. Loads on demand (auto_load),
+     * waits in the bounded queue, and gives the seat back on success, failure or interruption.
+     */
+    const acquire = (id: string, principal: string): Effect.Effect<
+      Seat,
+      ModelNotFound | ModelUnavailable | Overloaded | ShuttingDown | InsufficientVram | ModelLoadFailed | WorkerCrashed,
+      Scope.Scope
+    > =>
+      Effect.gen(function*() {
+        const arrived = Date.now()
+        const e = yield* resident(id)
         const ticket: Admission.Ticket = { id: nextTicket++, principal }
         const [decision, next] = Admission.admit(e.admission, limits, ticket)
         if (decision === "queue_full" || decision === "principal_limit") {
@@ -499,17 +521,8 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
             return yield* new ModelUnavailable({ model: id, state: entry.status })
           }
         }
-        const worker = workers.get(entry.device!)!
         entry.lastUsedAt = Date.now()
-        const device = devices.find((d) => d.id === entry.device)!
-        return {
-          model: id,
-          worker,
-          contextSize: entry.loaded!.contextSize,
-          freeMb: freeMb(device),
-          device: device.id,
-          queueMs: Date.now() - arrived
-        }
+        return seatOn(entry, Date.now() - arrived)
       })
 
     const loadDefaults = Effect.forEach(config.defaultModels, (id) =>
@@ -550,6 +563,7 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
       load,
       unload,
       acquire,
+      peek,
       loadDefaults,
       drain,
       totals,
