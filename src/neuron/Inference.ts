@@ -171,6 +171,7 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
         model: seat.model,
         job,
         params,
+        stream: events.onChunk !== undefined,
         budget: {
           freeMb: seat.freeMb,
           prefillBaseMb: config.prefillBaseMb,

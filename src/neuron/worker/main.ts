@@ -55,7 +55,7 @@ const handle = async (message: ToWorker): Promise<void> => {
           message.budget,
           controller.signal,
           {
-            chunk: (kind, text) => send({ _tag: "chunk", id: message.id, kind, text }),
+            chunk: message.stream ? (kind, text) => send({ _tag: "chunk", id: message.id, kind, text }) : () => {},
             prefilled: (promptTokens, cachedTokens) =>
               send({ _tag: "prefilled", id: message.id, promptTokens, cachedTokens })
           }

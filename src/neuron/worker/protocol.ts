@@ -91,7 +91,9 @@ export const ToWorker = Schema.Union(
     model: Schema.String,
     job: Job,
     params: GenerationParams,
-    budget: RequestBudget
+    budget: RequestBudget,
+    /** Send `chunk` messages as tokens come; off for non-streaming requests (saves IPC per token). */
+    stream: Schema.Boolean
   }),
   Schema.TaggedStruct("embed", { id: Schema.Number, model: Schema.String, inputs: Schema.Array(Schema.String) }),
   Schema.TaggedStruct("tokenize", { id: Schema.Number, model: Schema.String, job: Job }),
