@@ -210,6 +210,33 @@ describe("chat completions", () => {
     expect(typeof JSON.parse(calls[0]!.arguments!).on).toBe("boolean")
   })
 
+  it("passes tools to the model with tool_choice auto and answers normally when it calls none", async () => {
+    const res = await client.chat.completions.create({
+      model: "tiny",
+      temperature: 0,
+      max_tokens: 8,
+      messages: user("Just chat"),
+      tools: [{ type: "function", function: { name: "noop", parameters: { type: "object", properties: {} } } }]
+    })
+    const plain = await client.chat.completions.create({
+      model: "tiny",
+      temperature: 0,
+      max_tokens: 8,
+      messages: user("Just chat")
+    })
+    // The tool documentation is part of the prompt the model sees.
+    expect(res.usage!.prompt_tokens).toBeGreaterThan(plain.usage!.prompt_tokens)
+    expect(["length", "tool_calls", "stop"]).toContain(res.choices[0]!.finish_reason)
+  })
+
+  it("applies presence and frequency penalties", async () => {
+    const base = { model: "tiny", messages: user("Go on"), temperature: 0, max_tokens: 40 }
+    const plain = (await client.chat.completions.create(base)).choices[0]!.message.content
+    const penalised = (await client.chat.completions.create({ ...base, presence_penalty: 1.5, frequency_penalty: 1.5 }))
+      .choices[0]!.message.content
+    expect(penalised).not.toBe(plain)
+  })
+
   it("constrains output to a JSON schema with response_format", async () => {
     const res = await client.chat.completions.create({
       model: "tiny",
