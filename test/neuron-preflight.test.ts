@@ -7,11 +7,12 @@ import OpenAI from "openai"
 import { getJson, type NeuronProcess, postJson, startNeuron } from "./fixtures/neuron.js"
 
 let neuron: NeuronProcess
-const BUDGET_MB = 120
+// tiny's estimate is ~45 MB with one sequence: one tiny fits, two do not, bench never does.
+const BUDGET_MB = 80
 
 beforeAll(async () => {
   neuron = await startNeuron({
-    models: ["tiny", "bench"],
+    models: ["tiny", "tiny-b", "bench"],
     defaultModels: ["tiny"],
     toml: `memory_budget_mb = ${BUDGET_MB}\nmax_in_flight = 1\n`,
     // Each 1k prompt tokens needs 200 MB here: a long prompt cannot fit what tiny leaves free.
@@ -65,5 +66,19 @@ describe("memory pre-flight", () => {
       max_tokens: 2
     })
     expect(ok.usage?.completion_tokens).toBe(2)
+  })
+
+  it("does not let two concurrent loads both count the same free memory", async () => {
+    expect((await postJson(`${neuron.url}/models/unload`, { model: "tiny" })).status).toBe(200)
+    const estimate =
+      (await getJson(`${neuron.url}/models`)).body.data.find((m: any) => m.id === "tiny").memory_estimate_mb
+    expect(estimate * 2).toBeGreaterThan(BUDGET_MB)
+    expect(estimate).toBeLessThanOrEqual(BUDGET_MB)
+    const results = await Promise.all(
+      ["tiny", "tiny-b"].map((model) => postJson(`${neuron.url}/models/load`, { model }))
+    )
+    expect(results.map((r) => r.status).sort()).toEqual([200, 507])
+    const devices = (await getJson(`${neuron.url}/models`)).body.devices
+    expect(devices[0].usedMb).toBeLessThanOrEqual(BUDGET_MB)
   })
 })

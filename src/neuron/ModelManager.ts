@@ -32,6 +32,8 @@ interface Entry {
   loaded: LoadedInfo | undefined
   estimate: ModelEstimate | undefined
   estimateKey: string | undefined
+  /** Memory held for a load in progress, so a concurrent load cannot count it as free. */
+  reservedMb: number | undefined
   loadedAt: number | undefined
   lastUsedAt: number | undefined
   admission: Admission.State
@@ -88,6 +90,8 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
     const workers = new Map<string, DeviceWorker>()
     let draining = false
     let nextTicket = 1
+    // Loads run one at a time per neuron: the pre-flight of one sees the reservation of the other.
+    const loadLock = yield* Effect.makeSemaphore(1)
 
     const limits: Admission.Limits = {
       maxInFlight: config.maxInFlight,
@@ -96,7 +100,7 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
     }
 
     // ---- memory -------------------------------------------------------------------------
-    const footprint = (e: Entry) => e.loaded ? memoryOf(e.loaded.estimate, e.device) : 0
+    const footprint = (e: Entry) => e.loaded ? memoryOf(e.loaded.estimate, e.device) : e.reservedMb ?? 0
     const memoryOf = (estimate: ModelEstimate, deviceId: string | undefined) =>
       deviceId?.startsWith("cuda") ? estimate.vramMb : estimate.ramMb
     const usedMb = (deviceId: string) => {
@@ -191,6 +195,7 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
               loaded: undefined,
               estimate: undefined,
               estimateKey: undefined,
+              reservedMb: undefined,
               loadedAt: undefined,
               lastUsedAt: undefined,
               admission: Admission.empty,
@@ -368,6 +373,7 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
         const attempt = Effect.gen(function*() {
           const target = yield* pickDevice(e)
           e.device = target.device.id
+          e.reservedMb = target.required
           yield* Effect.logInfo(
             `loading ${id} on ${target.device.id} (needs ~${target.required} MB, ${target.free} MB free)`
           )
@@ -375,13 +381,14 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
             try: () => loadOn(target.worker, e),
             catch: toLoadError(id, target.device.id)
           })
-        })
+        }).pipe(loadLock.withPermits(1))
         e.loading = runPromiseExit(
           attempt.pipe(
             Effect.tapBoth({
               onSuccess: (info) =>
                 Effect.sync(() => {
                   e.status = "loaded"
+                  e.reservedMb = undefined
                   e.loaded = info
                   e.loadedAt = Date.now()
                   e.admission = Admission.empty
@@ -391,6 +398,7 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
               onFailure: (error) =>
                 Effect.sync(() => {
                   e.device = undefined
+                  e.reservedMb = undefined
                   e.loaded = undefined
                   if (error._tag === "InsufficientVram") {
                     e.status = previous === "failed" ? "failed" : "available"
