@@ -89,6 +89,8 @@ describe("chat completions", () => {
     const usage = JSON.parse(data.at(-2)!)
     expect(usage.choices).toEqual([])
     expect(usage.usage.completion_tokens).toBe(4)
+    // The first chunk tells the prompt's size before any token (for Anthropic's message_start).
+    expect(JSON.parse(data[0]!).cortex.prompt_tokens).toBe(usage.usage.prompt_tokens)
   })
 
   it("is deterministic with temperature 0 and a seed, and reports cached prefix tokens on reuse", async () => {

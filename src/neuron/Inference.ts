@@ -259,9 +259,14 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
         const run = Effect.scoped(Effect.gen(function*() {
           const seat = yield* models.acquire(request.model, principal)
           const result = yield* generate(seat, job, params, {
-            onPrefilled: () => {
+            onPrefilled: (promptTokens, cachedTokens) => {
               Deferred.unsafeDone(started, Exit.void)
-              if (kind === "chat") push(frame(chunk({ role: "assistant", content: "" })))
+              if (kind === "chat") {
+                push(frame({
+                  ...chunk({ role: "assistant", content: "" }),
+                  cortex: { prompt_tokens: promptTokens, cached_tokens: cachedTokens }
+                }))
+              }
             },
             onChunk: (type, text) => {
               if (text.length === 0) return
