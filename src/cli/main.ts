@@ -4,11 +4,13 @@ import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Console, Effect, Layer, Option } from "effect"
 import { existsSync } from "node:fs"
 import * as path from "node:path"
+import { loadGatewayConfig } from "../gateway/GatewayConfig.js"
 import { type ModelShape, writeModel } from "../gguf/ModelGenerator.js"
+import { GatewayLive } from "../layers/GatewayLive.js"
 import { NeuronLive } from "../layers/NeuronLive.js"
 import { VERSION } from "../neuron/Http.js"
 import { scanModels } from "../neuron/ModelStore.js"
-import { loadNeuronConfig } from "../neuron/NeuronConfig.js"
+import { type ConfigError, loadNeuronConfig } from "../neuron/NeuronConfig.js"
 
 const configOption = Options.file("config").pipe(
   Options.withAlias("c"),
@@ -22,6 +24,11 @@ const portOption = Options.integer("port").pipe(
 )
 
 /** Bad configuration stops the process before any port is bound, with file, key and reason. */
+const refuse = (error: ConfigError) =>
+  Console.error(`cortex: invalid configuration: ${error.message}`).pipe(
+    Effect.zipRight(Effect.sync(() => process.exit(2)))
+  )
+
 const runNeuron = (file: string | undefined, port: number | undefined, extra: Record<string, string> = {}) =>
   Effect.gen(function*() {
     const settings = yield* loadNeuronConfig({ file, port, env: { ...process.env, ...extra } })
@@ -30,12 +37,7 @@ const runNeuron = (file: string | undefined, port: number | undefined, extra: Re
         (settings.memoryBudgetMb !== undefined ? `memory budget ${settings.memoryBudgetMb} MB` : "memory detected")
     )
     return yield* Layer.launch(NeuronLive(settings))
-  }).pipe(
-    Effect.catchTag("ConfigError", (error) =>
-      Console.error(`cortex: invalid configuration: ${error.message}`).pipe(
-        Effect.zipRight(Effect.sync(() => process.exit(2)))
-      ))
-  )
+  }).pipe(Effect.catchTag("ConfigError", refuse))
 
 const neuron = Command.make(
   "neuron",
@@ -65,7 +67,10 @@ const up = Command.make(
   "up",
   {
     models: Options.directory("models").pipe(Options.withDefault("models")),
-    port: portOption
+    port: Options.integer("port").pipe(
+      Options.withDescription("Gateway port (the local neuron listens on 13131)"),
+      Options.withDefault(31313)
+    )
   },
   ({ models, port }) =>
     Effect.gen(function*() {
@@ -77,28 +82,65 @@ const up = Command.make(
         yield* Effect.promise(() => writeModel(file, { shape: "tiny" }))
       }
       const ids = (yield* Effect.promise(() => scanModels(dir))).map((m) => m.id)
-      const listen = Option.getOrElse(port, () => 13131)
+      const neuronPort = Number(process.env.NEURON_PORT ?? 13131)
+      const neuron = yield* loadNeuronConfig({
+        file: existsSync("neuron.toml") ? "neuron.toml" : undefined,
+        port: neuronPort,
+        env: {
+          ...process.env,
+          NEURON_MODELS_DIR: dir,
+          NEURON_DEFAULT_MODELS: ids.slice(0, 1).join(","),
+          NEURON_HOST: process.env.NEURON_HOST ?? "127.0.0.1"
+        }
+      })
+      const gateway = yield* loadGatewayConfig({
+        file: existsSync("cortex.toml") ? "cortex.toml" : undefined,
+        listen: `127.0.0.1:${port}`,
+        env: { CORTEX_METRICS_LISTEN: process.env.CORTEX_METRICS_LISTEN ?? "127.0.0.1:31314", ...process.env },
+        neurons: [{ name: "local", endpoint: `http://127.0.0.1:${neuron.port}`, token: neuron.apiToken }]
+      })
       yield* Console.log(
         [
-          `cortex up: a local neuron on http://127.0.0.1:${listen} serving ${ids.join(", ")}`,
-          `try:  curl -N http://127.0.0.1:${listen}/v1/chat/completions -H 'content-type: application/json' \\`,
+          `cortex up: gateway on http://127.0.0.1:${port} (OpenAI and Anthropic), local neuron on :${neuron.port}, serving ${
+            ids.join(", ")
+          }`,
+          `try:  curl -N http://127.0.0.1:${port}/v1/chat/completions -H 'content-type: application/json' \\`,
           `        -d '{"model":"${ids[0]}","stream":true,"messages":[{"role":"user","content":"Hello"}]}'`
         ].join("\n")
       )
-      const config = existsSync("neuron.toml") ? "neuron.toml" : undefined
-      return yield* runNeuron(config, listen, {
-        NEURON_MODELS_DIR: dir,
-        NEURON_DEFAULT_MODELS: ids.slice(0, 1).join(","),
-        NEURON_HOST: process.env.NEURON_HOST ?? "127.0.0.1"
-      })
-    })
+      return yield* Layer.launch(Layer.mergeAll(NeuronLive(neuron), GatewayLive(gateway)))
+    }).pipe(Effect.catchTag("ConfigError", refuse))
 ).pipe(
-  Command.withDescription("Start the embedded default: a local neuron serving ./models (demo model generated if empty)")
+  Command.withDescription(
+    "Start the embedded default: a gateway and a local neuron serving ./models (demo model generated if empty)"
+  )
 )
+
+const serve = Command.make(
+  "serve",
+  {
+    config: Options.file("config").pipe(
+      Options.withAlias("c"),
+      Options.withDescription("Path to cortex.toml"),
+      Options.optional
+    )
+  },
+  ({ config }) =>
+    Effect.gen(function*() {
+      const settings = yield* loadGatewayConfig({ file: Option.getOrUndefined(config) })
+      if (settings.neurons.length === 0) {
+        yield* Effect.logWarning("no [[neurons]] configured: every model request will 404")
+      }
+      return yield* Layer.launch(GatewayLive(settings))
+    }).pipe(Effect.catchTag("ConfigError", refuse))
+).pipe(Command.withDescription("Run the gateway: one OpenAI + Anthropic endpoint over the neurons in cortex.toml"))
+
+import { adminCommands } from "./admin.js"
+const { load, models, status, unload } = adminCommands
 
 const cortex = Command.make("cortex").pipe(
   Command.withDescription("Gateway and fleet manager for local LLM inference"),
-  Command.withSubcommands([up, neuron, makeModel])
+  Command.withSubcommands([up, serve, neuron, status, models, load, unload, makeModel])
 )
 
 const cli = Command.run(cortex, { name: "cortex", version: VERSION })

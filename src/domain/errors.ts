@@ -68,7 +68,7 @@ export class ModelNotFound extends Schema.TaggedError<ModelNotFound>()("ModelNot
     return {}
   }
   override get message() {
-    return `The model '${this.model}' does not exist on this node`
+    return `The model '${this.model}' does not exist`
   }
   get body() {
     return envelope(this.message, "invalid_request_error", "model_not_found", "model")
@@ -285,6 +285,39 @@ export type ApiError =
   | Unauthorized
   | NotFoundRoute
   | InternalError
+  | UpstreamError
 
 export const isApiError = (u: unknown): u is ApiError =>
   typeof u === "object" && u !== null && "status" in u && "body" in u && "_tag" in u
+
+/** An upstream (neuron) error passed through to the client with its status and envelope. */
+export class UpstreamError extends Schema.TaggedError<UpstreamError>()("UpstreamError", {
+  upstreamStatus: Schema.Number,
+  upstreamBody: Schema.Unknown,
+  retryAfter: Schema.NullOr(Schema.String)
+}) {
+  get status() {
+    return this.upstreamStatus
+  }
+  get headers(): Record<string, string> {
+    return this.retryAfter ? { "retry-after": this.retryAfter } : {}
+  }
+  override get message() {
+    return this.body.error.message
+  }
+  get body(): OpenAIErrorBody {
+    const b = this.upstreamBody as Partial<OpenAIErrorBody> | undefined
+    if (b && typeof b === "object" && b.error && typeof b.error.message === "string") {
+      return {
+        error: {
+          ...b.error,
+          message: b.error.message,
+          type: b.error.type ?? "server_error",
+          code: b.error.code ?? null,
+          param: b.error.param ?? null
+        }
+      }
+    }
+    return envelope(`upstream answered ${this.upstreamStatus}`, "server_error", "upstream_error")
+  }
+}

@@ -1,0 +1,117 @@
+/** Operator commands that talk to a running gateway: status, models, load, unload. */
+import { Args, Command, Options } from "@effect/cli"
+import { Console, Effect, Option } from "effect"
+
+const endpointOption = Options.text("endpoint").pipe(
+  Options.withDescription("The gateway's URL (default $CORTEX_ENDPOINT or http://127.0.0.1:31313)"),
+  Options.optional
+)
+const jsonOption = Options.boolean("json").pipe(Options.withDescription("Print JSON for scripts"))
+const nodeOption = Options.text("node").pipe(Options.withDescription("The neuron to act on"), Options.optional)
+
+const base = (endpoint: Option.Option<string>) =>
+  Option.getOrElse(endpoint, () => process.env.CORTEX_ENDPOINT ?? "http://127.0.0.1:31313").replace(/\/+$/, "")
+
+const call = (endpoint: Option.Option<string>, path: string, body?: unknown) =>
+  Effect.tryPromise({
+    try: async () => {
+      const key = process.env.CORTEX_API_KEY
+      const res = await fetch(`${base(endpoint)}${path}`, {
+        method: body === undefined ? "GET" : "POST",
+        headers: {
+          ...(body === undefined ? {} : { "content-type": "application/json" }),
+          ...(key ? { authorization: `Bearer ${key}` } : {})
+        },
+        ...(body === undefined ? {} : { body: JSON.stringify(body) })
+      })
+      const json = await res.json() as any
+      if (!res.ok) throw new Error(json?.error?.message ?? `HTTP ${res.status}`)
+      return json
+    },
+    catch: (e) => new Error(`${base(endpoint)}${path}: ${(e as Error).message}`)
+  })
+
+/** Left-aligned columns, widths from the content. */
+export const table = (header: ReadonlyArray<string>, rows: ReadonlyArray<ReadonlyArray<string>>) => {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)))
+  const line = (cells: ReadonlyArray<string>) => cells.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd()
+  return [line(header), ...rows.map(line)].join("\n")
+}
+
+const fail = (error: Error) =>
+  Console.error(`cortex: ${error.message}`).pipe(Effect.zipRight(Effect.sync(() => process.exit(1))))
+
+const status = Command.make(
+  "status",
+  { endpoint: endpointOption, json: jsonOption },
+  ({ endpoint, json }) =>
+    Effect.gen(function*() {
+      const s = yield* call(endpoint, "/admin/status")
+      if (json) return yield* Console.log(JSON.stringify(s, null, 2))
+      const nodes = table(
+        ["NODE", "HEALTH", "ENDPOINT", "DEVICES (free/total MB)", "MODELS"],
+        s.nodes.map((n: any) => [
+          n.name,
+          n.healthy ? n.status : `down (${n.error ?? "?"})`,
+          n.endpoint,
+          n.devices.map((d: any) => `${d.id} ${d.free_mb}/${d.total_mb}`).join(", ") || "-",
+          n.models.map((m: any) => `${m.id}:${m.status}`).join(", ") || "-"
+        ])
+      )
+      const models = table(
+        ["MODEL", "LOADED", "LOCATIONS"],
+        s.models.map((m: any) => [
+          m.alias_of ? `${m.id} -> ${m.alias_of}` : m.id,
+          m.loaded ? "yes" : "no",
+          m.locations.map((l: any) => `${l.node}:${l.status}${l.healthy ? "" : "(down)"}`).join(", ") || "-"
+        ])
+      )
+      const loads = s.loads_in_progress.length > 0 ? `\n\nloading: ${s.loads_in_progress.join(", ")}` : ""
+      yield* Console.log(`cortex ${s.version}\n\n${nodes}\n\n${models}${loads}`)
+    }).pipe(Effect.catchAll(fail))
+).pipe(Command.withDescription("Fleet health and models"))
+
+const models = Command.make(
+  "models",
+  { endpoint: endpointOption, json: jsonOption },
+  ({ endpoint, json }) =>
+    Effect.gen(function*() {
+      const list = yield* call(endpoint, "/v1/models")
+      if (json) return yield* Console.log(JSON.stringify(list, null, 2))
+      yield* Console.log(table(
+        ["MODEL", "LOADED", "CONTEXT", "CAPABILITIES", "FEASIBLE ON"],
+        list.data.map((m: any) => [
+          m.alias_of ? `${m.id} -> ${m.alias_of}` : m.id,
+          m.loaded ? "yes" : "no",
+          String(m.limit?.context ?? "-"),
+          (m.capabilities ?? []).join(","),
+          (m.feasible_on ?? []).join(",") || "-"
+        ])
+      ))
+    }).pipe(Effect.catchAll(fail))
+).pipe(Command.withDescription("The catalogue: every model the fleet can serve"))
+
+const lifecycle = (action: "load" | "unload") =>
+  Command.make(action, {
+    endpoint: endpointOption,
+    node: nodeOption,
+    model: Args.text({ name: "model" }).pipe(Args.withDescription("The model (catalogue id or alias)"))
+  }, ({ endpoint, model, node }) =>
+    Effect.gen(function*() {
+      const started = Date.now()
+      yield* Console.log(
+        `${action === "load" ? "loading" : "unloading"} ${model}${Option.isSome(node) ? ` on ${node.value}` : ""}…`
+      )
+      const res = yield* call(endpoint, `/admin/${action}`, {
+        model,
+        ...(Option.isSome(node) ? { node: node.value } : {})
+      })
+      const where = res.node ? [`${res.node}: ${res.status}`] : res.results.map((r: any) => `${r.node}: ${r.status}`)
+      yield* Console.log(`${model}: ${where.join(", ") || "nothing to do"} (${Date.now() - started} ms)`)
+    }).pipe(Effect.catchAll(fail))).pipe(
+      Command.withDescription(
+        action === "load" ? "Load a model (on the best node, or --node)" : "Unload a model (everywhere, or --node)"
+      )
+    )
+
+export const adminCommands = { status, models, load: lifecycle("load"), unload: lifecycle("unload") }

@@ -1,0 +1,109 @@
+/**
+ * The catalogue: models.toml profiles × what the neurons have on disk and in memory, plus
+ * aliases. Models a neuron serves that no profile names are listed too, under their own id.
+ * Pure: rebuilt from the fleet state whenever it is read.
+ */
+import type { FleetState, NeuronModel } from "./Fleet.js"
+import type { ModelProfile } from "./GatewayConfig.js"
+
+export interface Location {
+  readonly node: string
+  readonly status: NeuronModel["status"]
+  readonly healthy: boolean
+  readonly in_flight: number
+  readonly queue_depth: number
+  readonly context_limit: number | null
+  readonly memory_estimate_mb: number | null
+  readonly error: string | null
+}
+
+export interface CatalogueModel {
+  readonly id: string
+  /** The id the neurons know it by. */
+  readonly neuronId: string
+  readonly profile: ModelProfile | undefined
+  readonly locations: ReadonlyArray<Location>
+  readonly capabilities: ReadonlyArray<string>
+  readonly limit: { readonly context: number | null; readonly output: number | null }
+}
+
+export const buildCatalogue = (
+  profiles: ReadonlyArray<ModelProfile>,
+  fleet: FleetState
+): ReadonlyMap<string, CatalogueModel> => {
+  const byNeuronId = new Map<string, Array<Location & { readonly capabilities: ReadonlyArray<string> }>>()
+  for (const node of fleet.values()) {
+    for (const m of node.models) {
+      const list = byNeuronId.get(m.id) ?? []
+      list.push({
+        node: node.name,
+        status: m.status,
+        healthy: node.healthy,
+        in_flight: m.in_flight,
+        queue_depth: m.queue_depth,
+        context_limit: m.context_limit,
+        memory_estimate_mb: m.memory_estimate_mb,
+        error: m.error,
+        capabilities: m.capabilities
+      })
+      byNeuronId.set(m.id, list)
+    }
+  }
+  const entry = (id: string, neuronId: string, profile: ModelProfile | undefined): CatalogueModel => {
+    const found = byNeuronId.get(neuronId) ?? []
+    const contexts = found.map((l) => l.context_limit).filter((c): c is number => c !== null)
+    return {
+      id,
+      neuronId,
+      profile,
+      locations: found.map(({ capabilities: _, ...location }) => location),
+      capabilities: profile?.capabilities ?? [...new Set(found.flatMap((l) => l.capabilities))],
+      limit: {
+        context: profile?.limit?.context ?? (contexts.length > 0 ? Math.min(...contexts) : null),
+        output: profile?.limit?.output ?? null
+      }
+    }
+  }
+  const catalogue = new Map<string, CatalogueModel>()
+  const covered = new Set<string>()
+  for (const profile of profiles) {
+    const neuronId = profile.file ?? profile.id
+    covered.add(neuronId)
+    catalogue.set(profile.id, entry(profile.id, neuronId, profile))
+  }
+  for (const neuronId of [...byNeuronId.keys()].sort()) {
+    if (!covered.has(neuronId) && !catalogue.has(neuronId)) {
+      catalogue.set(neuronId, entry(neuronId, neuronId, undefined))
+    }
+  }
+  return catalogue
+}
+
+export const resolveAlias = (aliases: Readonly<Record<string, string>>, name: string) => aliases[name] ?? name
+
+/** /v1/models: OpenAI's fields plus where each model is and what it can do. */
+export const catalogueList = (
+  catalogue: ReadonlyMap<string, CatalogueModel>,
+  aliases: Readonly<Record<string, string>>,
+  created: number
+) => {
+  const model = (m: CatalogueModel, id = m.id) => ({
+    id,
+    object: "model" as const,
+    created,
+    owned_by: "cortex",
+    loaded: m.locations.some((l) => l.status === "loaded" && l.healthy),
+    locations: m.locations.map((l) => ({ node: l.node, status: l.status, healthy: l.healthy })),
+    feasible_on: m.locations.filter((l) => l.healthy && l.status !== "failed").map((l) => l.node),
+    capabilities: m.capabilities,
+    limit: m.limit,
+    ...(m.profile?.cost ? { cost: m.profile.cost } : {}),
+    ...(id !== m.id ? { alias_of: m.id } : {})
+  })
+  const data = [...catalogue.values()].map((m) => model(m))
+  for (const [alias, target] of Object.entries(aliases)) {
+    const m = catalogue.get(target)
+    if (m && !catalogue.has(alias)) data.push(model(m, alias))
+  }
+  return { object: "list" as const, data }
+}

@@ -1,0 +1,145 @@
+/**
+ * The poller: every neuron's health, devices and models, polled concurrently with short
+ * timeouts into one FleetState. A node starts unhealthy, turns healthy on its first answer and
+ * unhealthy again after 3 consecutive misses (one slow poll does not take it out).
+ */
+import { Effect, Ref, Schedule } from "effect"
+import { GatewayConfig, type NeuronEndpoint } from "./GatewayConfig.js"
+import { callNeuron } from "./NeuronClient.js"
+
+export const MISSES_BEFORE_UNHEALTHY = 3
+
+export interface NeuronModel {
+  readonly id: string
+  readonly status: "available" | "loading" | "loaded" | "unloading" | "recovering" | "failed"
+  readonly error: string | null
+  readonly device: string | null
+  readonly size_bytes: number
+  readonly memory_estimate_mb: number | null
+  readonly context_limit: number | null
+  readonly capabilities: ReadonlyArray<string>
+  readonly in_flight: number
+  readonly queue_depth: number
+  readonly last_used_at: string | null
+}
+
+export interface NeuronDevice {
+  readonly id: string
+  readonly kind: string
+  readonly name: string
+  readonly totalMb: number
+  readonly freeMb: number
+  readonly usedMb: number
+}
+
+export interface NodeState {
+  readonly name: string
+  readonly endpoint: NeuronEndpoint
+  readonly healthy: boolean
+  readonly misses: number
+  readonly status: string
+  readonly lastSeen: number | undefined
+  readonly lastError: string | undefined
+  readonly discovery: unknown
+  readonly models: ReadonlyArray<NeuronModel>
+  readonly devices: ReadonlyArray<NeuronDevice>
+}
+
+export type FleetState = ReadonlyMap<string, NodeState>
+
+const initial = (endpoint: NeuronEndpoint): NodeState => ({
+  name: endpoint.name,
+  endpoint,
+  healthy: false,
+  misses: 0,
+  status: "unknown",
+  lastSeen: undefined,
+  lastError: "not polled yet",
+  discovery: undefined,
+  models: [],
+  devices: []
+})
+
+interface Snapshot {
+  readonly health: { readonly status: string }
+  readonly models: { readonly data: ReadonlyArray<NeuronModel>; readonly devices: ReadonlyArray<NeuronDevice> }
+}
+
+export class Fleet extends Effect.Service<Fleet>()("cortex/Fleet", {
+  scoped: Effect.gen(function*() {
+    const config = yield* GatewayConfig
+    const state = yield* Ref.make<FleetState>(new Map(config.neurons.map((n) => [n.name, initial(n)])))
+    const timeoutMs = Math.max(1000, config.pollIntervalSecs * 1000)
+
+    const update = (name: string, f: (node: NodeState) => NodeState) =>
+      Ref.update(state, (fleet) => {
+        const node = fleet.get(name)
+        if (!node) return fleet
+        const next = new Map(fleet)
+        next.set(name, f(node))
+        return next
+      })
+
+    const pollNode = (endpoint: NeuronEndpoint) =>
+      Effect.all({
+        health: callNeuron<Snapshot["health"]>(endpoint, "/health", { timeoutMs }),
+        models: callNeuron<Snapshot["models"]>(endpoint, "/models", { timeoutMs })
+      }, { concurrency: 2 }).pipe(
+        Effect.matchEffect({
+          onSuccess: (snap) =>
+            update(endpoint.name, (node) => {
+              if (!node.healthy) Effect.runFork(Effect.logInfo(`neuron ${endpoint.name} is up`))
+              return {
+                ...node,
+                healthy: snap.health.status !== "draining",
+                misses: 0,
+                status: snap.health.status,
+                lastSeen: Date.now(),
+                lastError: undefined,
+                models: snap.models.data,
+                devices: snap.models.devices
+              }
+            }),
+          onFailure: (error) =>
+            update(endpoint.name, (node) => {
+              const misses = node.misses + 1
+              const healthy = node.healthy && misses < MISSES_BEFORE_UNHEALTHY
+              if (node.healthy && !healthy) {
+                Effect.runFork(Effect.logWarning(`neuron ${endpoint.name} marked unhealthy after ${misses} misses`))
+              }
+              const detail = error._tag === "NeuronUnreachable" ? error.detail : `HTTP ${error.status}`
+              return { ...node, misses, healthy, lastError: detail, status: healthy ? node.status : "unreachable" }
+            })
+        }),
+        Effect.zipRight(discover(endpoint))
+      )
+
+    const discover = (endpoint: NeuronEndpoint) =>
+      Effect.gen(function*() {
+        const node = (yield* Ref.get(state)).get(endpoint.name)
+        if (!node || node.discovery !== undefined || !node.healthy) return
+        const discovery = yield* callNeuron<unknown>(endpoint, "/discovery", { timeoutMs }).pipe(Effect.option)
+        if (discovery._tag === "Some") yield* update(endpoint.name, (n) => ({ ...n, discovery: discovery.value }))
+      })
+
+    const pollAll = Effect.forEach(config.neurons, pollNode, { concurrency: "unbounded", discard: true })
+
+    /** Re-read one node now (after a load or unload), so routing sees the change at once. */
+    const refresh = (name: string) => {
+      const endpoint = config.neurons.find((n) => n.name === name)
+      return endpoint ? pollNode(endpoint) : Effect.void
+    }
+
+    yield* pollAll
+    yield* Effect.forkScoped(
+      pollAll.pipe(Effect.repeat(Schedule.spaced(`${config.pollIntervalSecs} seconds`)))
+    )
+
+    return {
+      get: Ref.get(state),
+      refresh,
+      pollAll,
+      endpoint: (name: string) => config.neurons.find((n) => n.name === name)
+    } as const
+  })
+}) {}

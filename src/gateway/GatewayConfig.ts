@@ -1,0 +1,256 @@
+/**
+ * cortex.toml and models.toml: parsed with smol-toml, decoded with Schema, CORTEX_* overrides.
+ * A bad file or value stops the gateway before any port is bound, naming file, key and reason.
+ * A relative models_config resolves against cortex.toml's folder (never the cwd: lesson 9).
+ */
+import { Context, Effect, ParseResult, Redacted, Schema } from "effect"
+import { existsSync } from "node:fs"
+import { readFile } from "node:fs/promises"
+import * as path from "node:path"
+import { parse as parseToml } from "smol-toml"
+import { ConfigError } from "../neuron/NeuronConfig.js"
+
+const opt = <S extends Schema.Schema.Any>(s: S) => Schema.optionalWith(s, { exact: true })
+const strict = { parseOptions: { onExcessProperty: "error" as const } }
+
+const Listen = Schema.String.pipe(
+  Schema.pattern(/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/, { message: () => "expected host:port, e.g. 0.0.0.0:31313" })
+)
+
+export const CortexFile = Schema.Struct({
+  models_config: opt(Schema.String),
+  gateway: opt(
+    Schema.Struct({
+      listen: opt(Listen),
+      metrics_listen: opt(Listen),
+      idle_timeout_secs: opt(Schema.Number.pipe(Schema.positive())),
+      poll_interval_secs: opt(Schema.Number.pipe(Schema.positive())),
+      load_timeout_secs: opt(Schema.Number.pipe(Schema.positive()))
+    }).annotations(strict)
+  ),
+  eviction: opt(
+    Schema.Struct({
+      strategy: opt(Schema.Literal("lru", "priority")),
+      defrag_after_cycles: opt(Schema.Int.pipe(Schema.nonNegative()))
+    }).annotations(strict)
+  ),
+  neurons: opt(Schema.Array(
+    Schema.Struct({
+      name: Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9_.-]+$/, { message: () => "letters, digits, . _ - only" })),
+      endpoint: Schema.String.pipe(Schema.pattern(/^https?:\/\/[^\s]+$/, { message: () => "expected an http(s) URL" })),
+      token: opt(Schema.String)
+    }).annotations(strict)
+  )),
+  auth: opt(
+    Schema.Struct({
+      require_auth: opt(Schema.Boolean),
+      keys: opt(Schema.Array(
+        Schema.Struct({ key: Schema.String.pipe(Schema.minLength(8)), name: Schema.String })
+          .annotations(strict)
+      ))
+    }).annotations(strict)
+  )
+}).annotations(strict)
+export type CortexFile = typeof CortexFile.Type
+
+export const ModelProfile = Schema.Struct({
+  id: Schema.String.pipe(Schema.minLength(1)),
+  /** The model's id on the neurons (its GGUF path under models_dir without .gguf); default: id. */
+  file: opt(Schema.String),
+  source: opt(Schema.String),
+  quant: opt(Schema.String),
+  vram_mb: opt(Schema.Number.pipe(Schema.positive())),
+  min_devices: opt(Schema.Int.pipe(Schema.positive())),
+  min_device_vram_mb: opt(Schema.Number.pipe(Schema.positive())),
+  pinned_on: opt(Schema.String),
+  residency_priority: opt(Schema.Int),
+  context_size: opt(Schema.Int.pipe(Schema.positive())),
+  idle_unload_secs: opt(Schema.Number.pipe(Schema.positive())),
+  limit: opt(
+    Schema.Struct({ context: opt(Schema.Int.pipe(Schema.positive())), output: opt(Schema.Int.pipe(Schema.positive())) })
+      .annotations(strict)
+  ),
+  cost: opt(
+    Schema.Struct({
+      input: opt(Schema.Number.pipe(Schema.nonNegative())),
+      output: opt(Schema.Number.pipe(Schema.nonNegative())),
+      cache_read: opt(Schema.Number.pipe(Schema.nonNegative()))
+    }).annotations(strict)
+  ),
+  capabilities: opt(Schema.Array(Schema.String)),
+  sampling: opt(
+    Schema.Struct({
+      temperature: opt(Schema.Number.pipe(Schema.between(0, 2))),
+      top_p: opt(Schema.Number.pipe(Schema.between(0, 1))),
+      top_k: opt(Schema.Int.pipe(Schema.nonNegative())),
+      min_p: opt(Schema.Number.pipe(Schema.between(0, 1))),
+      repeat_penalty: opt(Schema.Number.pipe(Schema.between(0, 10))),
+      max_tokens: opt(Schema.Int.pipe(Schema.positive()))
+    }).annotations(strict)
+  )
+}).annotations(strict)
+export type ModelProfile = typeof ModelProfile.Type
+
+export const ModelsFile = Schema.Struct({
+  models: opt(Schema.Array(ModelProfile)),
+  aliases: opt(Schema.Record({ key: Schema.String, value: Schema.String }))
+}).annotations(strict)
+export type ModelsFile = typeof ModelsFile.Type
+
+export interface NeuronEndpoint {
+  readonly name: string
+  readonly endpoint: string
+  readonly token: Redacted.Redacted<string> | undefined
+}
+
+export interface GatewaySettings {
+  readonly configFile: string | undefined
+  readonly modelsFile: string | undefined
+  readonly listen: { readonly host: string; readonly port: number }
+  readonly metricsListen: { readonly host: string; readonly port: number } | undefined
+  readonly idleTimeoutSecs: number
+  readonly pollIntervalSecs: number
+  readonly loadTimeoutSecs: number
+  readonly eviction: { readonly strategy: "lru" | "priority"; readonly defragAfterCycles: number }
+  readonly neurons: ReadonlyArray<NeuronEndpoint>
+  readonly requireAuth: boolean
+  readonly keys: ReadonlyArray<{ readonly key: Redacted.Redacted<string>; readonly name: string }>
+  readonly models: ReadonlyArray<ModelProfile>
+  readonly aliases: Readonly<Record<string, string>>
+}
+
+export class GatewayConfig extends Context.Tag("cortex/GatewayConfig")<GatewayConfig, GatewaySettings>() {}
+
+export const parseListen = (value: string) => {
+  const i = value.lastIndexOf(":")
+  const host = value.slice(0, i).replace(/^\[|\]$/g, "")
+  return { host, port: Number(value.slice(i + 1)) }
+}
+
+const decodeWith = <A, I>(schema: Schema.Schema<A, I>, file: string, raw: unknown) =>
+  Schema.decodeUnknown(schema)(raw, { errors: "first", onExcessProperty: "error" }).pipe(
+    Effect.mapError((error) => {
+      const issue = ParseResult.ArrayFormatter.formatErrorSync(error)[0]
+      return new ConfigError({ file, key: issue?.path.join("."), reason: issue?.message ?? String(error) })
+    })
+  )
+
+const readToml = (file: string) =>
+  Effect.gen(function*() {
+    const text = yield* Effect.tryPromise({
+      try: () => readFile(file, "utf8"),
+      catch: (e) => new ConfigError({ file, key: undefined, reason: (e as Error).message })
+    })
+    return yield* Effect.try({
+      try: () => parseToml(text) as Record<string, unknown>,
+      catch: (e) => new ConfigError({ file, key: undefined, reason: `invalid TOML: ${(e as Error).message}` })
+    })
+  })
+
+/** Cross-field checks Schema cannot express: unique ids, aliases that point somewhere. */
+const checkModels = (file: string, models: ModelsFile) =>
+  Effect.gen(function*() {
+    const ids = new Set<string>()
+    for (const [i, m] of (models.models ?? []).entries()) {
+      if (ids.has(m.id)) {
+        return yield* new ConfigError({ file, key: `models.${i}.id`, reason: `duplicate model id '${m.id}'` })
+      }
+      ids.add(m.id)
+    }
+    for (const [alias, target] of Object.entries(models.aliases ?? {})) {
+      if (ids.size > 0 && !ids.has(target)) {
+        return yield* new ConfigError({
+          file,
+          key: `aliases.${alias}`,
+          reason: `points to '${target}', which is not a model`
+        })
+      }
+    }
+    return models
+  })
+
+export const loadGatewayConfig = (options: {
+  readonly file?: string | undefined
+  readonly env?: Record<string, string | undefined>
+  /** Extra neurons (cortex up) and listen override. */
+  readonly neurons?: ReadonlyArray<NeuronEndpoint>
+  readonly listen?: string | undefined
+}) =>
+  Effect.gen(function*() {
+    const env = options.env ?? process.env
+    const file = options.file ? path.resolve(options.file) : undefined
+    const raw = file ? yield* readToml(file) : {}
+    const cortex = yield* decodeWith(CortexFile, file ?? "cortex.toml", raw)
+    const envListen = env.CORTEX_LISTEN
+    const envMetrics = env.CORTEX_METRICS_LISTEN
+    const envModels = env.CORTEX_MODELS_CONFIG
+    const envAuth = env.CORTEX_REQUIRE_AUTH
+    const overrides = yield* decodeWith(CortexFile, "environment", {
+      ...(envListen !== undefined || options.listen !== undefined
+        ? { gateway: { listen: options.listen ?? envListen } }
+        : {}),
+      ...(envModels !== undefined ? { models_config: envModels } : {})
+    })
+    if (envMetrics !== undefined && envMetrics !== "off") {
+      yield* decodeWith(Listen, "environment: CORTEX_METRICS_LISTEN", envMetrics)
+    }
+    if (envAuth !== undefined && !["true", "false", "1", "0"].includes(envAuth)) {
+      return yield* new ConfigError({
+        file: "environment",
+        key: "CORTEX_REQUIRE_AUTH",
+        reason: "expected true or false"
+      })
+    }
+    const base = file ? path.dirname(file) : process.cwd()
+    const modelsConfig = overrides.models_config ?? cortex.models_config
+    const modelsFile = modelsConfig !== undefined
+      ? path.resolve(base, modelsConfig)
+      : file && existsSync(path.join(base, "models.toml"))
+      ? path.join(base, "models.toml")
+      : undefined
+    // A configured models file that is missing is an error; none configured means auto-discovery.
+    const models = modelsFile
+      ? yield* readToml(modelsFile).pipe(
+        Effect.flatMap((r) => decodeWith(ModelsFile, modelsFile, r)),
+        Effect.flatMap((m) => checkModels(modelsFile, m))
+      )
+      : {}
+    const metricsListen = envMetrics === "off"
+      ? undefined
+      : parseListen(envMetrics ?? cortex.gateway?.metrics_listen ?? "0.0.0.0:31314")
+    const neurons: Array<NeuronEndpoint> = (cortex.neurons ?? []).map((n) => ({
+      name: n.name,
+      endpoint: n.endpoint.replace(/\/+$/, ""),
+      token: n.token !== undefined ? Redacted.make(n.token) : undefined
+    }))
+    for (const extra of options.neurons ?? []) if (!neurons.some((n) => n.name === extra.name)) neurons.push(extra)
+    const names = new Set<string>()
+    for (const [i, n] of neurons.entries()) {
+      if (names.has(n.name)) {
+        return yield* new ConfigError({
+          file: file ?? "cortex.toml",
+          key: `neurons.${i}.name`,
+          reason: `duplicate neuron '${n.name}'`
+        })
+      }
+      names.add(n.name)
+    }
+    return {
+      configFile: file,
+      modelsFile,
+      listen: parseListen(overrides.gateway?.listen ?? cortex.gateway?.listen ?? "0.0.0.0:31313"),
+      metricsListen,
+      idleTimeoutSecs: cortex.gateway?.idle_timeout_secs ?? 120,
+      pollIntervalSecs: cortex.gateway?.poll_interval_secs ?? 2,
+      loadTimeoutSecs: cortex.gateway?.load_timeout_secs ?? 300,
+      eviction: {
+        strategy: cortex.eviction?.strategy ?? "lru",
+        defragAfterCycles: cortex.eviction?.defrag_after_cycles ?? 0
+      },
+      neurons,
+      requireAuth: envAuth !== undefined ? envAuth === "true" || envAuth === "1" : cortex.auth?.require_auth ?? false,
+      keys: (cortex.auth?.keys ?? []).map((k) => ({ key: Redacted.make(k.key), name: k.name })),
+      models: models.models ?? [],
+      aliases: models.aliases ?? {}
+    } satisfies GatewaySettings
+  })

@@ -1,0 +1,427 @@
+/**
+ * The proxy: route a request, call the neuron, and answer in the client's dialect.
+ * - Same dialect (OpenAI → neuron): the upstream bytes are relayed as they come (no buffering);
+ *   a light SSE scan on the side reads the first token and the usage for the metrics.
+ * - Translated dialects (Anthropic, Responses): each upstream chunk goes through a translator.
+ * Timeouts measure idleness, never total length (lesson 1). A client that hangs up aborts the
+ * upstream request. Another replica is tried only before the first upstream byte.
+ */
+import { HttpServerResponse } from "@effect/platform"
+import { Effect, Metric, MetricLabel, Runtime } from "effect"
+import { PassThrough } from "node:stream"
+import { type ApiError, InternalError, ModelUnavailable, UpstreamError } from "../domain/errors.js"
+import type { ChatCompletionChunk, Usage } from "../domain/openai-output.js"
+import { GatewayConfig } from "./GatewayConfig.js"
+import * as M from "./Metrics.js"
+import { authHeaders } from "./NeuronClient.js"
+import { type Route, Router } from "./Router.js"
+import { SseParser } from "./Sse.js"
+
+export const PRINCIPAL_HEADER = "x-cortex-principal"
+/** How long a streamed request may wait (routing, cold load) before its headers go out. */
+const HEAD_START_MS = 750
+
+/** Turns upstream chunks into the client's stream frames. */
+export interface StreamTranslator {
+  readonly start: () => ReadonlyArray<string>
+  readonly chunk: (chunk: ChatCompletionChunk) => ReadonlyArray<string>
+  readonly end: () => ReadonlyArray<string>
+  readonly fail: (error: { readonly type: string; readonly message: string }) => ReadonlyArray<string>
+}
+
+/** How one dialect answers. */
+export interface Dialect {
+  readonly route: string
+  readonly error: (error: ApiError) => HttpServerResponse.HttpServerResponse
+  readonly json: (upstream: unknown) => unknown
+  /** undefined: relay the upstream SSE bytes unchanged. */
+  readonly translator: (() => StreamTranslator) | undefined
+  readonly keepAlive: string
+}
+
+export interface ProxyRequest {
+  readonly model: string
+  readonly path: "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings"
+  readonly body: Record<string, unknown>
+  readonly stream: boolean
+  readonly principal: string
+  readonly dialect: Dialect
+  readonly received: number
+}
+
+interface Attempt {
+  readonly response: Response
+  readonly route: Route
+  readonly nodeName: string
+  readonly release: () => void
+  readonly upstreamStarted: number
+}
+
+/** The profile's sampling defaults, for the fields the client left out (request → profile → neuron). */
+const samplingDefaults = (route: Route, request: ProxyRequest): Record<string, unknown> => {
+  const sampling = route.model.profile?.sampling
+  if (!sampling || request.path === "/v1/embeddings") return {}
+  const { max_tokens, ...rest } = sampling
+  const hasLimit = request.body.max_tokens != null || request.body.max_completion_tokens != null
+  return { ...rest, ...(max_tokens !== undefined && !hasLimit ? { max_tokens } : {}) }
+}
+
+const firstTokenIn = (chunk: ChatCompletionChunk) => {
+  const delta = chunk.choices?.[0]?.delta
+  return !!delta && (!!delta.content || !!delta.reasoning_content || (delta.tool_calls?.length ?? 0) > 0)
+}
+
+export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
+  effect: Effect.gen(function*() {
+    const config = yield* GatewayConfig
+    const router = yield* Router
+    const runtime = yield* Effect.runtime<never>()
+    const runSync = Runtime.runSync(runtime)
+    const idleMs = config.idleTimeoutSecs * 1000
+
+    const record = (
+      request: ProxyRequest,
+      node: string,
+      outcome: { status: number; usage?: Usage | null | undefined; ttftMs?: number | undefined; error?: string }
+    ) => {
+      const model = request.model
+      const labels = [
+        MetricLabel.make("model", model),
+        MetricLabel.make("node", node),
+        MetricLabel.make("route", request.dialect.route)
+      ]
+      const seconds = (Date.now() - request.received) / 1000
+      runSync(Effect.all([
+        Metric.increment(
+          Metric.taggedWithLabels(M.requests, [...labels, MetricLabel.make("status", String(outcome.status))])
+        ),
+        Metric.update(Metric.taggedWithLabels(M.requestDuration, labels), seconds),
+        outcome.error !== undefined
+          ? Metric.increment(
+            Metric.taggedWithLabels(M.requestErrors, [...labels, MetricLabel.make("reason", outcome.error)])
+          )
+          : Effect.void,
+        outcome.ttftMs !== undefined
+          ? Metric.update(Metric.taggedWithLabels(M.timeToFirstToken, labels), outcome.ttftMs / 1000)
+          : Effect.void,
+        outcome.usage
+          ? Effect.all([
+            Metric.incrementBy(Metric.taggedWithLabels(M.promptTokens, labels), outcome.usage.prompt_tokens),
+            Metric.incrementBy(Metric.taggedWithLabels(M.completionTokens, labels), outcome.usage.completion_tokens),
+            Metric.incrementBy(
+              Metric.taggedWithLabels(M.cachedPromptTokens, labels),
+              outcome.usage.prompt_tokens_details?.cached_tokens ?? 0
+            ),
+            outcome.usage.timing && outcome.usage.timing.decode_ms > 0 && outcome.usage.completion_tokens > 1
+              ? Metric.update(
+                Metric.taggedWithLabels(M.decodeRate, labels),
+                (outcome.usage.completion_tokens - 1) / (outcome.usage.timing.decode_ms / 1000)
+              )
+              : Effect.void
+          ])
+          : Effect.void
+      ], { discard: true }))
+    }
+
+    const traceparent = Effect.map(
+      Effect.option(Effect.currentSpan),
+      (span) => span._tag === "Some" ? `00-${span.value.traceId}-${span.value.spanId}-01` : undefined
+    )
+
+    /** Route and call the upstream, falling over to the next replica before any byte came back. */
+    const attempt = (request: ProxyRequest, signal: AbortSignal) =>
+      Effect.gen(function*() {
+        const route = yield* router.route(request.model)
+        if (route.coldLoad) {
+          runSync(Metric.increment(Metric.taggedWithLabels(M.coldStarts, [
+            MetricLabel.make("model", request.model),
+            MetricLabel.make("node", route.node.name)
+          ])))
+        }
+        const parent = yield* traceparent
+        const nodes = [route.node, ...route.fallbacks]
+        let last: ApiError | undefined
+        for (const node of nodes) {
+          const release = router.track(node.name, route.model.neuronId)
+          const upstreamStarted = Date.now()
+          const result = yield* Effect.tryPromise({
+            try: () =>
+              fetch(`${node.endpoint.endpoint}${request.path}`, {
+                method: "POST",
+                headers: {
+                  "content-type": "application/json",
+                  [PRINCIPAL_HEADER]: request.principal,
+                  ...authHeaders(node.endpoint),
+                  ...(parent ? { traceparent: parent } : {})
+                },
+                body: JSON.stringify({
+                  ...samplingDefaults(route, request),
+                  ...request.body,
+                  model: route.model.neuronId
+                }),
+                signal
+              }),
+            catch: (e) => e as Error
+          }).pipe(Effect.either)
+          if (result._tag === "Left") {
+            release()
+            if (signal.aborted) return yield* Effect.interrupt
+            last = new ModelUnavailable({
+              model: request.model,
+              state: "unavailable",
+              detail: `${node.name}: ${result.left.message}`
+            })
+            yield* Effect.logWarning(`upstream ${node.name} failed before the first byte: ${result.left.message}`)
+            continue
+          }
+          const response = result.right
+          // A replica that is going away or recovering: the next one may serve, nothing was sent yet.
+          if ((response.status === 502 || response.status === 503) && node !== nodes.at(-1)) {
+            yield* Effect.promise(() => response.body?.cancel() ?? Promise.resolve())
+            release()
+            continue
+          }
+          return { response, route, nodeName: node.name, release, upstreamStarted } satisfies Attempt
+        }
+        return yield* (last ?? new InternalError({ detail: "no replica answered" }))
+      })
+
+    const upstreamError = async (response: Response) => {
+      const text = await response.text()
+      let body: unknown = text
+      try {
+        body = JSON.parse(text)
+      } catch {
+        // keep the text
+      }
+      return new UpstreamError({
+        upstreamStatus: response.status,
+        upstreamBody: body,
+        retryAfter: response.headers.get("retry-after")
+      })
+    }
+
+    const headersFor = (request: ProxyRequest, a: Attempt) => ({
+      "x-cortex-node": a.nodeName,
+      "x-cortex-overhead-ms": String(Math.max(0, a.upstreamStarted - request.received))
+    })
+
+    /** A non-streaming request: one JSON answer. */
+    const unary = (request: ProxyRequest) =>
+      Effect.gen(function*() {
+        const controller = new AbortController()
+        const a = yield* attempt(request, controller.signal).pipe(
+          Effect.onInterrupt(() => Effect.sync(() => controller.abort()))
+        )
+        try {
+          if (a.response.status !== 200) {
+            const error = yield* Effect.promise(() => upstreamError(a.response))
+            record(request, a.nodeName, { status: error.status, error: error.body.error.code ?? "upstream" })
+            return request.dialect.error(error)
+          }
+          const body = yield* Effect.tryPromise({
+            try: () => a.response.json() as Promise<{ usage?: Usage }>,
+            catch: (e) => new InternalError({ detail: `bad upstream answer: ${(e as Error).message}` })
+          }).pipe(Effect.onInterrupt(() => Effect.sync(() => controller.abort())))
+          const translateStarted = Date.now()
+          const out = request.dialect.json(body)
+          const overhead = a.upstreamStarted - request.received + (Date.now() - translateStarted)
+          record(request, a.nodeName, { status: 200, usage: body.usage, ttftMs: body.usage?.timing?.ttft_ms })
+          return HttpServerResponse.unsafeJson(out, {
+            headers: { "x-cortex-node": a.nodeName, "x-cortex-overhead-ms": String(overhead) }
+          })
+        } finally {
+          a.release()
+        }
+      })
+
+    /** A streaming request: SSE to the client, relayed or translated. */
+    const streamed = (request: ProxyRequest) =>
+      Effect.gen(function*() {
+        const controller = new AbortController()
+        const out = new PassThrough()
+        let finished = false
+        let lastWrite = Date.now()
+        const write = (frames: ReadonlyArray<string> | string | Uint8Array) => {
+          if (out.destroyed || out.writableEnded) return
+          lastWrite = Date.now()
+          if (typeof frames === "string" || frames instanceof Uint8Array) out.write(frames)
+          else for (const f of frames) out.write(f)
+        }
+        // Never a second of silence: while routing, cold-loading or prefilling (the neuron's own
+        // comments are not relayed through a translator), the dialect's keep-alive goes out.
+        let keepAlive: NodeJS.Timeout | undefined
+        const keepAlives = () => {
+          keepAlive = setInterval(() => {
+            if (Date.now() - lastWrite >= 900) write(request.dialect.keepAlive)
+          }, 250)
+        }
+        out.on("close", () => clearInterval(keepAlive))
+        // The client hung up (or we are done): stop the upstream.
+        out.on("close", () => {
+          if (!finished) controller.abort()
+        })
+        const translator = request.dialect.translator?.()
+        const sseHeaders = { "cache-control": "no-cache", "x-accel-buffering": "no" }
+
+        // Route and connect, with a head start: quick failures keep their HTTP status.
+        const connecting = Effect.runPromiseExit(
+          attempt(request, controller.signal).pipe(Effect.provide(runtime.context))
+        )
+        const early = yield* Effect.promise(() =>
+          Promise.race([
+            connecting.then((exit) => ({ exit })),
+            new Promise<undefined>((r) => setTimeout(() => r(undefined), HEAD_START_MS))
+          ])
+        )
+        if (early?.exit._tag === "Failure") {
+          controller.abort()
+          const error = early.exit.cause._tag === "Fail"
+            ? early.exit.cause.error
+            : new InternalError({ detail: String(early.exit.cause) })
+          record(request, "none", { status: error.status, error: error._tag })
+          return request.dialect.error(error)
+        }
+        if (early?.exit._tag === "Success" && early.exit.value.response.status !== 200) {
+          const a = early.exit.value
+          const error = yield* Effect.promise(() => upstreamError(a.response))
+          a.release()
+          record(request, a.nodeName, { status: error.status, error: error.body.error.code ?? "upstream" })
+          return request.dialect.error(error)
+        }
+        if (early === undefined) {
+          // Still routing (a cold load?): open the stream now and keep the client alive meanwhile.
+          // Translated streams open their message on the first upstream chunk, which knows the
+          // prompt's size; until then only keep-alives (Anthropic `ping`) go out.
+          write(request.dialect.keepAlive)
+        }
+        keepAlives()
+
+        const pump = async () => {
+          const exit = await connecting
+          if (exit._tag === "Failure") {
+            if (controller.signal.aborted) return out.end()
+            const error = exit.cause._tag === "Fail"
+              ? exit.cause.error
+              : new InternalError({ detail: "routing failed" })
+            write(translator ? translator.fail(error.body.error) : `data: ${JSON.stringify(error.body)}\n\n`)
+            record(request, "none", { status: error.status, error: error._tag })
+            finished = true
+            return out.end()
+          }
+          const a = exit.value
+          let usage: Usage | null | undefined
+          let ttftMs: number | undefined
+          let sawDone = false
+          let failed: string | undefined
+          try {
+            if (a.response.status !== 200) {
+              const error = await upstreamError(a.response)
+              failed = error.body.error.code ?? "upstream"
+              write(translator ? translator.fail(error.body.error) : `data: ${JSON.stringify(error.body)}\n\n`)
+              return
+            }
+            const parser = new SseParser()
+            const reader = a.response.body!.getReader()
+            let idle: NodeJS.Timeout | undefined
+            const arm = () => {
+              if (idle) clearTimeout(idle)
+              idle = setTimeout(() => {
+                failed = "upstream_idle"
+                controller.abort()
+              }, idleMs)
+            }
+            arm()
+            try {
+              for (;;) {
+                const { done, value } = await reader.read()
+                if (done) break
+                arm()
+                if (!translator) write(value)
+                for (const data of parser.push(value)) {
+                  if (data === "[DONE]") {
+                    sawDone = true
+                    if (translator) write(translator.end())
+                    continue
+                  }
+                  let chunk: ChatCompletionChunk & { error?: { type: string; message: string } }
+                  try {
+                    chunk = JSON.parse(data)
+                  } catch {
+                    continue
+                  }
+                  if (chunk.error) {
+                    failed = (chunk.error as { code?: string }).code ?? chunk.error.type
+                    if (translator) write(translator.fail(chunk.error))
+                    continue
+                  }
+                  if (ttftMs === undefined && firstTokenIn(chunk)) ttftMs = Date.now() - request.received
+                  if (chunk.usage) usage = chunk.usage
+                  if (translator) write(translator.chunk(chunk))
+                }
+              }
+            } catch (e) {
+              if (!failed) {
+                failed = controller.signal.aborted
+                  ? "client_disconnected"
+                  : `upstream: ${(e as Error).message}`
+              }
+            } finally {
+              if (idle) clearTimeout(idle)
+            }
+            if (!sawDone && failed === undefined) failed = "truncated"
+            if (failed !== undefined && failed !== "client_disconnected" && !(failed && sawDone)) {
+              const message = failed === "upstream_idle"
+                ? `the upstream sent nothing for ${config.idleTimeoutSecs} s`
+                : failed === "truncated"
+                ? "the upstream stream ended before it was complete"
+                : `the upstream failed: ${failed}`
+              if (translator) write(translator.fail({ type: "api_error", message }))
+              else if (failed === "upstream_idle" || failed === "truncated" || failed.startsWith("upstream:")) {
+                write(`data: ${JSON.stringify({ error: { message, type: "server_error", code: failed } })}\n\n`)
+              }
+            }
+          } finally {
+            a.release()
+            finished = true
+            record(request, a.nodeName, {
+              status: 200,
+              usage,
+              ttftMs,
+              ...(failed !== undefined ? { error: failed } : {})
+            })
+            out.end()
+          }
+        }
+        pump().catch((e) => {
+          finished = true
+          out.destroy(e as Error)
+        })
+        const a = early?.exit._tag === "Success" ? early.exit.value : undefined
+        return HttpServerResponse.raw(out, {
+          status: 200,
+          contentType: "text/event-stream",
+          headers: a ? { ...sseHeaders, ...headersFor(request, a) } : sseHeaders
+        })
+      })
+
+    const handle = (request: ProxyRequest) =>
+      (request.stream ? streamed(request) : unary(request)).pipe(
+        Effect.withSpan("gateway.request", {
+          attributes: {
+            "cortex.model": request.model,
+            "cortex.route": request.dialect.route,
+            "cortex.stream": request.stream
+          }
+        }),
+        Effect.catchAll((error) =>
+          Effect.sync(() => {
+            record(request, "none", { status: error.status, error: error._tag })
+            return request.dialect.error(error)
+          })
+        )
+      )
+
+    return { handle } as const
+  })
+}) {}

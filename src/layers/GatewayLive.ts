@@ -1,0 +1,53 @@
+/** The live gateway: config → fleet poller → router → proxy → HTTP, with telemetry. */
+import { HttpServer } from "@effect/platform"
+import { NodeHttpServer } from "@effect/platform-node"
+import { Effect, Layer, Metric, MetricLabel, Schedule } from "effect"
+import { createServer } from "node:http"
+import { Fleet } from "../gateway/Fleet.js"
+import { GatewayConfig, type GatewaySettings } from "../gateway/GatewayConfig.js"
+import { makeGatewayApp } from "../gateway/Http.js"
+import * as M from "../gateway/Metrics.js"
+import { Proxy } from "../gateway/Proxy.js"
+import { Router } from "../gateway/Router.js"
+import { TelemetryLive } from "./TelemetryLive.js"
+
+/** Fleet gauges (in flight, queue depth, device memory) follow the poller's view. */
+const fleetGauges = Effect.gen(function*() {
+  const fleet = yield* Fleet
+  const state = yield* fleet.get
+  for (const node of state.values()) {
+    for (const m of node.models) {
+      if (m.status === "available") continue
+      const labels = [MetricLabel.make("model", m.id), MetricLabel.make("node", node.name)]
+      yield* Metric.set(Metric.taggedWithLabels(M.modelInFlight, labels), m.in_flight)
+      yield* Metric.set(Metric.taggedWithLabels(M.modelQueueDepth, labels), m.queue_depth)
+    }
+    for (const d of node.devices) {
+      const labels = [MetricLabel.make("node", node.name), MetricLabel.make("device", d.id)]
+      yield* Metric.set(Metric.taggedWithLabels(M.deviceVramUsed, labels), d.usedMb)
+      yield* Metric.set(Metric.taggedWithLabels(M.deviceVramFree, labels), d.freeMb)
+    }
+  }
+})
+
+const Serve = Layer.scopedDiscard(Effect.gen(function*() {
+  const config = yield* GatewayConfig
+  yield* HttpServer.serveEffect(yield* makeGatewayApp)
+  yield* HttpServer.addressFormattedWith((address) =>
+    Effect.logInfo(
+      `gateway listening on ${address} over ${config.neurons.length} neuron(s)` +
+        (config.metricsListen ? `; metrics on ${config.metricsListen.host}:${config.metricsListen.port}/metrics` : "")
+    )
+  )
+  yield* Effect.forkScoped(fleetGauges.pipe(Effect.repeat(Schedule.spaced(`${config.pollIntervalSecs} seconds`))))
+}))
+
+export const GatewayLive = (settings: GatewaySettings) =>
+  Serve.pipe(
+    Layer.provide(NodeHttpServer.layer(() => createServer({ keepAliveTimeout: 5_000 }), settings.listen)),
+    Layer.provide(Proxy.Default),
+    Layer.provideMerge(Router.Default),
+    Layer.provideMerge(Fleet.Default),
+    Layer.provide(Layer.succeed(GatewayConfig, settings)),
+    Layer.provide(TelemetryLive(settings.metricsListen))
+  )
