@@ -9,7 +9,7 @@ import { promisify } from "node:util"
 import OpenAI from "openai"
 import parsePrometheus from "parse-prometheus-text-format"
 import { type GatewayProcess, startGateway } from "./fixtures/gateway.js"
-import { getJson, type NeuronProcess, postJson, readSse, startNeuron, waitFor } from "./fixtures/neuron.js"
+import { CLI, getJson, type NeuronProcess, postJson, readSse, startNeuron, waitFor } from "./fixtures/neuron.js"
 
 let alpha: NeuronProcess
 let beta: NeuronProcess
@@ -365,6 +365,37 @@ describe("metrics", () => {
       const remarks = check.out.split("\n").filter((line) => line.trim().length > 0)
       for (const remark of remarks) expect(remark).toMatch(/^cortex_device_vram_(used|free)_mb .*abbreviated units/)
     }
+  })
+})
+
+describe("operator commands", () => {
+  const cortex = (args: ReadonlyArray<string>) =>
+    promisify(execFile)(process.execPath, [CLI, ...args, "--endpoint", gateway.url])
+      .then(({ stdout }) => ({ code: 0, stdout }))
+      .catch((e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout + e.stderr }))
+
+  it("status shows nodes, devices and models as a table, and as JSON", async () => {
+    const table = await cortex(["status"])
+    expect(table.code).toBe(0)
+    expect(table.stdout).toMatch(/NODE\s+HEALTH/)
+    expect(table.stdout).toMatch(/alpha\s+ok/)
+    expect(table.stdout).toMatch(/tiny\s+yes\s+.*alpha:loaded/)
+    const json = JSON.parse((await cortex(["status", "--json"])).stdout)
+    expect(json.nodes.map((n: any) => n.name).sort()).toEqual(["alpha", "beta"])
+    const models = await cortex(["models"])
+    expect(models.stdout).toMatch(/gpt-4o-mini -> tiny/)
+  })
+
+  it("load and unload act on the named node", async () => {
+    const unload = await cortex(["unload", "tiny-b", "--node", "alpha"])
+    expect(unload.code).toBe(0)
+    expect(unload.stdout).toMatch(/alpha: available/)
+    const load = await cortex(["load", "tiny-b", "--node", "alpha"])
+    expect(load.code).toBe(0)
+    expect(load.stdout).toMatch(/alpha: loaded/)
+    const missing = await cortex(["load", "nope"])
+    expect(missing.code).toBe(1)
+    expect(missing.stdout).toMatch(/does not exist/)
   })
 })
 
