@@ -400,6 +400,30 @@ describe("operator commands", () => {
 })
 
 describe("failures", () => {
+  it("answers 503 + Retry-After for a model whose only replica is recovering from a worker crash", async () => {
+    await openai.chat.completions.create({ model: "tiny-b", messages: user("load me"), max_tokens: 1 })
+    const worker = (await getJson(`${alpha.url}/models`)).body.devices[0].worker.pid as number
+    process.kill(worker, "SIGKILL")
+    const refused = await waitFor("a 503 while tiny-b recovers", async () => {
+      const res = await postJson(`${gateway.url}/v1/chat/completions`, {
+        model: "tiny-b",
+        messages: user("x"),
+        max_tokens: 1
+      })
+      return res.status === 503 ? res : undefined
+    }, 10_000)
+    expect(refused.headers.get("retry-after")).not.toBeNull()
+    expect((await refused.json() as any).error.code).toBe("model_recovering")
+    await waitFor("tiny-b back", async () => {
+      const res = await postJson(`${gateway.url}/v1/chat/completions`, {
+        model: "tiny-b",
+        messages: user("x"),
+        max_tokens: 1
+      })
+      return res.status === 200 ? true : undefined
+    }, 30_000)
+  })
+
   it("ends a stream with an in-band error when its neuron dies mid-stream, and debounces health", async () => {
     // Pin the stream to beta: its only model, loaded nowhere else under this id.
     const res = await postJson(`${gateway.url}/v1/chat/completions`, {
