@@ -81,38 +81,42 @@ export class Fleet extends Effect.Service<Fleet>()("cortex/Fleet", {
       })
 
     const pollNode = (endpoint: NeuronEndpoint) =>
-      Effect.all({
-        health: callNeuron<Snapshot["health"]>(endpoint, "/health", { timeoutMs }),
-        models: callNeuron<Snapshot["models"]>(endpoint, "/models", { timeoutMs })
-      }, { concurrency: 2 }).pipe(
-        Effect.matchEffect({
-          onSuccess: (snap) =>
-            update(endpoint.name, (node) => {
-              if (!node.healthy) Effect.runFork(Effect.logInfo(`neuron ${endpoint.name} is up`))
-              return {
-                ...node,
-                healthy: snap.health.status !== "draining",
-                misses: 0,
-                status: snap.health.status,
-                lastSeen: Date.now(),
-                lastError: undefined,
-                models: snap.models.data,
-                devices: snap.models.devices
-              }
-            }),
-          onFailure: (error) =>
-            update(endpoint.name, (node) => {
-              const misses = node.misses + 1
-              const healthy = node.healthy && misses < MISSES_BEFORE_UNHEALTHY
-              if (node.healthy && !healthy) {
-                Effect.runFork(Effect.logWarning(`neuron ${endpoint.name} marked unhealthy after ${misses} misses`))
-              }
-              const detail = error._tag === "NeuronUnreachable" ? error.detail : `HTTP ${error.status}`
-              return { ...node, misses, healthy, lastError: detail, status: healthy ? node.status : "unreachable" }
-            })
-        }),
-        Effect.zipRight(discover(endpoint))
-      )
+      Effect.gen(function*() {
+        const polled = yield* Effect.either(Effect.all({
+          health: callNeuron<Snapshot["health"]>(endpoint, "/health", { timeoutMs }),
+          models: callNeuron<Snapshot["models"]>(endpoint, "/models", { timeoutMs })
+        }, { concurrency: 2 }))
+        const before = (yield* Ref.get(state)).get(endpoint.name)
+        if (!before) return
+        let after: NodeState
+        if (polled._tag === "Right") {
+          const snap = polled.right
+          after = {
+            ...before,
+            healthy: snap.health.status !== "draining",
+            misses: 0,
+            status: snap.health.status,
+            lastSeen: Date.now(),
+            lastError: undefined,
+            models: snap.models.data,
+            devices: snap.models.devices
+          }
+        } else {
+          const error = polled.left
+          const misses = before.misses + 1
+          const healthy = before.healthy && misses < MISSES_BEFORE_UNHEALTHY
+          const detail = error._tag === "NeuronUnreachable" ? error.detail : `HTTP ${error.status}`
+          after = { ...before, misses, healthy, lastError: detail, status: healthy ? before.status : "unreachable" }
+        }
+        yield* update(endpoint.name, () => after)
+        if (!before.healthy && after.healthy) yield* Effect.logInfo(`neuron ${endpoint.name} is up`)
+        if (before.healthy && !after.healthy) {
+          yield* Effect.logWarning(
+            `neuron ${endpoint.name} marked unhealthy after ${after.misses} misses: ${after.lastError}`
+          )
+        }
+        yield* discover(endpoint)
+      })
 
     const discover = (endpoint: NeuronEndpoint) =>
       Effect.gen(function*() {

@@ -7,7 +7,7 @@
  * upstream request. Another replica is tried only before the first upstream byte.
  */
 import { HttpServerResponse } from "@effect/platform"
-import { Effect, Metric, MetricLabel, Runtime } from "effect"
+import { Effect, Fiber, Metric, MetricLabel, Runtime } from "effect"
 import { PassThrough } from "node:stream"
 import { type ApiError, InternalError, ModelUnavailable, UpstreamError } from "../domain/errors.js"
 import type { ChatCompletionChunk, Usage } from "../domain/openai-output.js"
@@ -210,10 +210,9 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
     const unary = (request: ProxyRequest) =>
       Effect.gen(function*() {
         const controller = new AbortController()
-        const a = yield* attempt(request, controller.signal).pipe(
-          Effect.onInterrupt(() => Effect.sync(() => controller.abort()))
-        )
-        try {
+        const abort = Effect.sync(() => controller.abort())
+        const a = yield* attempt(request, controller.signal).pipe(Effect.onInterrupt(() => abort))
+        return yield* Effect.gen(function*() {
           if (a.response.status !== 200) {
             const error = yield* Effect.promise(() => upstreamError(a.response))
             record(request, a.nodeName, { status: error.status, error: error.body.error.code ?? "upstream" })
@@ -222,7 +221,7 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
           const body = yield* Effect.tryPromise({
             try: () => a.response.json() as Promise<{ usage?: Usage }>,
             catch: (e) => new InternalError({ detail: `bad upstream answer: ${(e as Error).message}` })
-          }).pipe(Effect.onInterrupt(() => Effect.sync(() => controller.abort())))
+          })
           const translateStarted = Date.now()
           const out = request.dialect.json(body)
           const overhead = a.upstreamStarted - request.received + (Date.now() - translateStarted)
@@ -230,9 +229,7 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
           return HttpServerResponse.unsafeJson(out, {
             headers: { "x-cortex-node": a.nodeName, "x-cortex-overhead-ms": String(overhead) }
           })
-        } finally {
-          a.release()
-        }
+        }).pipe(Effect.onInterrupt(() => abort), Effect.ensuring(Effect.sync(a.release)))
       })
 
     /** A streaming request: SSE to the client, relayed or translated. */
@@ -265,9 +262,9 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
         const sseHeaders = { "cache-control": "no-cache", "x-accel-buffering": "no" }
 
         // Route and connect, with a head start: quick failures keep their HTTP status.
-        const connecting = Effect.runPromiseExit(
-          attempt(request, controller.signal).pipe(Effect.provide(runtime.context))
-        )
+        // Forked (not run afresh) so the upstream call stays inside this request's trace span.
+        const connectingFiber = yield* Effect.forkDaemon(attempt(request, controller.signal))
+        const connecting = Runtime.runPromise(runtime)(Fiber.await(connectingFiber))
         const early = yield* Effect.promise(() =>
           Promise.race([
             connecting.then((exit) => ({ exit })),
