@@ -17,6 +17,7 @@ beforeAll(async () => {
   neuron = await startNeuron({ models: ["tiny"], defaultModels: ["tiny"], env: { NEURON_MAX_PER_PRINCIPAL: "1" } })
   gateway = await startGateway({
     neurons: [{ name: "n1", url: neuron.url }],
+    modelsToml: `[[models]]\nid = "tiny"\nsampling = { temperature = 0 }\n`,
     extraToml:
       `[auth]\nrequire_auth = true\n[[auth.keys]]\nkey = "${ALICE}"\nname = "alice"\n[[auth.keys]]\nkey = "${BOB}"\nname = "bob"\n`
   })
@@ -34,7 +35,8 @@ describe("require_auth", () => {
       .chat.completions.create({ model: "tiny", messages: [{ role: "user", content: "x" }] }).catch((e) => e)
     expect(openaiError).toBeInstanceOf(OpenAI.AuthenticationError)
     const anthropicError = await new Anthropic({ baseURL: gateway.url, apiKey: "sk-wrong", maxRetries: 0 })
-      .messages.create({ model: "tiny", max_tokens: 2, messages: [{ role: "user", content: "x" }] }).catch((e) => e)
+      .messages.create({ model: "tiny", max_tokens: 2, messages: [{ role: "user", content: "x" }] })
+      .catch((e) => e)
     expect(anthropicError).toBeInstanceOf(Anthropic.AuthenticationError)
     expect(anthropicError.error.error.type).toBe("authentication_error")
     const admin = await fetch(`${gateway.url}/admin/status`)
@@ -43,7 +45,12 @@ describe("require_auth", () => {
 
   it("serves known keys by Bearer and x-api-key", async () => {
     const viaBearer = await new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: ALICE, maxRetries: 0 })
-      .chat.completions.create({ model: "tiny", messages: [{ role: "user", content: "x" }], max_tokens: 2 })
+      .chat.completions.create({
+        model: "tiny",
+        messages: [{ role: "user", content: "x" }],
+        temperature: 0,
+        max_tokens: 2
+      })
     expect(viaBearer.usage?.completion_tokens).toBe(2)
     const viaHeader = await new Anthropic({ baseURL: gateway.url, apiKey: BOB, maxRetries: 0 })
       .messages.create({ model: "tiny", max_tokens: 2, messages: [{ role: "user", content: "x" }] })
@@ -57,6 +64,7 @@ describe("require_auth", () => {
       {
         model: "tiny",
         stream: true,
+        temperature: 0,
         max_tokens: 4000,
         messages: [{ role: "user", content: "long" }]
       },
@@ -70,6 +78,7 @@ describe("require_auth", () => {
     // Alice again, pretending to be another principal: still Alice, over her share of one.
     const again = await postJson(`${gateway.url}/v1/chat/completions`, {
       model: "tiny",
+      temperature: 0,
       max_tokens: 2,
       messages: [{ role: "user", content: "x" }]
     }, { authorization: `Bearer ${ALICE}`, "x-cortex-principal": "bob" })
@@ -78,6 +87,7 @@ describe("require_auth", () => {
     // Bob has his own share.
     const bob = await postJson(`${gateway.url}/v1/chat/completions`, {
       model: "tiny",
+      temperature: 0,
       max_tokens: 2,
       messages: [{ role: "user", content: "x" }]
     }, { authorization: `Bearer ${BOB}` })

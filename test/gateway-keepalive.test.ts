@@ -25,6 +25,7 @@ describe("keep-alive through translation", () => {
     const started = Date.now()
     const res = await postJson(`${gateway.url}/v1/messages`, {
       model: "bench",
+      temperature: 0,
       max_tokens: 2,
       stream: true,
       messages: [{ role: "user", content: prompt }]

@@ -22,9 +22,12 @@ const MODELS_TOML = `
 id = "tiny"
 capabilities = ["chat", "completion", "embeddings", "tools"]
 limit = { context = 4096, output = 1024 }
+# Greedy by default: exact token counts below do not depend on what sampling picks.
+sampling = { temperature = 0 }
 
 [[models]]
 id = "tiny-b"
+sampling = { temperature = 0 }
 
 [aliases]
 "gpt-4o-mini" = "tiny"
@@ -90,7 +93,7 @@ describe("OpenAI dialect", () => {
   })
 
   it("serves completions and embeddings", async () => {
-    const completion = await openai.completions.create({ model: "tiny", prompt: "Once", max_tokens: 4 })
+    const completion = await openai.completions.create({ model: "tiny", prompt: "Once", temperature: 0, max_tokens: 4 })
     expect(completion.usage?.completion_tokens).toBe(4)
     const embedding = await openai.embeddings.create({ model: "tiny", input: ["a", "b"] })
     expect(embedding.data).toHaveLength(2)
@@ -116,6 +119,7 @@ describe("OpenAI dialect", () => {
       {
         model: "tiny",
         stream: true,
+        temperature: 0,
         max_tokens: 4000,
         messages: user("long")
       },
@@ -127,7 +131,12 @@ describe("OpenAI dialect", () => {
     const firstToken = new Promise<void>((resolve) => (started = resolve))
     const reading = readSse(first, () => started()).catch(() => [])
     await firstToken
-    const { response } = await openai.chat.completions.create({ model: "tiny", messages: user("short"), max_tokens: 2 })
+    const { response } = await openai.chat.completions.create({
+      model: "tiny",
+      messages: user("short"),
+      temperature: 0,
+      max_tokens: 2
+    })
       .withResponse()
     const other = response.headers.get("x-cortex-node")
     controller.abort()
@@ -139,12 +148,18 @@ describe("OpenAI dialect", () => {
   it("cold-loads a catalogued model on the node that has it, once for concurrent first requests", async () => {
     const results = await Promise.all(
       [1, 2, 3].map(() =>
-        openai.chat.completions.create({ model: "tiny-b", messages: user("wake up"), max_tokens: 2 }).withResponse()
+        openai.chat.completions.create({ model: "tiny-b", messages: user("wake up"), temperature: 0, max_tokens: 2 })
+          .withResponse()
       )
     )
     for (const r of results) {
       expect(r.response.headers.get("x-cortex-node")).toBe("alpha")
-      expect(r.data.usage?.completion_tokens).toBe(2)
+      expect({
+        tokens: r.data.usage?.completion_tokens,
+        finish: r.data.choices[0]!.finish_reason,
+        text: r.data.choices[0]!.message.content
+      })
+        .toMatchObject({ tokens: 2, finish: "length" })
     }
     const models = (await getJson(`${alpha.url}/models`)).body.data as Array<any>
     expect(models.find((m) => m.id === "tiny-b").status).toBe("loaded")
@@ -158,12 +173,19 @@ describe("Responses API", () => {
       model: "tiny",
       instructions: "Be brief.",
       input: "Hello",
+      temperature: 0,
       max_output_tokens: 6
     })
     expect(res.object).toBe("response")
     expect(res.output_text.length).toBeGreaterThan(0)
     expect(res.usage?.output_tokens).toBe(6)
-    const stream = await openai.responses.create({ model: "tiny", input: "Hello", max_output_tokens: 6, stream: true })
+    const stream = await openai.responses.create({
+      model: "tiny",
+      input: "Hello",
+      temperature: 0,
+      max_output_tokens: 6,
+      stream: true
+    })
     const types: Array<string> = []
     const sequence: Array<number> = []
     let text = ""
@@ -190,6 +212,7 @@ describe("Responses API", () => {
       input: "Lights on",
       tools,
       tool_choice: "required",
+      temperature: 0,
       max_output_tokens: 64
     })
     const call = res.output.find((item) => item.type === "function_call")
@@ -199,6 +222,7 @@ describe("Responses API", () => {
     expect(typeof JSON.parse(call.arguments).on).toBe("boolean")
     const next = await openai.responses.create({
       model: "tiny",
+      temperature: 0,
       max_output_tokens: 4,
       input: [
         { role: "user", content: "Lights on" },
@@ -224,6 +248,7 @@ describe("Anthropic dialect", () => {
     expect(message.usage.output_tokens).toBe(6)
     const stream = anthropic.messages.stream({
       model: "tiny",
+      temperature: 0,
       max_tokens: 6,
       messages: [{ role: "user", content: "Hi again" }]
     })
@@ -333,7 +358,7 @@ describe("Anthropic dialect", () => {
 
 describe("metrics", () => {
   it("exposes request, token and TTFT series that a Prometheus parser reads", async () => {
-    await openai.chat.completions.create({ model: "tiny", messages: user("count me"), max_tokens: 2 })
+    await openai.chat.completions.create({ model: "tiny", messages: user("count me"), temperature: 0, max_tokens: 2 })
     const text = await (await fetch(gateway.metricsUrl)).text()
     const families = new Map(parsePrometheus(text).map((f) => [f.name, f]))
     const requests = families.get("cortex_requests_total")
@@ -401,13 +426,14 @@ describe("operator commands", () => {
 
 describe("failures", () => {
   it("answers 503 + Retry-After for a model whose only replica is recovering from a worker crash", async () => {
-    await openai.chat.completions.create({ model: "tiny-b", messages: user("load me"), max_tokens: 1 })
+    await openai.chat.completions.create({ model: "tiny-b", messages: user("load me"), temperature: 0, max_tokens: 1 })
     const worker = (await getJson(`${alpha.url}/models`)).body.devices[0].worker.pid as number
     process.kill(worker, "SIGKILL")
     const refused = await waitFor("a 503 while tiny-b recovers", async () => {
       const res = await postJson(`${gateway.url}/v1/chat/completions`, {
         model: "tiny-b",
         messages: user("x"),
+        temperature: 0,
         max_tokens: 1
       })
       return res.status === 503 ? res : undefined
@@ -418,6 +444,7 @@ describe("failures", () => {
       const res = await postJson(`${gateway.url}/v1/chat/completions`, {
         model: "tiny-b",
         messages: user("x"),
+        temperature: 0,
         max_tokens: 1
       })
       return res.status === 200 ? true : undefined
@@ -429,6 +456,7 @@ describe("failures", () => {
     const res = await postJson(`${gateway.url}/v1/chat/completions`, {
       model: "tiny",
       stream: true,
+      temperature: 0,
       max_tokens: 4000,
       messages: user("keep talking")
     })
@@ -451,7 +479,12 @@ describe("failures", () => {
     expect(down.healthy).toBe(false)
     expect(down.misses).toBeGreaterThanOrEqual(3)
     // The survivor still serves.
-    const ok = await openai.chat.completions.create({ model: "tiny", messages: user("still there?"), max_tokens: 2 })
+    const ok = await openai.chat.completions.create({
+      model: "tiny",
+      messages: user("still there?"),
+      temperature: 0,
+      max_tokens: 2
+    })
     expect(ok.usage?.completion_tokens).toBe(2)
   })
 })

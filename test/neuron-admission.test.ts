@@ -38,7 +38,7 @@ const health = async () => (await getJson(`${neuron.url}/health`)).body
 
 /** Start a long streamed generation and resolve once its first content arrives. */
 const longStream = async (principal: string, controller: AbortController) => {
-  const res = await chat(principal, { stream: true, max_tokens: 3000 }, controller.signal)
+  const res = await chat(principal, { stream: true, temperature: 0, max_tokens: 3000 }, controller.signal)
   expect(res.status).toBe(200)
   let firstContent: () => void
   const started = new Promise<void>((resolve) => (firstContent = resolve))
@@ -57,16 +57,16 @@ describe("admission", () => {
     expect((await health()).in_flight).toBe(1)
 
     // Alice already holds her one seat.
-    const greedy = await chat("alice", { max_tokens: 2 })
+    const greedy = await chat("alice", { temperature: 0, max_tokens: 2 })
     expect(greedy.status).toBe(429)
     expect(greedy.headers.get("retry-after")).not.toBeNull()
     expect((await greedy.json() as any).error.code).toBe("principal_limit")
 
     // Bob queues (non-streaming) ...
-    const bob = chat("bob", { max_tokens: 2 })
+    const bob = chat("bob", { temperature: 0, max_tokens: 2 })
     await waitFor("bob queued", async () => (await health()).queued === 1 ? true : undefined)
     // ... so Carol finds the queue full.
-    const carol = await chat("carol", { max_tokens: 2 })
+    const carol = await chat("carol", { temperature: 0, max_tokens: 2 })
     expect(carol.status).toBe(429)
     expect(carol.headers.get("retry-after")).not.toBeNull()
     expect((await carol.json() as any).error.code).toBe("queue_full")
@@ -86,7 +86,7 @@ describe("admission", () => {
     const a = new AbortController()
     await longStream("alice", a)
     const d = new AbortController()
-    const res = await chat("dave", { stream: true, max_tokens: 5 }, d.signal)
+    const res = await chat("dave", { stream: true, temperature: 0, max_tokens: 5 }, d.signal)
     expect(res.status).toBe(200)
     let dataSeen = 0
     let comment: () => void
@@ -106,7 +106,7 @@ describe("admission", () => {
   it("stops generating when a decoding client disconnects, and the seat goes to the next request", async () => {
     const a = new AbortController()
     await longStream("alice", a)
-    const next = chat("erin", { max_tokens: 3 })
+    const next = chat("erin", { temperature: 0, max_tokens: 3 })
     await waitFor("erin queued", async () => (await health()).queued === 1 ? true : undefined)
     const hungUpAt = Date.now()
     a.abort()
@@ -125,7 +125,7 @@ describe("admission", () => {
     const p = new AbortController()
     const res = await chat(
       "paul",
-      { stream: true, max_tokens: 50, messages: [{ role: "user", content: prompt }] },
+      { stream: true, temperature: 0, max_tokens: 50, messages: [{ role: "user", content: prompt }] },
       p.signal
     )
     expect(res.status).toBe(200)
@@ -137,7 +137,7 @@ describe("admission", () => {
     await reading
     await waitFor("seat freed", async () => (await health()).in_flight === 0 ? true : undefined, 10_000)
     const freedAfter = Date.now() - hungUpAt
-    const next = await chat("quinn", { max_tokens: 2 })
+    const next = await chat("quinn", { temperature: 0, max_tokens: 2 })
     expect(next.status).toBe(200)
     expect((await next.json() as any).usage.completion_tokens).toBe(2)
     // Prefill stops within one 512-token window; the whole prompt takes seconds on one thread.
@@ -150,7 +150,12 @@ describe("keep-alive", () => {
     // ~2,600 tokens of the bench vocabulary: one to several seconds of prefill on one thread.
     const prompt = Array.from({ length: 150 }, (_, i) => `line ${i} of a rather long document about nothing`).join("\n")
     const started = Date.now()
-    const res = await chat("frank", { stream: true, max_tokens: 2, messages: [{ role: "user", content: prompt }] })
+    const res = await chat("frank", {
+      stream: true,
+      temperature: 0,
+      max_tokens: 2,
+      messages: [{ role: "user", content: prompt }]
+    })
     expect(res.status).toBe(200)
     const events = await readSse(res)
     const firstContent = events.findIndex((e) => e.type === "data" && /"content":"[^"]/.test(e.value))
@@ -170,7 +175,7 @@ describe("keep-alive", () => {
 
 describe("graceful shutdown", () => {
   it("on SIGTERM refuses new work with 503, lets the in-flight stream finish, and exits 0", async () => {
-    const res = await chat("gina", { stream: true, max_tokens: 300 })
+    const res = await chat("gina", { stream: true, temperature: 0, max_tokens: 300 })
     let firstContent: () => void
     const started = new Promise<void>((resolve) => (firstContent = resolve))
     const events = readSse(res, (data) => {
@@ -179,7 +184,7 @@ describe("graceful shutdown", () => {
     await started
     neuron.process.kill("SIGTERM")
     const refused = await waitFor("a 503 while draining", async () => {
-      const r = await chat("hank", { max_tokens: 1 })
+      const r = await chat("hank", { temperature: 0, max_tokens: 1 })
       return r.status === 503 ? r : undefined
     }, 5_000)
     expect((await refused.json() as any).error.code).toBe("shutting_down")

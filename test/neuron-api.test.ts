@@ -81,6 +81,7 @@ describe("chat completions", () => {
       model: "tiny",
       stream: true,
       messages: user("hi"),
+      temperature: 0,
       max_tokens: 4
     })
     expect(res.headers.get("content-type")).toContain("text/event-stream")
@@ -336,7 +337,12 @@ describe("bad input", () => {
 
   it("refuses a prompt longer than the context with 400 context_length_exceeded", async () => {
     const long = "hello world again and again ".repeat(1200)
-    const error = await client.chat.completions.create({ model: "tiny", messages: user(long), max_tokens: 4 })
+    const error = await client.chat.completions.create({
+      model: "tiny",
+      messages: user(long),
+      temperature: 0,
+      max_tokens: 4
+    })
       .catch((e) => e)
     expect(error).toBeInstanceOf(OpenAI.BadRequestError)
     expect(error.code).toBe("context_length_exceeded")
@@ -350,7 +356,12 @@ describe("bad input", () => {
   it("answers unknown routes with 404 and keeps serving", async () => {
     const res = await fetch(`${neuron.url}/v2/nothing`)
     expect(res.status).toBe(404)
-    const ok = await client.chat.completions.create({ model: "tiny", messages: user("still there?"), max_tokens: 3 })
+    const ok = await client.chat.completions.create({
+      model: "tiny",
+      messages: user("still there?"),
+      temperature: 0,
+      max_tokens: 3
+    })
     expect(ok.choices[0]!.message.content?.length ?? 0).toBeGreaterThan(0)
   })
 })
@@ -387,7 +398,7 @@ describe("model lifecycle API", () => {
     const messages = [{ role: "system" as const, content: "Be brief." }, ...user("How many tokens is this?")]
     const res = await postJson(`${neuron.url}/tokenize`, { model: "tiny", messages })
     const counted = (await res.json() as any).tokens
-    const chat = await client.chat.completions.create({ model: "tiny", messages, max_tokens: 1 })
+    const chat = await client.chat.completions.create({ model: "tiny", messages, temperature: 0, max_tokens: 1 })
     expect(counted).toBe(chat.usage?.prompt_tokens)
     const text = await (await postJson(`${neuron.url}/tokenize`, { model: "tiny", text: "hello world" })).json() as any
     expect(text.tokens).toBeGreaterThan(0)

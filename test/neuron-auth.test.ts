@@ -31,6 +31,7 @@ describe("api_token", () => {
     const res = await ok.chat.completions.create({
       model: "tiny",
       messages: [{ role: "user", content: "hi" }],
+      temperature: 0,
       max_tokens: 2
     })
     expect(res.usage?.completion_tokens).toBe(2)

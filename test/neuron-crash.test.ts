@@ -28,6 +28,7 @@ describe("worker crash", () => {
       model: "tiny",
       stream: true,
       messages: [{ role: "user", content: "go" }],
+      temperature: 0,
       max_tokens: 4000
     })
     expect(streaming.status).toBe(200)
@@ -66,6 +67,7 @@ describe("worker crash", () => {
     const res = await client.chat.completions.create({
       model: "tiny",
       messages: [{ role: "user", content: "hi" }],
+      temperature: 0,
       max_tokens: 4
     })
     expect(res.usage?.completion_tokens).toBe(4)
@@ -79,6 +81,7 @@ describe("worker crash", () => {
       const r = await postJson(`${neuron.url}/v1/chat/completions`, {
         model: "tiny",
         messages: [{ role: "user", content: "hi" }],
+        temperature: 0,
         max_tokens: 2
       })
       return r.status === 503 ? r : undefined

@@ -52,6 +52,7 @@ describe("memory pre-flight", () => {
     const error = await client.chat.completions.create({
       model: "tiny",
       messages: [{ role: "user", content: long }],
+      temperature: 0,
       max_tokens: 2
     })
       .catch((e) => e)
@@ -63,6 +64,7 @@ describe("memory pre-flight", () => {
     const ok = await client.chat.completions.create({
       model: "tiny",
       messages: [{ role: "user", content: "hi" }],
+      temperature: 0,
       max_tokens: 2
     })
     expect(ok.usage?.completion_tokens).toBe(2)

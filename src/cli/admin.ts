@@ -66,7 +66,11 @@ const status = Command.make(
           m.locations.map((l: any) => `${l.node}:${l.status}${l.healthy ? "" : "(down)"}`).join(", ") || "-"
         ])
       )
-      const loads = s.loads_in_progress.length > 0 ? `\n\nloading: ${s.loads_in_progress.join(", ")}` : ""
+      const loads = s.loads_in_progress.length > 0
+        ? `\n\nloading: ${
+          s.loads_in_progress.map((l: any) => `${l.model} on ${l.node ?? "?"} (${l.waiters} waiting)`).join(", ")
+        }`
+        : ""
       yield* Console.log(`cortex ${s.version}\n\n${nodes}\n\n${models}${loads}`)
     }).pipe(Effect.catchAll(fail))
 ).pipe(Command.withDescription("Fleet health and models"))

@@ -286,6 +286,7 @@ export type ApiError =
   | NotFoundRoute
   | InternalError
   | UpstreamError
+  | ModelInfeasible
 
 export const isApiError = (u: unknown): u is ApiError =>
   typeof u === "object" && u !== null && "status" in u && "body" in u && "_tag" in u
@@ -319,5 +320,24 @@ export class UpstreamError extends Schema.TaggedError<UpstreamError>()("Upstream
       }
     }
     return envelope(`upstream answered ${this.upstreamStatus}`, "server_error", "upstream_error")
+  }
+}
+
+/** The model is catalogued but can never fit on any node (too big, missing devices): 404. */
+export class ModelInfeasible extends Schema.TaggedError<ModelInfeasible>()("ModelInfeasible", {
+  model: Schema.String,
+  reason: Schema.String
+}) {
+  get status() {
+    return 404
+  }
+  get headers() {
+    return {}
+  }
+  override get message() {
+    return `The model '${this.model}' cannot be served by this fleet: ${this.reason}`
+  }
+  get body() {
+    return envelope(this.message, "invalid_request_error", "model_not_feasible", "model")
   }
 }

@@ -21,6 +21,7 @@ export interface NeuronModel {
   readonly in_flight: number
   readonly queue_depth: number
   readonly last_used_at: string | null
+  readonly loaded_at: string | null
 }
 
 export interface NeuronDevice {

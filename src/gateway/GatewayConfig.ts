@@ -31,7 +31,10 @@ export const CortexFile = Schema.Struct({
   eviction: opt(
     Schema.Struct({
       strategy: opt(Schema.Literal("lru", "priority")),
-      defrag_after_cycles: opt(Schema.Int.pipe(Schema.nonNegative()))
+      defrag_after_cycles: opt(Schema.Int.pipe(Schema.nonNegative())),
+      min_resident_secs: opt(Schema.Number.pipe(Schema.nonNegative())),
+      max_swap_wait_secs: opt(Schema.Number.pipe(Schema.nonNegative())),
+      max_load_waiters: opt(Schema.Int.pipe(Schema.positive()))
     }).annotations(strict)
   ),
   neurons: opt(Schema.Array(
@@ -111,7 +114,16 @@ export interface GatewaySettings {
   readonly idleTimeoutSecs: number
   readonly pollIntervalSecs: number
   readonly loadTimeoutSecs: number
-  readonly eviction: { readonly strategy: "lru" | "priority"; readonly defragAfterCycles: number }
+  readonly eviction: {
+    readonly strategy: "lru" | "priority"
+    readonly defragAfterCycles: number
+    /** A just-loaded model is not displaced before this (unless a waiter has waited maxSwapWaitSecs). */
+    readonly minResidentSecs: number
+    /** How long a cold load may wait for busy or young victims to free up before it swaps anyway. */
+    readonly maxSwapWaitSecs: number
+    /** Requests that may wait on one model's load; more get 503. */
+    readonly maxLoadWaiters: number
+  }
   readonly neurons: ReadonlyArray<NeuronEndpoint>
   readonly requireAuth: boolean
   readonly keys: ReadonlyArray<{ readonly key: Redacted.Redacted<string>; readonly name: string }>
@@ -245,7 +257,10 @@ export const loadGatewayConfig = (options: {
       loadTimeoutSecs: cortex.gateway?.load_timeout_secs ?? 300,
       eviction: {
         strategy: cortex.eviction?.strategy ?? "lru",
-        defragAfterCycles: cortex.eviction?.defrag_after_cycles ?? 0
+        defragAfterCycles: cortex.eviction?.defrag_after_cycles ?? 0,
+        minResidentSecs: cortex.eviction?.min_resident_secs ?? 10,
+        maxSwapWaitSecs: cortex.eviction?.max_swap_wait_secs ?? 20,
+        maxLoadWaiters: cortex.eviction?.max_load_waiters ?? 256
       },
       neurons,
       requireAuth: envAuth !== undefined ? envAuth === "true" || envAuth === "1" : cortex.auth?.require_auth ?? false,

@@ -289,7 +289,8 @@ export const makeGatewayApp = Effect.gen(function*() {
         version: VERSION,
         nodes: [...state.values()].map(nodeView),
         models: catalogueList(catalogue, config.aliases, startedAt).data,
-        loads_in_progress: router.loadsInProgress()
+        loads_in_progress: router.loadsInProgress(),
+        recent_loads: router.history()
       })
     }))
 

@@ -6,6 +6,7 @@ import { createServer } from "node:http"
 import { Fleet } from "../gateway/Fleet.js"
 import { GatewayConfig, type GatewaySettings } from "../gateway/GatewayConfig.js"
 import { makeGatewayApp } from "../gateway/Http.js"
+import { Lifecycle } from "../gateway/Lifecycle.js"
 import * as M from "../gateway/Metrics.js"
 import { Proxy } from "../gateway/Proxy.js"
 import { Router } from "../gateway/Router.js"
@@ -47,6 +48,7 @@ export const GatewayLive = (settings: GatewaySettings) =>
     Layer.provide(NodeHttpServer.layer(() => createServer({ keepAliveTimeout: 5_000 }), settings.listen)),
     Layer.provide(Proxy.Default),
     Layer.provideMerge(Router.Default),
+    Layer.provideMerge(Lifecycle.Default),
     Layer.provideMerge(Fleet.Default),
     Layer.provide(Layer.succeed(GatewayConfig, settings)),
     Layer.provide(TelemetryLive(settings.metricsListen))

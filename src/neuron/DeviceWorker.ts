@@ -187,6 +187,23 @@ export class DeviceWorker {
 
   async stop(timeoutMs = 10_000) {
     this.stopping = true
+    await this.shutdownChild(timeoutMs)
+  }
+
+  /**
+   * A planned restart (defragmentation): the process ends gracefully and a fresh one starts;
+   * restart listeners then reload what was resident. Not counted as a crash.
+   */
+  async restart(timeoutMs = 10_000) {
+    this.stopping = true
+    await this.shutdownChild(timeoutMs)
+    this.stopping = false
+    this.restarts++
+    await this.start()
+    for (const listener of this.restartListeners) listener()
+  }
+
+  private async shutdownChild(timeoutMs: number) {
     const child = this.child
     if (!child || !this.alive) return
     const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()))

@@ -3,7 +3,7 @@
  * answered from cached state, and the OpenAI-compatible inference routes.
  */
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { Effect, Redacted, type Schema } from "effect"
+import { Effect, Redacted, Schema } from "effect"
 import {
   type ApiError,
   InternalError,
@@ -28,6 +28,8 @@ import { ModelManager } from "./ModelManager.js"
 import { NeuronConfig } from "./NeuronConfig.js"
 
 export const VERSION = "0.1.0"
+
+const RestartWorkerRequest = Schema.Struct({ device: Schema.optionalWith(Schema.String, { exact: true }) })
 /** The gateway names the principal for fair share; a direct client is its remote address. */
 export const PRINCIPAL_HEADER = "x-cortex-principal"
 const startedAt = Date.now()
@@ -181,7 +183,13 @@ export const makeRouter = Effect.gen(function*() {
     return json(yield* inference.tokenize(request.model, job))
   })
 
+  const restartWorker = Effect.gen(function*() {
+    const request = yield* body(RestartWorkerRequest)
+    return json(yield* models.restartWorker(request.device))
+  })
+
   return HttpRouter.empty.pipe(
+    HttpRouter.post("/admin/restart-worker", guard(restartWorker)),
     HttpRouter.get("/health", handled(health)),
     HttpRouter.get("/discovery", guard(discovery)),
     HttpRouter.get("/models", guard(listModels)),

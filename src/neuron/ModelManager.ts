@@ -374,6 +374,7 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
           const target = yield* pickDevice(e)
           e.device = target.device.id
           e.reservedMb = target.required
+          if (config.loadDelayMs > 0) yield* Effect.sleep(`${config.loadDelayMs} millis`)
           yield* Effect.logInfo(
             `loading ${id} on ${target.device.id} (needs ~${target.required} MB, ${target.free} MB free)`
           )
@@ -555,6 +556,31 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
       while (busy() && Date.now() < deadline) yield* Effect.sleep("50 millis")
     })
 
+    /**
+     * Defragmentation: restart a device's worker while it is idle, then reload what was resident.
+     * Refused (not queued) when requests are running there.
+     */
+    const restartWorker = (deviceId: string | undefined) =>
+      Effect.gen(function*() {
+        const device = deviceId ?? devices[0]?.id
+        const worker = device ? workers.get(device) : undefined
+        if (!device || !worker) {
+          return yield* new ModelUnavailable({ model: deviceId ?? "-", state: "unavailable", detail: "no such device" })
+        }
+        const resident = [...entries.values()].filter((e) => e.device === device && loadedStatuses.has(e.status))
+        if (resident.some((e) => e.admission.running.length + e.admission.queue.length > 0 || e.status !== "loaded")) {
+          return { device, restarted: false, reason: "busy", models: resident.map((e) => e.file.id) }
+        }
+        for (const e of resident) e.status = "recovering"
+        yield* Effect.logInfo(`restarting worker ${device} (defragmentation); ${resident.length} model(s) to reload`)
+        yield* Effect.promise(() => worker.restart(Math.max(1000, config.drainSecs * 1000)))
+        const deadline = Date.now() + 120_000
+        while (resident.some((e) => e.status === "recovering") && Date.now() < deadline) {
+          yield* Effect.sleep("50 millis")
+        }
+        return { device, restarted: true, reason: null, models: resident.map((e) => `${e.file.id}:${e.status}`) }
+      })
+
     const totals = () => {
       let inFlight = 0
       let queued = 0
@@ -572,6 +598,7 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
       unload,
       acquire,
       peek,
+      restartWorker,
       loadDefaults,
       drain,
       totals,

@@ -28,7 +28,9 @@ export const NeuronFile = Schema.Struct({
   api_token: opt(Schema.String.pipe(Schema.minLength(1))),
   gpu: opt(Schema.Literal("auto", "off")),
   drain_secs: opt(Schema.Number.pipe(Schema.nonNegative())),
-  auto_load: opt(Schema.Boolean)
+  auto_load: opt(Schema.Boolean),
+  /** Testing aid: hold every load this long (to exercise clients waiting on a slow load). */
+  load_delay_ms: opt(Schema.Int.pipe(Schema.nonNegative()))
 }).annotations({ parseOptions: { onExcessProperty: "error" } })
 export type NeuronFile = typeof NeuronFile.Type
 
@@ -50,6 +52,7 @@ export interface NeuronSettings {
   readonly gpu: "auto" | "off"
   readonly drainSecs: number
   readonly autoLoad: boolean
+  readonly loadDelayMs: number
   readonly prefillBaseMb: number
   readonly prefillMbPer1kTokens: number
 }
@@ -92,7 +95,8 @@ const ENV_KEYS: Record<string, keyof NeuronFile> = {
   NEURON_API_TOKEN: "api_token",
   NEURON_GPU: "gpu",
   NEURON_DRAIN_SECS: "drain_secs",
-  NEURON_AUTO_LOAD: "auto_load"
+  NEURON_AUTO_LOAD: "auto_load",
+  NEURON_LOAD_DELAY_MS: "load_delay_ms"
 }
 
 const envValue = (key: keyof NeuronFile, raw: string): unknown => {
@@ -189,6 +193,7 @@ export const loadNeuronConfig = (options: {
       gpu: merged.gpu ?? "auto",
       drainSecs: merged.drain_secs ?? 30,
       autoLoad: merged.auto_load ?? true,
+      loadDelayMs: merged.load_delay_ms ?? 0,
       prefillBaseMb: yield* envNumber(env, "NEURON_PREFILL_BASE_MB", 4),
       prefillMbPer1kTokens: yield* envNumber(env, "NEURON_PREFILL_MB_PER_1K_TOKENS", 8)
     } satisfies NeuronSettings

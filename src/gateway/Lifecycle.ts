@@ -1,0 +1,323 @@
+/**
+ * Fleet lifecycle: cold loads on demand with placement and eviction, and the housekeeping
+ * around them (idle unload, defragmentation). A load is single-flight per model; it places the
+ * model (Placement.ts), waits a bounded time for busy or just-loaded victims so models contending
+ * for a node are served in batches rather than swapped on every request, unloads the victims one
+ * at a time re-reading the node's free memory after each (lesson 13), then loads.
+ */
+import { Deferred, Effect, Metric, MetricLabel, Schedule } from "effect"
+import { type ApiError, ModelInfeasible, ModelUnavailable, UpstreamError } from "../domain/errors.js"
+import { buildCatalogue, type CatalogueModel } from "./Catalogue.js"
+import { Fleet, type NodeState } from "./Fleet.js"
+import { GatewayConfig, type ModelProfile } from "./GatewayConfig.js"
+import * as M from "./Metrics.js"
+import { callNeuron, type NeuronRefused, type NeuronUnreachable } from "./NeuronClient.js"
+import { place, type PlacementNode, residencyPriority } from "./Placement.js"
+
+export type LoadReason = "first_load" | "after_eviction" | "after_idle_unload" | "after_unload"
+
+export interface LoadRecord {
+  readonly model: string
+  readonly node: string
+  readonly reason: LoadReason
+  readonly evicted: ReadonlyArray<string>
+  readonly wait_ms: number
+  readonly load_ms: number
+  readonly at: string
+}
+
+export interface LoadInProgress {
+  readonly model: string
+  readonly node: string | null
+  readonly since: string
+  readonly waiters: number
+}
+
+const MB = 1024 * 1024
+const residentStatuses = new Set(["loaded", "loading", "recovering", "unloading"])
+
+export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
+  scoped: Effect.gen(function*() {
+    const config = yield* GatewayConfig
+    const fleet = yield* Fleet
+    const key = (node: string, model: string) => `${node}\u0000${model}`
+    const inFlight = new Map<string, number>()
+    const lastUse = new Map<string, number>()
+    const cycles = new Map<string, number>()
+    const unloadedBecause = new Map<string, LoadReason>()
+    const history: Array<LoadRecord> = []
+    const loads = new Map<string, {
+      readonly deferred: Deferred.Deferred<string, ApiError>
+      node: string | null
+      readonly since: number
+      waiters: number
+    }>()
+    const profileOf = (neuronId: string): ModelProfile | undefined =>
+      config.models.find((p) => (p.file ?? p.id) === neuronId)
+
+    const busy = (node: string, model: string) => inFlight.get(key(node, model)) ?? 0
+
+    /** Count a request against a replica until the returned release runs; it also marks use. */
+    const track = (node: string, model: string) => {
+      const k = key(node, model)
+      inFlight.set(k, (inFlight.get(k) ?? 0) + 1)
+      lastUse.set(k, Date.now())
+      let released = false
+      return () => {
+        if (released) return
+        released = true
+        lastUse.set(k, Date.now())
+        const n = (inFlight.get(k) ?? 1) - 1
+        if (n <= 0) inFlight.delete(k)
+        else inFlight.set(k, n)
+      }
+    }
+
+    const neuronError = (model: string) => (error: NeuronRefused | NeuronUnreachable): ApiError =>
+      error._tag === "NeuronRefused"
+        ? new UpstreamError({ upstreamStatus: error.status, upstreamBody: error.body, retryAfter: error.retryAfter })
+        : new ModelUnavailable({ model, state: "unavailable", detail: `${error.node}: ${error.detail}` })
+
+    const placementNodes = (model: CatalogueModel, state: ReadonlyMap<string, NodeState>): Array<PlacementNode> =>
+      [...state.values()].map((node) => ({
+        name: node.name,
+        healthy: node.healthy,
+        hasModel: node.models.some((m) => m.id === model.neuronId && m.status !== "failed"),
+        devices: node.devices.map((d) => ({ id: d.id, totalMb: d.totalMb, freeMb: d.freeMb })),
+        resident: node.models
+          .filter((m) => m.id !== model.neuronId && residentStatuses.has(m.status))
+          .map((m) => {
+            const profile = profileOf(m.id)
+            const k = key(node.name, m.id)
+            const loadedAt = m.loaded_at ? Date.parse(m.loaded_at) : 0
+            const young = Date.now() - loadedAt < config.eviction.minResidentSecs * 1000
+            return {
+              id: m.id,
+              footprintMb: m.memory_estimate_mb ?? 0,
+              priority: residencyPriority(profile ?? {}),
+              // Only a settled model can go; one loading or recovering is never a victim.
+              pinned: profile?.pinned_on === node.name || m.status !== "loaded",
+              lastUsed: Math.max(lastUse.get(k) ?? 0, m.last_used_at ? Date.parse(m.last_used_at) : 0, loadedAt),
+              // Requests running or waiting here, and a just-loaded model, count as busy: they go last.
+              inFlight: (inFlight.get(k) ?? 0) + m.in_flight + m.queue_depth + (young ? 1 : 0)
+            }
+          })
+      }))
+
+    const requiredMb = (model: CatalogueModel, state: ReadonlyMap<string, NodeState>) => {
+      if (model.profile?.vram_mb !== undefined) return model.profile.vram_mb
+      const estimates = [...state.values()].flatMap((n) =>
+        n.models.filter((m) => m.id === model.neuronId).map((m) =>
+          m.memory_estimate_mb ?? Math.ceil(m.size_bytes / MB * 1.2)
+        )
+      )
+      return estimates.length > 0 ? Math.max(...estimates) : 0
+    }
+
+    const labels = (model: string, node: string) => [MetricLabel.make("model", model), MetricLabel.make("node", node)]
+
+    const unload = (node: NodeState, model: string, reason: "make_room" | "idle") =>
+      Effect.gen(function*() {
+        // Requests this gateway sent there finish first (bounded); the neuron drains its own too.
+        const deadline = Date.now() + config.loadTimeoutSecs * 1000
+        while (busy(node.name, model) > 0 && Date.now() < deadline) yield* Effect.sleep("50 millis")
+        yield* Effect.logInfo(`evicting ${model} from ${node.name} (${reason})`)
+        yield* callNeuron(node.endpoint, "/models/unload", {
+          body: { model },
+          timeoutMs: config.loadTimeoutSecs * 1000
+        })
+        yield* Metric.increment(
+          Metric.taggedWithLabels(M.evictions, [...labels(model, node.name), MetricLabel.make("reason", reason)])
+        )
+        unloadedBecause.set(model, reason === "idle" ? "after_idle_unload" : "after_eviction")
+        cycles.set(node.name, (cycles.get(node.name) ?? 0) + 1)
+        yield* fleet.refresh(node.name)
+      })
+
+    /** Place, evict (re-reading free memory after each), load. Returns the node's name. */
+    const loadNow = (model: CatalogueModel, entry: { node: string | null }) =>
+      Effect.gen(function*() {
+        const started = Date.now()
+        const swapDeadline = started + config.eviction.maxSwapWaitSecs * 1000
+        for (;;) {
+          const state = yield* fleet.get
+          const required = requiredMb(model, state)
+          const profile = model.profile
+          const placement = place(
+            {
+              id: model.neuronId,
+              requiredMb: required,
+              minDevices: profile?.min_devices ?? 1,
+              minDeviceVramMb: profile?.min_device_vram_mb,
+              pinnedOn: profile?.pinned_on,
+              priority: residencyPriority(profile ?? {})
+            },
+            placementNodes(model, state),
+            config.eviction.strategy
+          )
+          if (placement._tag === "Infeasible") {
+            return yield* new ModelInfeasible({ model: model.id, reason: placement.reason })
+          }
+          if (placement._tag === "Unavailable") {
+            return yield* new ModelUnavailable({ model: model.id, state: "unavailable", detail: placement.reason })
+          }
+          const node = state.get(placement.node)!
+          entry.node = node.name
+          // Thrash guard: victims still serving, or loaded moments ago, keep their node until the
+          // waiter has waited max_swap_wait_secs; meanwhile their own requests are served as a batch.
+          const blocking = placement.evict.filter((victim) => {
+            const m = node.models.find((x) => x.id === victim)
+            const young = m?.loaded_at
+              ? Date.now() - Date.parse(m.loaded_at) < config.eviction.minResidentSecs * 1000
+              : false
+            return busy(node.name, victim) > 0 || (m?.in_flight ?? 0) > 0 || young
+          })
+          if (blocking.length > 0 && Date.now() < swapDeadline) {
+            yield* Effect.sleep("100 millis")
+            yield* fleet.refresh(node.name)
+            continue
+          }
+          const evicted: Array<string> = []
+          for (const victim of placement.evict) {
+            const current = (yield* fleet.get).get(node.name)!
+            const free = current.devices.reduce((sum, d) => sum + d.freeMb, 0)
+            if (free >= required) break
+            yield* unload(current, victim, "make_room").pipe(Effect.mapError(neuronError(model.id)))
+            evicted.push(victim)
+          }
+          const reason = unloadedBecause.get(model.neuronId) ?? "first_load"
+          const loadStarted = Date.now()
+          yield* Effect.logInfo(
+            `loading ${model.id} on ${node.name} (${reason}${
+              evicted.length > 0 ? `, evicted ${evicted.join(", ")}` : ""
+            })`
+          )
+          yield* callNeuron(node.endpoint, "/models/load", {
+            body: {
+              model: model.neuronId,
+              ...(profile?.context_size !== undefined ? { context_size: profile.context_size } : {})
+            },
+            timeoutMs: config.loadTimeoutSecs * 1000
+          }).pipe(Effect.mapError(neuronError(model.id)))
+          const loadMs = Date.now() - loadStarted
+          yield* Metric.update(Metric.taggedWithLabels(M.modelLoad, labels(model.id, node.name)), loadMs / 1000)
+          cycles.set(node.name, (cycles.get(node.name) ?? 0) + 1)
+          unloadedBecause.delete(model.neuronId)
+          lastUse.set(key(node.name, model.neuronId), Date.now())
+          history.push({
+            model: model.id,
+            node: node.name,
+            reason,
+            evicted,
+            wait_ms: loadStarted - started,
+            load_ms: loadMs,
+            at: new Date().toISOString()
+          })
+          if (history.length > 100) history.shift()
+          yield* fleet.refresh(node.name)
+          return node.name
+        }
+      })
+
+    /** Make sure the model is loaded somewhere; concurrent callers share one load. */
+    const ensureLoaded = (model: CatalogueModel) =>
+      Effect.gen(function*() {
+        const pending = loads.get(model.id)
+        if (pending) {
+          if (pending.waiters >= config.eviction.maxLoadWaiters) {
+            return yield* new ModelUnavailable({
+              model: model.id,
+              state: "loading",
+              detail: "too many requests wait for this load"
+            })
+          }
+          pending.waiters++
+          return yield* Deferred.await(pending.deferred).pipe(Effect.ensuring(Effect.sync(() => pending.waiters--)))
+        }
+        const deferred = yield* Deferred.make<string, ApiError>()
+        const entry = { deferred, node: null as string | null, since: Date.now(), waiters: 1 }
+        loads.set(model.id, entry)
+        // The load itself runs detached: a caller that hangs up does not cancel it for the others.
+        const exit = yield* loadNow(model, entry).pipe(
+          Effect.timeoutFail({
+            duration: `${config.loadTimeoutSecs} seconds`,
+            onTimeout: () => new ModelUnavailable({ model: model.id, state: "loading", detail: "the load timed out" })
+          }),
+          Effect.exit,
+          Effect.tap((exit) => Deferred.done(deferred, exit)),
+          Effect.ensuring(Effect.sync(() => loads.delete(model.id))),
+          Effect.forkDaemon,
+          Effect.flatMap((fiber) => fiber.await)
+        )
+        return yield* exit
+      })
+
+    /** Unload models idle past their profile's idle_unload_secs (never pinned ones). */
+    const idleSweep = Effect.gen(function*() {
+      const state = yield* fleet.get
+      for (const node of state.values()) {
+        if (!node.healthy) continue
+        for (const m of node.models) {
+          const profile = profileOf(m.id)
+          if (m.status !== "loaded" || !profile?.idle_unload_secs || profile.pinned_on !== undefined) continue
+          const k = key(node.name, m.id)
+          const used = Math.max(
+            lastUse.get(k) ?? 0,
+            m.last_used_at ? Date.parse(m.last_used_at) : 0,
+            m.loaded_at ? Date.parse(m.loaded_at) : 0
+          )
+          if (busy(node.name, m.id) > 0 || m.in_flight > 0 || Date.now() - used < profile.idle_unload_secs * 1000) {
+            continue
+          }
+          yield* unload(node, m.id, "idle").pipe(
+            Effect.catchAll((e) => Effect.logWarning(`idle unload of ${m.id} failed: ${e._tag}`))
+          )
+        }
+      }
+    })
+
+    /** After N load/unload cycles, restart a node's device worker while it is idle. */
+    const defrag = Effect.gen(function*() {
+      const threshold = config.eviction.defragAfterCycles
+      if (threshold <= 0) return
+      const state = yield* fleet.get
+      for (const node of state.values()) {
+        if ((cycles.get(node.name) ?? 0) < threshold || !node.healthy) continue
+        const idle = node.models.every((m) => m.in_flight + m.queue_depth === 0 && busy(node.name, m.id) === 0)
+        if (!idle || [...loads.values()].some((l) => l.node === node.name)) continue
+        const result = yield* callNeuron<{ restarted: boolean }>(node.endpoint, "/admin/restart-worker", {
+          body: {},
+          timeoutMs: 180_000
+        }).pipe(Effect.option)
+        if (result._tag === "Some" && result.value.restarted) {
+          cycles.set(node.name, 0)
+          yield* Effect.logInfo(`defragmented ${node.name}: restarted its worker after ${threshold} load/unload cycles`)
+          yield* fleet.refresh(node.name)
+        }
+      }
+    })
+
+    yield* Effect.forkScoped(
+      Effect.all([idleSweep, defrag], { discard: true }).pipe(
+        Effect.catchAllCause((cause) => Effect.logWarning("lifecycle sweep failed", cause)),
+        Effect.repeat(Schedule.spaced("1 second"))
+      )
+    )
+
+    return {
+      ensureLoaded,
+      track,
+      busy,
+      history: () => [...history],
+      cycles: () => Object.fromEntries(cycles),
+      loadsInProgress: (): Array<LoadInProgress> =>
+        [...loads.entries()].map(([model, l]) => ({
+          model,
+          node: l.node,
+          since: new Date(l.since).toISOString(),
+          waiters: l.waiters
+        })),
+      catalogue: Effect.map(fleet.get, (state) => buildCatalogue(config.models, state))
+    } as const
+  })
+}) {}
