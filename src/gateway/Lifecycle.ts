@@ -5,7 +5,7 @@
  * for a node are served in batches rather than swapped on every request, unloads the victims one
  * at a time re-reading the node's free memory after each (lesson 13), then loads.
  */
-import { Deferred, Effect, Metric, MetricLabel, Schedule } from "effect"
+import { Deferred, Effect, Fiber, Metric, MetricLabel, Schedule } from "effect"
 import { type ApiError, ModelInfeasible, ModelUnavailable, UpstreamError } from "../domain/errors.js"
 import { buildCatalogue, type CatalogueModel } from "./Catalogue.js"
 import { Fleet, type NodeState } from "./Fleet.js"
@@ -238,7 +238,7 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
         const entry = { deferred, node: null as string | null, since: Date.now(), waiters: 1 }
         loads.set(model.id, entry)
         // The load itself runs detached: a caller that hangs up does not cancel it for the others.
-        const exit = yield* loadNow(model, entry).pipe(
+        const fiber = yield* loadNow(model, entry).pipe(
           Effect.timeoutFail({
             duration: `${config.loadTimeoutSecs} seconds`,
             onTimeout: () => new ModelUnavailable({ model: model.id, state: "loading", detail: "the load timed out" })
@@ -246,9 +246,9 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
           Effect.exit,
           Effect.tap((exit) => Deferred.done(deferred, exit)),
           Effect.ensuring(Effect.sync(() => loads.delete(model.id))),
-          Effect.forkDaemon,
-          Effect.flatMap((fiber) => fiber.await)
+          Effect.forkDaemon
         )
+        const exit = yield* Fiber.join(fiber)
         return yield* exit
       })
 
