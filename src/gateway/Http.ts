@@ -50,7 +50,7 @@ const AdminLifecycle = Schema.Struct({
 const openaiDialect = (route: string): Dialect => ({
   route,
   error: openaiError,
-  json: (upstream) => upstream,
+  json: undefined,
   translator: undefined,
   keepAlive: KEEPALIVE
 })

@@ -252,6 +252,13 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
         return yield* exit
       })
 
+    // The catalogue only changes when the fleet state does: build it once per state.
+    let cachedCatalogue: { state: unknown; catalogue: ReturnType<typeof buildCatalogue> } | undefined
+    const catalogueOf = (state: Parameters<typeof buildCatalogue>[1]) => {
+      if (cachedCatalogue?.state !== state) cachedCatalogue = { state, catalogue: buildCatalogue(config.models, state) }
+      return cachedCatalogue.catalogue
+    }
+
     /** Unload models idle past their profile's idle_unload_secs (never pinned ones). */
     const idleSweep = Effect.gen(function*() {
       const state = yield* fleet.get
@@ -317,7 +324,7 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
           since: new Date(l.since).toISOString(),
           waiters: l.waiters
         })),
-      catalogue: Effect.map(fleet.get, (state) => buildCatalogue(config.models, state))
+      catalogue: Effect.map(fleet.get, catalogueOf)
     } as const
   })
 }) {}

@@ -45,35 +45,36 @@ export class Router extends Effect.Service<Router>()("cortex/Router", {
         return yield* new ModelNotFound({ model: name })
       })
 
-    const route = Effect.fn("Router.route")(function*(name: string) {
-      let model = yield* lookup(name)
-      let coldLoaded = false
-      const ready = () =>
-        model.locations
-          .filter((l) => l.healthy && l.status === "loaded")
-          .sort((a, b) => busy(a, model.neuronId) - busy(b, model.neuronId) || a.node.localeCompare(b.node))
-      let replicas = ready()
-      if (replicas.length === 0) {
-        if (model.locations.some((l) => l.healthy && l.status === "recovering")) {
-          return yield* new ModelUnavailable({ model: model.id, state: "recovering" })
+    const route = (name: string) =>
+      Effect.gen(function*() {
+        let model = yield* lookup(name)
+        let coldLoaded = false
+        const ready = () =>
+          model.locations
+            .filter((l) => l.healthy && l.status === "loaded")
+            .sort((a, b) => busy(a, model.neuronId) - busy(b, model.neuronId) || a.node.localeCompare(b.node))
+        let replicas = ready()
+        if (replicas.length === 0) {
+          if (model.locations.some((l) => l.healthy && l.status === "recovering")) {
+            return yield* new ModelUnavailable({ model: model.id, state: "recovering" })
+          }
+          if (model.locations.length > 0 && !model.locations.some((l) => l.healthy)) {
+            return yield* new ModelUnavailable({
+              model: model.id,
+              state: "unavailable",
+              detail: "no healthy node serves it"
+            })
+          }
+          yield* lifecycle.ensureLoaded(model)
+          coldLoaded = true
+          model = yield* lookup(name)
+          replicas = ready()
+          if (replicas.length === 0) return yield* new ModelUnavailable({ model: model.id, state: "loading" })
         }
-        if (model.locations.length > 0 && !model.locations.some((l) => l.healthy)) {
-          return yield* new ModelUnavailable({
-            model: model.id,
-            state: "unavailable",
-            detail: "no healthy node serves it"
-          })
-        }
-        yield* lifecycle.ensureLoaded(model)
-        coldLoaded = true
-        model = yield* lookup(name)
-        replicas = ready()
-        if (replicas.length === 0) return yield* new ModelUnavailable({ model: model.id, state: "loading" })
-      }
-      const state = yield* fleet.get
-      const nodes = replicas.map((l) => state.get(l.node)!).filter((n) => n !== undefined)
-      return { model, node: nodes[0]!, fallbacks: nodes.slice(1), coldLoad: coldLoaded } satisfies Route
-    })
+        const state = yield* fleet.get
+        const nodes = replicas.map((l) => state.get(l.node)!).filter((n) => n !== undefined)
+        return { model, node: nodes[0]!, fallbacks: nodes.slice(1), coldLoad: coldLoaded } satisfies Route
+      })
 
     return {
       route,

@@ -1,5 +1,5 @@
 /** The live gateway: config → fleet poller → router → proxy → HTTP, with telemetry. */
-import { HttpServer } from "@effect/platform"
+import { HttpMiddleware, HttpServer } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { Effect, Layer, Metric, MetricLabel, Schedule } from "effect"
 import { createServer } from "node:http"
@@ -33,7 +33,9 @@ const fleetGauges = Effect.gen(function*() {
 
 const Serve = Layer.scopedDiscard(Effect.gen(function*() {
   const config = yield* GatewayConfig
-  yield* HttpServer.serveEffect(yield* makeGatewayApp)
+  // One span per request is the gateway's own (Proxy); the platform's per-request server span,
+  // with an attribute per header, cost more than the proxying itself (bench/gateway profile).
+  yield* HttpMiddleware.withTracerDisabledWhenEffect(HttpServer.serveEffect(yield* makeGatewayApp), () => true)
   yield* HttpServer.addressFormattedWith((address) =>
     Effect.logInfo(
       `gateway listening on ${address} over ${config.neurons.length} neuron(s)` +
