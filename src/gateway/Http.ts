@@ -135,44 +135,28 @@ export const makeGatewayApp = Effect.gen(function*() {
 
   const proxied = (request: Omit<ProxyRequest, "received">, received: number) => proxy.handle({ ...request, received })
 
-  const chat = guarded(openaiError, (who, received) =>
-    Effect.gen(function*() {
-      const { raw, value } = yield* decoded(ChatCompletionRequest)
-      return yield* proxied({
-        model: value.model,
-        path: "/v1/chat/completions",
-        body: raw,
-        stream: value.stream === true,
-        principal: who,
-        dialect: openaiDialect("chat")
-      }, received)
-    }))
+  /** Same-dialect OpenAI routes: validate, then relay to the neuron's route of the same name. */
+  const openaiRoute = <A extends { readonly model: string; readonly stream?: boolean | null }, I>(
+    schema: Schema.Schema<A, I>,
+    path: ProxyRequest["path"],
+    route: string
+  ) =>
+    guarded(openaiError, (who, received) =>
+      Effect.gen(function*() {
+        const { raw, value } = yield* decoded(schema)
+        return yield* proxied({
+          model: value.model,
+          path,
+          body: raw,
+          stream: value.stream === true,
+          principal: who,
+          dialect: openaiDialect(route)
+        }, received)
+      }))
 
-  const completions = guarded(openaiError, (who, received) =>
-    Effect.gen(function*() {
-      const { raw, value } = yield* decoded(CompletionRequest)
-      return yield* proxied({
-        model: value.model,
-        path: "/v1/completions",
-        body: raw,
-        stream: value.stream === true,
-        principal: who,
-        dialect: openaiDialect("completions")
-      }, received)
-    }))
-
-  const embeddings = guarded(openaiError, (who, received) =>
-    Effect.gen(function*() {
-      const { raw, value } = yield* decoded(EmbeddingRequest)
-      return yield* proxied({
-        model: value.model,
-        path: "/v1/embeddings",
-        body: raw,
-        stream: false,
-        principal: who,
-        dialect: openaiDialect("embeddings")
-      }, received)
-    }))
+  const chat = openaiRoute(ChatCompletionRequest, "/v1/chat/completions", "chat")
+  const completions = openaiRoute(CompletionRequest, "/v1/completions", "completions")
+  const embeddings = openaiRoute(EmbeddingRequest, "/v1/embeddings", "embeddings")
 
   const responses = guarded(openaiError, (who, received) =>
     Effect.gen(function*() {
