@@ -46,6 +46,14 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
     const cycles = new Map<string, number>()
     const unloadedBecause = new Map<string, LoadReason>()
     const history: Array<LoadRecord> = []
+    // Planning (place → evict → reserve) runs one at a time across the fleet: two loads planned
+    // from the same poll would otherwise both spend the same free memory, or evict the same model.
+    const planLock = yield* Effect.makeSemaphore(1)
+    /** Memory held for loads in flight, per node: the poll cannot see it yet. */
+    const reserved = new Map<string, Map<string, number>>()
+    /** Replicas being unloaded: not routed to. */
+    const evicting = new Set<string>()
+    const reservedOn = (node: string) => [...(reserved.get(node)?.values() ?? [])].reduce((a, b) => a + b, 0)
     const loads = new Map<string, {
       readonly deferred: Deferred.Deferred<string, ApiError>
       node: string | null
@@ -83,7 +91,7 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
         name: node.name,
         healthy: node.healthy,
         hasModel: node.models.some((m) => m.id === model.neuronId && m.status !== "failed"),
-        devices: node.devices.map((d) => ({ id: d.id, totalMb: d.totalMb, freeMb: d.freeMb })),
+        devices: withReservations(node),
         resident: node.models
           .filter((m) => m.id !== model.neuronId && residentStatuses.has(m.status))
           .map((m) => {
@@ -104,6 +112,16 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
           })
       }))
 
+    /** Devices with in-flight loads' memory taken off their free figures (largest free first). */
+    const withReservations = (node: NodeState) => {
+      let held = reservedOn(node.name)
+      return [...node.devices].sort((a, b) => b.freeMb - a.freeMb).map((d) => {
+        const take = Math.min(held, d.freeMb)
+        held -= take
+        return { id: d.id, totalMb: d.totalMb, freeMb: d.freeMb - take }
+      })
+    }
+
     const requiredMb = (model: CatalogueModel, state: ReadonlyMap<string, NodeState>) => {
       if (model.profile?.vram_mb !== undefined) return model.profile.vram_mb
       const estimates = [...state.values()].flatMap((n) =>
@@ -118,7 +136,9 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
 
     const unload = (node: NodeState, model: string, reason: "make_room" | "idle") =>
       Effect.gen(function*() {
-        // Requests this gateway sent there finish first (bounded); the neuron drains its own too.
+        // No new requests go there from now; those this gateway sent finish first (bounded),
+        // and the neuron drains its own too.
+        evicting.add(key(node.name, model))
         const deadline = Date.now() + config.loadTimeoutSecs * 1000
         while (busy(node.name, model) > 0 && Date.now() < deadline) yield* Effect.sleep("50 millis")
         yield* Effect.logInfo(`evicting ${model} from ${node.name} (${reason})`)
@@ -132,59 +152,76 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
         unloadedBecause.set(model, reason === "idle" ? "after_idle_unload" : "after_eviction")
         cycles.set(node.name, (cycles.get(node.name) ?? 0) + 1)
         yield* fleet.refresh(node.name)
-      })
+      }).pipe(Effect.ensuring(Effect.sync(() => evicting.delete(key(node.name, model)))))
 
-    /** Place, evict (re-reading free memory after each), load. Returns the node's name. */
+    /**
+     * Place, evict (re-reading free memory after each) and reserve under the plan lock; then load
+     * outside it, so loads on different nodes overlap. Returns the node's name.
+     */
     const loadNow = (model: CatalogueModel, entry: { node: string | null }) =>
       Effect.gen(function*() {
         const started = Date.now()
         const swapDeadline = started + config.eviction.maxSwapWaitSecs * 1000
         for (;;) {
-          const state = yield* fleet.get
-          const required = requiredMb(model, state)
-          const profile = model.profile
-          const placement = place(
-            {
-              id: model.neuronId,
-              requiredMb: required,
-              minDevices: profile?.min_devices ?? 1,
-              minDeviceVramMb: profile?.min_device_vram_mb,
-              pinnedOn: profile?.pinned_on,
-              priority: residencyPriority(profile ?? {})
-            },
-            placementNodes(model, state),
-            config.eviction.strategy
-          )
-          if (placement._tag === "Infeasible") {
-            return yield* new ModelInfeasible({ model: model.id, reason: placement.reason })
-          }
-          if (placement._tag === "Unavailable") {
-            return yield* new ModelUnavailable({ model: model.id, state: "unavailable", detail: placement.reason })
-          }
-          const node = state.get(placement.node)!
-          entry.node = node.name
-          // Thrash guard: victims still serving, or loaded moments ago, keep their node until the
-          // waiter has waited max_swap_wait_secs; meanwhile their own requests are served as a batch.
-          const blocking = placement.evict.filter((victim) => {
-            const m = node.models.find((x) => x.id === victim)
-            const young = m?.loaded_at
-              ? Date.now() - Date.parse(m.loaded_at) < config.eviction.minResidentSecs * 1000
-              : false
-            return busy(node.name, victim) > 0 || (m?.in_flight ?? 0) > 0 || young
-          })
-          if (blocking.length > 0 && Date.now() < swapDeadline) {
+          const plan = yield* planLock.withPermits(1)(Effect.gen(function*() {
+            // Decide on fresh figures: a poll from moments ago can still show a finished request.
+            const holders = [...(yield* fleet.get).values()].filter((n) =>
+              n.models.some((m) => m.id === model.neuronId)
+            )
+            yield* Effect.forEach(holders, (n) => fleet.refresh(n.name), { concurrency: "unbounded", discard: true })
+            const state = yield* fleet.get
+            const required = requiredMb(model, state)
+            const profile = model.profile
+            const placement = place(
+              {
+                id: model.neuronId,
+                requiredMb: required,
+                minDevices: profile?.min_devices ?? 1,
+                minDeviceVramMb: profile?.min_device_vram_mb,
+                pinnedOn: profile?.pinned_on,
+                priority: residencyPriority(profile ?? {})
+              },
+              placementNodes(model, state),
+              config.eviction.strategy
+            )
+            if (placement._tag === "Infeasible") {
+              return yield* new ModelInfeasible({ model: model.id, reason: placement.reason })
+            }
+            if (placement._tag === "Unavailable") {
+              return yield* new ModelUnavailable({ model: model.id, state: "unavailable", detail: placement.reason })
+            }
+            const node = state.get(placement.node)!
+            entry.node = node.name
+            // Thrash guard: victims still serving, or loaded moments ago, keep their node until the
+            // waiter has waited max_swap_wait_secs; meanwhile their own requests are served as a batch.
+            const blocking = placement.evict.filter((victim) => {
+              const m = node.models.find((x) => x.id === victim)
+              const young = m?.loaded_at
+                ? Date.now() - Date.parse(m.loaded_at) < config.eviction.minResidentSecs * 1000
+                : false
+              return busy(node.name, victim) > 0 || (m?.in_flight ?? 0) > 0 || young
+            })
+            if (blocking.length > 0 && Date.now() < swapDeadline) return { _tag: "wait" as const, node: node.name }
+            const evicted: Array<string> = []
+            for (const victim of placement.evict) {
+              const current = (yield* fleet.get).get(node.name)!
+              const free = current.devices.reduce((sum, d) => sum + d.freeMb, 0) - reservedOn(node.name)
+              if (free >= required) break
+              yield* unload(current, victim, "make_room").pipe(Effect.mapError(neuronError(model.id)))
+              evicted.push(victim)
+            }
+            const onNode = reserved.get(node.name) ?? new Map<string, number>()
+            onNode.set(model.neuronId, required)
+            reserved.set(node.name, onNode)
+            return { _tag: "load" as const, node, evicted }
+          }))
+          if (plan._tag === "wait") {
             yield* Effect.sleep("100 millis")
-            yield* fleet.refresh(node.name)
+            yield* fleet.refresh(plan.node)
             continue
           }
-          const evicted: Array<string> = []
-          for (const victim of placement.evict) {
-            const current = (yield* fleet.get).get(node.name)!
-            const free = current.devices.reduce((sum, d) => sum + d.freeMb, 0)
-            if (free >= required) break
-            yield* unload(current, victim, "make_room").pipe(Effect.mapError(neuronError(model.id)))
-            evicted.push(victim)
-          }
+          const { evicted, node } = plan
+          const profile = model.profile
           const reason = unloadedBecause.get(model.neuronId) ?? "first_load"
           const loadStarted = Date.now()
           yield* Effect.logInfo(
@@ -198,7 +235,15 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
               ...(profile?.context_size !== undefined ? { context_size: profile.context_size } : {})
             },
             timeoutMs: config.loadTimeoutSecs * 1000
-          }).pipe(Effect.mapError(neuronError(model.id)))
+          }).pipe(
+            Effect.mapError(neuronError(model.id)),
+            // The reservation ends once the poll can see the model (or the load failed).
+            Effect.ensuring(
+              fleet.refresh(node.name).pipe(
+                Effect.ensuring(Effect.sync(() => reserved.get(node.name)?.delete(model.neuronId)))
+              )
+            )
+          )
           const loadMs = Date.now() - loadStarted
           yield* Metric.update(Metric.taggedWithLabels(M.modelLoad, labels(model.id, node.name)), loadMs / 1000)
           cycles.set(node.name, (cycles.get(node.name) ?? 0) + 1)
@@ -214,7 +259,6 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
             at: new Date().toISOString()
           })
           if (history.length > 100) history.shift()
-          yield* fleet.refresh(node.name)
           return node.name
         }
       })
@@ -315,6 +359,7 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
       ensureLoaded,
       track,
       busy,
+      isEvicting: (node: string, model: string) => evicting.has(key(node, model)),
       history: () => [...history],
       cycles: () => Object.fromEntries(cycles),
       loadsInProgress: (): Array<LoadInProgress> =>

@@ -11,6 +11,7 @@ import { Effect, Fiber, Metric, MetricLabel, Runtime } from "effect"
 import { PassThrough } from "node:stream"
 import { type ApiError, InternalError, ModelUnavailable, UpstreamError } from "../domain/errors.js"
 import type { ChatCompletionChunk, Usage } from "../domain/openai-output.js"
+import { Fleet } from "./Fleet.js"
 import { GatewayConfig } from "./GatewayConfig.js"
 import * as M from "./Metrics.js"
 import { authHeaders } from "./NeuronClient.js"
@@ -19,6 +20,9 @@ import { SseParser } from "./Sse.js"
 import { parseJson, post, readAll, type UpstreamResponse } from "./Upstream.js"
 
 export const PRINCIPAL_HEADER = "x-cortex-principal"
+export const AUTOLOAD_HEADER = "x-cortex-autoload"
+/** Upstream 503 codes that mean "not here any more", not "try later". */
+const STALE_ROUTE = new Set(["model_not_loaded", "model_unloading", "model_loading"])
 /** How long a streamed request may wait (routing, cold load) before its headers go out. */
 const HEAD_START_MS = 750
 
@@ -77,6 +81,7 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
   effect: Effect.gen(function*() {
     const config = yield* GatewayConfig
     const router = yield* Router
+    const fleet = yield* Fleet
     const runtime = yield* Effect.runtime<never>()
     const runSync = Runtime.runSync(runtime)
     const idleMs = config.idleTimeoutSecs * 1000
@@ -139,7 +144,7 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
     )
 
     /** Route and call the upstream, falling over to the next replica before any byte came back. */
-    const attempt = (request: ProxyRequest, signal: AbortSignal) =>
+    const attemptOnce = (request: ProxyRequest, signal: AbortSignal) =>
       Effect.gen(function*() {
         const route = yield* router.route(request.model)
         if (route.coldLoad) {
@@ -161,6 +166,8 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
                 {
                   "content-type": "application/json",
                   [PRINCIPAL_HEADER]: request.principal,
+                  // Loads are the gateway's to place: a stale route must not make the neuron load.
+                  [AUTOLOAD_HEADER]: "off",
                   ...authHeaders(node.endpoint),
                   ...(parent ? { traceparent: parent } : {})
                 },
@@ -190,6 +197,22 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
           return { response, route, nodeName: node.name, release, upstreamStarted } satisfies Attempt
         }
         return yield* (last ?? new InternalError({ detail: "no replica answered" }))
+      })
+
+    /**
+     * Route and call; when the chosen replica turned out not to hold the model any more (evicted
+     * or reloading since the last poll), refresh that node and route once more, which loads the
+     * model where placement says.
+     */
+    const attempt = (request: ProxyRequest, signal: AbortSignal) =>
+      Effect.gen(function*() {
+        const first = yield* attemptOnce(request, signal)
+        if (first.response.status !== 503) return first
+        const error = yield* Effect.promise(() => upstreamError(first.response))
+        first.release()
+        if (!STALE_ROUTE.has(String(error.body.error.code))) return yield* error
+        yield* fleet.refresh(first.nodeName)
+        return yield* attemptOnce(request, signal)
       })
 
     const upstreamError = async (response: UpstreamResponse) =>

@@ -5,7 +5,7 @@
  * so a burst between polls still spreads.
  */
 import { Effect } from "effect"
-import { ModelNotFound, ModelUnavailable } from "../domain/errors.js"
+import { ModelLoadFailed, ModelNotFound, ModelUnavailable } from "../domain/errors.js"
 import { type CatalogueModel, type Location, resolveAlias } from "./Catalogue.js"
 import { Fleet, type NodeState } from "./Fleet.js"
 import { GatewayConfig } from "./GatewayConfig.js"
@@ -51,12 +51,19 @@ export class Router extends Effect.Service<Router>()("cortex/Router", {
         let coldLoaded = false
         const ready = () =>
           model.locations
-            .filter((l) => l.healthy && l.status === "loaded")
+            .filter((l) => l.healthy && l.status === "loaded" && !lifecycle.isEvicting(l.node, model.neuronId))
             .sort((a, b) => busy(a, model.neuronId) - busy(b, model.neuronId) || a.node.localeCompare(b.node))
         let replicas = ready()
         if (replicas.length === 0) {
           if (model.locations.some((l) => l.healthy && l.status === "recovering")) {
             return yield* new ModelUnavailable({ model: model.id, state: "recovering" })
+          }
+          const healthy = model.locations.filter((l) => l.healthy)
+          const failed = healthy.filter((l) => l.status === "failed")
+          // It failed to load everywhere it could: say so (an operator retries with `cortex load`),
+          // rather than crash a worker again on every request.
+          if (failed.length > 0 && failed.length === healthy.length) {
+            return yield* new ModelLoadFailed({ model: model.id, detail: failed[0]!.error ?? "the last load failed" })
           }
           if (model.locations.length > 0 && !model.locations.some((l) => l.healthy)) {
             return yield* new ModelUnavailable({

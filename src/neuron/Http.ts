@@ -24,7 +24,7 @@ import {
 import { toWorkerMessages } from "./ChatMessages.js"
 import { hostInfo } from "./Discovery.js"
 import { errorResponse, Inference } from "./Inference.js"
-import { ModelManager } from "./ModelManager.js"
+import { type Caller, ModelManager } from "./ModelManager.js"
 import { NeuronConfig } from "./NeuronConfig.js"
 
 export const VERSION = "0.1.0"
@@ -45,10 +45,13 @@ const body = <A, I>(schema: Schema.Schema<A, I>) =>
     return yield* decodeBody(schema, text)
   })
 
-const principal = Effect.map(HttpServerRequest.HttpServerRequest, (request) => {
+/** The gateway sends `x-cortex-autoload: off`: it places loads itself, a stale route must not load. */
+export const AUTOLOAD_HEADER = "x-cortex-autoload"
+
+const principal = Effect.map(HttpServerRequest.HttpServerRequest, (request): Caller => {
   const header = request.headers[PRINCIPAL_HEADER]
-  if (header) return header
-  return request.remoteAddress._tag === "Some" ? request.remoteAddress.value : "anonymous"
+  const who = header ? header : request.remoteAddress._tag === "Some" ? request.remoteAddress.value : "anonymous"
+  return request.headers[AUTOLOAD_HEADER] === "off" ? { principal: who, autoLoad: false } : { principal: who }
 })
 
 const handled = <R>(effect: Effect.Effect<HttpServerResponse.HttpServerResponse, ApiError, R>) =>

@@ -19,7 +19,7 @@ import {
 import type { ChatCompletionRequest, CompletionRequest, EmbeddingRequest } from "../domain/openai.js"
 import { toWorkerMessages } from "./ChatMessages.js"
 import { WorkerCrash, WorkerFailed } from "./DeviceWorker.js"
-import { ModelManager, type Seat } from "./ModelManager.js"
+import { type Caller, ModelManager, type Seat } from "./ModelManager.js"
 import { NeuronConfig } from "./NeuronConfig.js"
 import { resolveSampling } from "./Sampling.js"
 import type { EmbedResult, GenerationParams, GenerationResult, Job } from "./worker/protocol.js"
@@ -181,10 +181,10 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
       }, events)
 
     /** Non-streaming chat or text completion. */
-    const complete = (request: ChatCompletionRequest | CompletionRequest, kind: Kind, principal: string) =>
+    const complete = (request: ChatCompletionRequest | CompletionRequest, kind: Kind, caller: Caller) =>
       Effect.scoped(Effect.gen(function*() {
         const { job, params } = yield* prepare(request, kind)
-        const seat = yield* models.acquire(request.model, principal)
+        const seat = yield* models.acquire(request.model, caller)
         const result = yield* generate(seat, job, params, {})
         const usage = usageOf(result, seat.queueMs)
         yield* Effect.logDebug(`${kind} ${request.model}: ${result.usage.completionTokens} tokens`)
@@ -224,7 +224,7 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
      * model, admission refusal, context too long) are plain HTTP errors when they come within
      * the head start; after the headers went out they are an in-band error event.
      */
-    const stream = (request: ChatCompletionRequest | CompletionRequest, kind: Kind, principal: string) =>
+    const stream = (request: ChatCompletionRequest | CompletionRequest, kind: Kind, caller: Caller) =>
       Effect.gen(function*() {
         const { job, params } = yield* prepare(request, kind)
         const id = newId(kind === "chat" ? "chatcmpl" : "cmpl")
@@ -257,7 +257,7 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
         const push = (bytes: Uint8Array) => Queue.unsafeOffer(queue, bytes)
 
         const run = Effect.scoped(Effect.gen(function*() {
-          const seat = yield* models.acquire(request.model, principal)
+          const seat = yield* models.acquire(request.model, caller)
           const result = yield* generate(seat, job, params, {
             onPrefilled: (promptTokens, cachedTokens) => {
               Deferred.unsafeDone(started, Exit.void)
@@ -320,10 +320,10 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
         })
       })
 
-    const embed = (request: EmbeddingRequest, principal: string) =>
+    const embed = (request: EmbeddingRequest, caller: Caller) =>
       Effect.scoped(Effect.gen(function*() {
         const inputs = typeof request.input === "string" ? [request.input] : [...request.input]
-        const seat = yield* models.acquire(request.model, principal)
+        const seat = yield* models.acquire(request.model, caller)
         const result = yield* runOnWorker<EmbedResult>(seat, { _tag: "embed", model: seat.model, inputs })
         return {
           object: "list",

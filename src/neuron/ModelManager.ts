@@ -66,6 +66,12 @@ export interface DeviceView extends Device {
   readonly worker: { readonly pid: number | null; readonly alive: boolean; readonly restarts: number }
 }
 
+/** Who asks, and whether a model on disk may be loaded for them (the gateway places loads itself). */
+export interface Caller {
+  readonly principal: string
+  readonly autoLoad?: boolean
+}
+
 export interface Seat {
   readonly model: string
   readonly worker: DeviceWorker
@@ -457,11 +463,11 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
     }
 
     /** The entry of a loaded model, loading it first when it is on disk and auto_load is on. */
-    const resident = (id: string) =>
+    const resident = (id: string, autoLoad = config.autoLoad) =>
       Effect.gen(function*() {
         if (draining) return yield* new ShuttingDown()
         let e = yield* find(id)
-        if ((e.status === "available" || e.status === "loading") && config.autoLoad) {
+        if ((e.status === "available" || e.status === "loading") && autoLoad) {
           yield* load(id)
           e = yield* find(id)
         }
@@ -494,15 +500,15 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
      * A seat on a loaded model for the life of the current scope. Loads on demand (auto_load),
      * waits in the bounded queue, and gives the seat back on success, failure or interruption.
      */
-    const acquire = (id: string, principal: string): Effect.Effect<
+    const acquire = (id: string, caller: Caller): Effect.Effect<
       Seat,
       ModelNotFound | ModelUnavailable | Overloaded | ShuttingDown | InsufficientVram | ModelLoadFailed | WorkerCrashed,
       Scope.Scope
     > =>
       Effect.gen(function*() {
         const arrived = Date.now()
-        const e = yield* resident(id)
-        const ticket: Admission.Ticket = { id: nextTicket++, principal }
+        const e = yield* resident(id, caller.autoLoad ?? config.autoLoad)
+        const ticket: Admission.Ticket = { id: nextTicket++, principal: caller.principal }
         const [decision, next] = Admission.admit(e.admission, limits, ticket)
         if (decision === "queue_full" || decision === "principal_limit") {
           return yield* new Overloaded({ model: id, reason: decision, retry_after_secs: 1 })
