@@ -188,6 +188,15 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
               return yield* new ModelInfeasible({ model: model.id, reason: placement.reason })
             }
             if (placement._tag === "Unavailable") {
+              // Models still loading (or unloading) block only for a moment: wait for them, within
+              // the load timeout, rather than refuse a request the fleet can serve shortly.
+              const transient = [...reserved.values()].some((m) => m.size > 0) ||
+                [...state.values()].some((n) =>
+                  n.healthy && n.models.some((m) => m.status === "loading" || m.status === "unloading")
+                )
+              if (transient && Date.now() - started < config.loadTimeoutSecs * 1000) {
+                return { _tag: "wait" as const, node: "" }
+              }
               return yield* new ModelUnavailable({ model: model.id, state: "unavailable", detail: placement.reason })
             }
             const node = state.get(placement.node)!
@@ -217,7 +226,7 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
           }))
           if (plan._tag === "wait") {
             yield* Effect.sleep("100 millis")
-            yield* fleet.refresh(plan.node)
+            if (plan.node !== "") yield* fleet.refresh(plan.node)
             continue
           }
           const { evicted, node } = plan
