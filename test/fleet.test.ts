@@ -39,6 +39,7 @@ sampling = { temperature = 0 }
 [[models]]
 id = "slow"
 file = "tiny-f"
+idle_unload_secs = 3
 sampling = { temperature = 0 }
 [[models]]
 id = "bad"
@@ -172,6 +173,23 @@ describe("slow loads", () => {
     const types = text.split("\n\n").filter((b) => b.startsWith("event: ")).map((b) => b.slice(7, b.indexOf("\n")))
     expect(types.filter((t) => t === "ping").length).toBeGreaterThanOrEqual(2)
     expect(types.at(-1)).toBe("message_stop")
+  })
+})
+
+describe("idle unload", () => {
+  it("unloads a model idle past its profile's idle_unload_secs, and counts it", async () => {
+    await ask("slow")
+    const status = async () =>
+      ((await getJson(`${slow.url}/models`)).body.data as Array<{ id: string; status: string }>)
+        .find((m) => m.id === "tiny-f")?.status
+    expect(await status()).toBe("loaded")
+    const deadline = Date.now() + 15_000
+    while ((await status()) !== "available" && Date.now() < deadline) await new Promise((r) => setTimeout(r, 250))
+    expect(await status()).toBe("available")
+    const metrics = await (await fetch(gateway.metricsUrl)).text()
+    expect(metrics).toMatch(/cortex_evictions_total\{[^}]*model="tiny-f"[^}]*reason="idle"[^}]*\} 1/)
+    expect(metrics).toMatch(/cortex_model_load_seconds_count\{[^}]*model="slow"/)
+    expect(metrics).toMatch(/cortex_model_load_wait_seconds_count\{[^}]*model="slow"/)
   })
 })
 

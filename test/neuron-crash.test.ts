@@ -74,6 +74,18 @@ describe("worker crash", () => {
     expect(neuron.process.exitCode).toBeNull()
   })
 
+  it("restarts an idle worker on request (defragmentation) and reloads its models", async () => {
+    const before = (await getJson(`${neuron.url}/models`)).body.devices[0].worker
+    const res = await postJson(`${neuron.url}/admin/restart-worker`, {})
+    expect(res.status).toBe(200)
+    const body = await res.json() as any
+    expect(body.restarted).toBe(true)
+    expect(body.models).toEqual(["tiny:loaded"])
+    const after = (await getJson(`${neuron.url}/models`)).body.devices[0].worker
+    expect(after.pid).not.toBe(before.pid)
+    expect(await modelStatus(neuron.url, "tiny")).toBe("loaded")
+  })
+
   it("answers a request for a recovering model with 503 and Retry-After", async () => {
     const pid = (await getJson(`${neuron.url}/models`)).body.devices[0].worker.pid as number
     process.kill(pid, "SIGKILL")

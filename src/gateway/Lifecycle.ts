@@ -255,6 +255,10 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
           )
           const loadMs = Date.now() - loadStarted
           yield* Metric.update(Metric.taggedWithLabels(M.modelLoad, labels(model.id, node.name)), loadMs / 1000)
+          yield* Metric.update(
+            Metric.taggedWithLabels(M.modelLoadWait, labels(model.id, node.name)),
+            (loadStarted - started) / 1000
+          )
           cycles.set(node.name, (cycles.get(node.name) ?? 0) + 1)
           unloadedBecause.delete(model.neuronId)
           lastUse.set(key(node.name, model.neuronId), Date.now())

@@ -68,6 +68,11 @@ export const cachedPromptTokens = Metric.counter("cortex_cached_prompt_tokens_to
   incremental: true
 })
 export const modelLoad = Metric.histogram("cortex_model_load_seconds", loadSeconds, "Time to load a model on a node")
+export const modelLoadWait = Metric.histogram(
+  "cortex_model_load_wait_seconds",
+  loadSeconds,
+  "Time a cold load spent placing and waiting (busy or just-loaded victims, evictions) before loading"
+)
 export const modelInFlight = Metric.gauge("cortex_model_in_flight", {
   description: "Requests running, per model and node"
 })
