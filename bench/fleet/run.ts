@@ -26,12 +26,12 @@
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises"
-import { createServer } from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { parseArgs } from "node:util"
 import { writeModel } from "../../src/gguf/ModelGenerator.js"
+import { freePort, numberArg } from "../lib.js"
 
 // ---------------------------------------------------------------------------------------------
 // Settings
@@ -55,15 +55,6 @@ const { values: args } = parseArgs({
     verbose: { type: "boolean", default: false }
   }
 })
-
-const numberArg = (name: string, raw: string | undefined, min: number, integer: boolean): number => {
-  const n = Number(raw)
-  if (!Number.isFinite(n) || n < min || (integer && !Number.isInteger(n))) {
-    console.error(`--${name} must be ${integer ? "an integer" : "a number"} ≥ ${min}, got ${raw}`)
-    process.exit(2)
-  }
-  return n
-}
 
 const quick = args.quick
 const SETTINGS = {
@@ -128,17 +119,6 @@ const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve,
 
 // ---------------------------------------------------------------------------------------------
 // Child processes
-
-const freePort = () =>
-  new Promise<number>((resolve, reject) => {
-    const server = createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address()
-      const port = typeof address === "object" && address !== null ? address.port : 0
-      server.close(() => resolve(port))
-    })
-  })
 
 /**
  * Preloaded into every child: exit when stdin (a pipe from this process) closes, so that even a

@@ -22,11 +22,11 @@ import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import { readFileSync } from "node:fs"
 import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises"
 import * as http from "node:http"
-import { createServer } from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { parseArgs } from "node:util"
+import { freePort, numberArg } from "../lib.js"
 import { monotonicUs, type ProfileSummary, summarizeProfile, type Window } from "./profile.js"
 
 // ---------------------------------------------------------------------------------------------
@@ -51,15 +51,6 @@ const { values: args } = parseArgs({
     verbose: { type: "boolean", default: false }
   }
 })
-
-const numberArg = (name: string, raw: string | undefined, min: number, integer: boolean): number => {
-  const n = Number(raw)
-  if (!Number.isFinite(n) || n < min || (integer && !Number.isInteger(n))) {
-    console.error(`--${name} must be ${integer ? "an integer" : "a number"} ≥ ${min}, got ${raw}`)
-    process.exit(2)
-  }
-  return n
-}
 
 const quick = args.quick
 const SETTINGS = {
@@ -87,17 +78,6 @@ const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve,
 
 // ---------------------------------------------------------------------------------------------
 // Child processes
-
-const freePort = () =>
-  new Promise<number>((resolve, reject) => {
-    const server = createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address()
-      const port = typeof address === "object" && address !== null ? address.port : 0
-      server.close(() => resolve(port))
-    })
-  })
 
 const children = new Set<Child>()
 

@@ -10,12 +10,12 @@ import { type ChatHistoryItem, getLlama, LlamaChat, LlamaLogLevel, type Token } 
 import { type ChildProcess, spawn } from "node:child_process"
 import { existsSync } from "node:fs"
 import { mkdtemp, rm } from "node:fs/promises"
-import { createServer } from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { parseArgs } from "node:util"
 import { writeModel } from "../../src/gguf/ModelGenerator.js"
+import { freePort } from "../lib.js"
 
 // ---------------------------------------------------------------------------------------------
 // Settings
@@ -262,17 +262,6 @@ const runDirect = async (modelPath: string): Promise<SideResult> => {
 
 // ---------------------------------------------------------------------------------------------
 // Neuron over HTTP
-
-const freePort = () =>
-  new Promise<number>((resolve, reject) => {
-    const server = createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address()
-      const port = typeof address === "object" && address !== null ? address.port : 0
-      server.close(() => resolve(port))
-    })
-  })
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
