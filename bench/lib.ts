@@ -1,4 +1,5 @@
 /** Small helpers the benchmark scripts share. */
+import { type ChildProcess, spawn } from "node:child_process"
 import { createServer } from "node:net"
 
 /** A free loopback port (listen on 0, read it, close). */
@@ -21,4 +22,137 @@ export const numberArg = (name: string, raw: string | undefined, min: number, in
     process.exit(2)
   }
   return n
+}
+
+export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
+export const log = (line: string) => process.stderr.write(`[bench] ${line}\n`)
+
+/**
+ * Preloaded into a child with `--import`: exit when stdin (a pipe from the bench) closes, so even
+ * a SIGKILL of the bench leaves no server behind (a neuron's worker exits with its neuron).
+ */
+export const ORPHAN_GUARD = `data:text/javascript,${
+  encodeURIComponent("process.stdin.on(\"end\",()=>process.exit(0));process.stdin.resume()")
+}`
+
+const parsePort = (line: string): number | undefined => {
+  try {
+    const value = JSON.parse(line) as { port?: unknown }
+    return typeof value.port === "number" && value.port > 0 ? value.port : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** Every child a bench started, for cleanup. */
+export const children = new Set<BenchChild>()
+
+/** A node process the bench started: its output lines (timestamped), exit, and a graceful stop. */
+export class BenchChild {
+  readonly lines: Array<{ readonly at: number; readonly text: string }> = []
+  private readonly lineWaiters: Array<(line: string) => void> = []
+  private readonly exited: Promise<void>
+  private exitInfo: string | undefined
+
+  private constructor(readonly name: string, readonly proc: ChildProcess, verbose: boolean) {
+    const keep = (stream: "out" | "err") => {
+      let partial = ""
+      return (data: Buffer) => {
+        const parts = (partial + data.toString("utf8")).split("\n")
+        partial = parts.pop() ?? ""
+        for (const text of parts) {
+          if (text.length === 0) continue
+          if (verbose) process.stderr.write(`[${name}] ${text}\n`)
+          this.lines.push({ at: Date.now(), text })
+          if (stream === "out") { for (const waiter of this.lineWaiters.splice(0)) waiter(text) }
+        }
+      }
+    }
+    proc.stdout?.on("data", keep("out"))
+    proc.stderr?.on("data", keep("err"))
+    this.exited = new Promise((resolve) => {
+      proc.once("exit", (code, signal) => {
+        this.exitInfo = `code ${code}, signal ${signal}`
+        resolve()
+      })
+    })
+  }
+
+  /** Start `node ...argv` in `cwd`; stdin stays a pipe (see ORPHAN_GUARD). */
+  static spawn(
+    name: string,
+    argv: ReadonlyArray<string>,
+    options: { readonly cwd: string; readonly env?: NodeJS.ProcessEnv; readonly verbose?: boolean }
+  ): BenchChild {
+    const proc = spawn(process.execPath, [...argv], {
+      cwd: options.cwd,
+      env: options.env ?? process.env,
+      stdio: ["pipe", "pipe", "pipe"]
+    })
+    const child = new BenchChild(name, proc, options.verbose ?? false)
+    children.add(child)
+    return child
+  }
+
+  get alive() {
+    return this.exitInfo === undefined
+  }
+
+  get pid() {
+    return this.proc.pid
+  }
+
+  describeExit() {
+    return `${this.exitInfo ?? "still running"}; last log lines:\n${
+      this.lines.slice(-30).map((l) => l.text).join("\n")
+    }`
+  }
+
+  /** The port a bench server prints as a stdout line, `{"port":N}`. */
+  async port(timeoutMs: number): Promise<number> {
+    const found = this.lines.map((l) => parsePort(l.text)).find((p) => p !== undefined)
+    if (found !== undefined) return found
+    const deadline = Date.now() + timeoutMs
+    while (Date.now() < deadline) {
+      if (!this.alive) throw new Error(`${this.name} exited before listening: ${this.describeExit()}`)
+      const line = await Promise.race([
+        new Promise<string>((resolve) => this.lineWaiters.push(resolve)),
+        sleep(200).then(() => undefined)
+      ])
+      const port = line === undefined ? undefined : parsePort(line)
+      if (port !== undefined) return port
+    }
+    throw new Error(`${this.name} did not print its port within ${timeoutMs} ms: ${this.describeExit()}`)
+  }
+
+  /** SIGTERM, then SIGKILL if it has not exited after `graceMs`. */
+  async stop(graceMs = 5000) {
+    if (this.alive) {
+      this.proc.kill("SIGTERM")
+      const timedOut = await Promise.race([this.exited.then(() => false), sleep(graceMs).then(() => true)])
+      if (timedOut && this.alive) {
+        log(`${this.name} ignored SIGTERM, sending SIGKILL`)
+        this.proc.kill("SIGKILL")
+        await this.exited
+      }
+    }
+    children.delete(this)
+  }
+}
+
+/**
+ * Stop every child on SIGINT/SIGTERM (SIGKILL first, synchronously, so nothing survives a cut
+ * cleanup) and on exit; `cleanup` does the graceful part and the bench's own leftovers.
+ */
+export const stopChildrenOnExit = (cleanup: () => Promise<void>) => {
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    process.once(signal, () => {
+      log(`${signal}: stopping`)
+      for (const child of children) child.proc.kill("SIGKILL")
+      void cleanup().finally(() => process.exit(130))
+    })
+  }
+  process.once("exit", () => {
+    for (const child of children) if (child.alive) child.proc.kill("SIGKILL")
+  })
 }

@@ -24,14 +24,13 @@
  * Not part of the test suite: about 3 minutes (2 with --quick; each of the 4 fleets takes 10–20 s
  * to start on a 2-core box, not timed); wants the CPU to itself.
  */
-import { type ChildProcess, spawn } from "node:child_process"
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { parseArgs } from "node:util"
 import { writeModel } from "../../src/gguf/ModelGenerator.js"
-import { freePort, numberArg } from "../lib.js"
+import { BenchChild, children, freePort, log, numberArg, ORPHAN_GUARD, sleep, stopChildrenOnExit } from "../lib.js"
 
 // ---------------------------------------------------------------------------------------------
 // Settings
@@ -114,86 +113,12 @@ const turnModels = (t: number): Array<string> => {
   return [MODELS[0]!, ...Array.from({ length: k }, (_, j) => pool[(k * t + j) % pool.length]!)]
 }
 
-const log = (line: string) => process.stderr.write(`[bench] ${line}\n`)
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
-
 // ---------------------------------------------------------------------------------------------
-// Child processes
+// BenchChild processes
 
-/**
- * Preloaded into every child: exit when stdin (a pipe from this process) closes, so that even a
- * SIGKILL of this process leaves no neuron or gateway behind (a neuron's worker exits with it).
- */
-const ORPHAN_GUARD = `data:text/javascript,${
-  encodeURIComponent("process.stdin.on(\"end\",()=>process.exit(0));process.stdin.resume()")
-}`
-
-const children = new Set<Child>()
-
-class Child {
-  /** Every line it printed, with the time it arrived here (ms since the epoch). */
-  readonly lines: Array<{ readonly at: number; readonly text: string }> = []
-  private readonly exited: Promise<void>
-  private exitInfo: string | undefined
-
-  private constructor(readonly name: string, readonly proc: ChildProcess) {
-    const keep = () => {
-      let partial = ""
-      return (data: Buffer) => {
-        const parts = (partial + data.toString("utf8")).split("\n")
-        partial = parts.pop() ?? ""
-        for (const text of parts) {
-          if (text.length === 0) continue
-          if (args.verbose) process.stderr.write(`[${name}] ${text}\n`)
-          this.lines.push({ at: Date.now(), text })
-        }
-      }
-    }
-    proc.stdout?.on("data", keep())
-    proc.stderr?.on("data", keep())
-    this.exited = new Promise((resolve) => {
-      proc.once("exit", (code, signal) => {
-        this.exitInfo = `code ${code}, signal ${signal}`
-        resolve()
-      })
-    })
-  }
-
-  static spawn(name: string, argv: ReadonlyArray<string>, env: NodeJS.ProcessEnv): Child {
-    const proc = spawn(process.execPath, ["--import", ORPHAN_GUARD, ...argv], {
-      cwd: ROOT,
-      env,
-      stdio: ["pipe", "pipe", "pipe"]
-    })
-    const child = new Child(name, proc)
-    children.add(child)
-    return child
-  }
-
-  get alive() {
-    return this.exitInfo === undefined
-  }
-
-  describeExit() {
-    return `${this.exitInfo ?? "still running"}; last log lines:\n${
-      this.lines.slice(-30).map((l) => l.text).join("\n")
-    }`
-  }
-
-  /** SIGTERM, then SIGKILL if it has not exited after `graceMs`. */
-  async stop(graceMs = 10_000) {
-    if (this.alive) {
-      this.proc.kill("SIGTERM")
-      const timedOut = await Promise.race([this.exited.then(() => false), sleep(graceMs).then(() => true)])
-      if (timedOut && this.alive) {
-        log(`${this.name} ignored SIGTERM, sending SIGKILL`)
-        this.proc.kill("SIGKILL")
-        await this.exited
-      }
-    }
-    children.delete(this)
-  }
-}
+/** Start a child in the repository root that exits with this bench (ORPHAN_GUARD). */
+const start = (name: string, argv: ReadonlyArray<string>, env: NodeJS.ProcessEnv) =>
+  BenchChild.spawn(name, ["--import", ORPHAN_GUARD, ...argv], { cwd: ROOT, env, verbose: args.verbose })
 
 /** The environment without variables of ours that would override what this bench sets. */
 const baseEnv = () => {
@@ -210,7 +135,7 @@ const getJson = async <A>(url: string, timeoutMs = 5000): Promise<A> => {
   return (await res.json()) as A
 }
 
-const waitUntil = async (what: string, child: Child, probe: () => Promise<boolean>, timeoutMs: number) => {
+const waitUntil = async (what: string, child: BenchChild, probe: () => Promise<boolean>, timeoutMs: number) => {
   const deadline = Date.now() + timeoutMs
   let last = "no answer yet"
   while (Date.now() < deadline) {
@@ -230,8 +155,8 @@ const waitUntil = async (what: string, child: Child, probe: () => Promise<boolea
 // The fleet: neurons and a gateway, fresh for every cell
 
 interface Fleet {
-  readonly neurons: ReadonlyArray<Child>
-  readonly gateway: Child
+  readonly neurons: ReadonlyArray<BenchChild>
+  readonly gateway: BenchChild
   readonly base: string
   readonly metricsUrl: string
   readonly startupMs: number
@@ -242,7 +167,7 @@ const startFleet = async (dir: string, modelsDir: string, policy: PolicyKey): Pr
   await mkdir(dir, { recursive: true })
   const neuronPorts = await Promise.all(NODES.map(() => freePort()))
   const neurons = NODES.map((name, i) =>
-    Child.spawn(name, [CLI, "neuron", "--port", String(neuronPorts[i]!)], {
+    start(name, [CLI, "neuron", "--port", String(neuronPorts[i]!)], {
       ...baseEnv(),
       NEURON_HOST: "127.0.0.1",
       NEURON_THREADS: "1",
@@ -279,7 +204,7 @@ const startFleet = async (dir: string, modelsDir: string, policy: PolicyKey): Pr
       ])
     ].join("\n")
   )
-  const gateway = Child.spawn("gateway", [CLI, "serve", "--config", config], baseEnv())
+  const gateway = start("gateway", [CLI, "serve", "--config", config], baseEnv())
   const base = `http://127.0.0.1:${port}`
   await Promise.all(neurons.map((n, i) =>
     waitUntil(
@@ -527,7 +452,7 @@ const runCell = async (
     }
     final = (await poller.poll()) ?? final
     const metrics = await (await fetch(fleet.metricsUrl, { signal: AbortSignal.timeout(5000) })).text()
-    const tagged = (c: Child) => c.lines.map((l) => ({ at: l.at, text: `[${c.name}] ${l.text}` }))
+    const tagged = (c: BenchChild) => c.lines.map((l) => ({ at: l.at, text: `[${c.name}] ${l.text}` }))
     const lines = [fleet.gateway, ...fleet.neurons].flatMap(tagged).sort((a, b) => a.at - b.at)
     const neuronText = fleet.neurons.flatMap(tagged).map((l) => l.text)
     const gatewayText = fleet.gateway.lines.map((l) => l.text)
@@ -947,17 +872,7 @@ const cleanup = async () => {
   if (tempDir) await rm(tempDir, { recursive: true, force: true })
 }
 
-for (const signal of ["SIGINT", "SIGTERM"] as const) {
-  process.once(signal, () => {
-    log(`${signal}: stopping`)
-    // Kill synchronously first so nothing is left behind even if the async cleanup is cut short.
-    for (const child of children) child.proc.kill("SIGKILL")
-    void cleanup().finally(() => process.exit(130))
-  })
-}
-process.once("exit", () => {
-  for (const child of children) if (child.alive) child.proc.kill("SIGKILL")
-})
+stopChildrenOnExit(cleanup)
 
 const main = async () => {
   const loadBefore = os.loadavg()

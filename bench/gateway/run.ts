@@ -18,7 +18,7 @@
  * `--cpu-prof DIR` runs the gateway under V8's profiler and prints where its CPU time went in the
  * concurrency-N phases (the run's figures are then slower than unprofiled ones).
  */
-import { type ChildProcess, execFileSync, spawn } from "node:child_process"
+import { execFileSync } from "node:child_process"
 import { readFileSync } from "node:fs"
 import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises"
 import * as http from "node:http"
@@ -26,7 +26,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { parseArgs } from "node:util"
-import { freePort, numberArg } from "../lib.js"
+import { BenchChild, children, freePort, log, numberArg, ORPHAN_GUARD, sleep, stopChildrenOnExit } from "../lib.js"
 import { monotonicUs, type ProfileSummary, summarizeProfile, type Window } from "./profile.js"
 
 // ---------------------------------------------------------------------------------------------
@@ -73,105 +73,12 @@ const SETTINGS = {
 
 const TARGETS = { addedP50Ms: 1, throughputRatio: 0.5 } as const
 
-const log = (line: string) => process.stderr.write(`[bench] ${line}\n`)
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
-
 // ---------------------------------------------------------------------------------------------
-// Child processes
+// BenchChild processes
 
-const children = new Set<Child>()
-
-class Child {
-  readonly logs: Array<string> = []
-  private readonly lineWaiters: Array<(line: string) => void> = []
-  private readonly exited: Promise<void>
-  private exitInfo: string | undefined
-
-  private constructor(readonly name: string, readonly proc: ChildProcess) {
-    const keep = (stream: "out" | "err") => {
-      let partial = ""
-      return (data: Buffer) => {
-        const lines = (partial + data.toString("utf8")).split("\n")
-        partial = lines.pop() ?? ""
-        for (const line of lines) {
-          if (line.length === 0) continue
-          if (args.verbose) process.stderr.write(`[${name}] ${line}\n`)
-          this.logs.push(line)
-          if (this.logs.length > 200) this.logs.shift()
-          if (stream === "out") { for (const waiter of this.lineWaiters.splice(0)) waiter(line) }
-        }
-      }
-    }
-    proc.stdout?.on("data", keep("out"))
-    proc.stderr?.on("data", keep("err"))
-    this.exited = new Promise((resolve) => {
-      proc.once("exit", (code, signal) => {
-        this.exitInfo = `code ${code}, signal ${signal}`
-        resolve()
-      })
-    })
-  }
-
-  static spawn(name: string, argv: ReadonlyArray<string>, env: NodeJS.ProcessEnv = process.env): Child {
-    // stdin stays open as a pipe: our own children exit when it closes (this process went away).
-    const proc = spawn(process.execPath, [...argv], { cwd: ROOT, env, stdio: ["pipe", "pipe", "pipe"] })
-    const child = new Child(name, proc)
-    children.add(child)
-    return child
-  }
-
-  get alive() {
-    return this.exitInfo === undefined
-  }
-
-  get pid() {
-    return this.proc.pid
-  }
-
-  describeExit() {
-    return `${this.exitInfo ?? "still running"}; last log lines:\n${this.logs.slice(-30).join("\n")}`
-  }
-
-  /** The port a bench server prints as its first stdout line, `{"port":N}`. */
-  async port(timeoutMs: number): Promise<number> {
-    const found = this.logs.map(parsePort).find((p) => p !== undefined)
-    if (found !== undefined) return found
-    const deadline = Date.now() + timeoutMs
-    while (Date.now() < deadline) {
-      if (!this.alive) throw new Error(`${this.name} exited before listening: ${this.describeExit()}`)
-      const line = await Promise.race([
-        new Promise<string>((resolve) => this.lineWaiters.push(resolve)),
-        sleep(200).then(() => undefined)
-      ])
-      const port = line === undefined ? undefined : parsePort(line)
-      if (port !== undefined) return port
-    }
-    throw new Error(`${this.name} did not print its port within ${timeoutMs} ms: ${this.describeExit()}`)
-  }
-
-  /** SIGTERM, then SIGKILL if it has not exited after `graceMs`. */
-  async stop(graceMs = 5000) {
-    if (this.alive) {
-      this.proc.kill("SIGTERM")
-      const timedOut = await Promise.race([this.exited.then(() => false), sleep(graceMs).then(() => true)])
-      if (timedOut && this.alive) {
-        log(`${this.name} ignored SIGTERM, sending SIGKILL`)
-        this.proc.kill("SIGKILL")
-        await this.exited
-      }
-    }
-    children.delete(this)
-  }
-}
-
-const parsePort = (line: string): number | undefined => {
-  try {
-    const value = JSON.parse(line) as { port?: unknown }
-    return typeof value.port === "number" && value.port > 0 ? value.port : undefined
-  } catch {
-    return undefined
-  }
-}
+/** Start a child in the repository root, its output shown with --verbose. */
+const start = (name: string, argv: ReadonlyArray<string>, env: NodeJS.ProcessEnv = process.env) =>
+  BenchChild.spawn(name, argv, { cwd: ROOT, env, verbose: args.verbose })
 
 /** CPU seconds (user + system) a process has used so far, from /proc; undefined off Linux. */
 const clockTicks = (() => {
@@ -879,17 +786,7 @@ const cleanup = async () => {
   if (tempDir) await rm(tempDir, { recursive: true, force: true })
 }
 
-for (const signal of ["SIGINT", "SIGTERM"] as const) {
-  process.once(signal, () => {
-    log(`${signal}: stopping`)
-    // Kill synchronously first so nothing is left behind even if the async cleanup is cut short.
-    for (const child of children) child.proc.kill("SIGKILL")
-    void cleanup().finally(() => process.exit(130))
-  })
-}
-process.once("exit", () => {
-  for (const child of children) if (child.alive) child.proc.kill("SIGKILL")
-})
+stopChildrenOnExit(cleanup)
 
 const agent = () => {
   const a = new http.Agent({ keepAlive: true, maxSockets: 64 })
@@ -897,7 +794,7 @@ const agent = () => {
   return a
 }
 
-const waitGateway = async (gateway: Child, base: string, timeoutMs: number) => {
+const waitGateway = async (gateway: BenchChild, base: string, timeoutMs: number) => {
   const deadline = Date.now() + timeoutMs
   let last = "no answer yet"
   while (Date.now() < deadline) {
@@ -921,14 +818,6 @@ const waitGateway = async (gateway: Child, base: string, timeoutMs: number) => {
   throw new Error(`gateway not ready within ${timeoutMs} ms (${last}): ${gateway.describeExit()}`)
 }
 
-/**
- * Preloaded into the gateway: exit when stdin (a pipe from this process) closes, so that even a
- * SIGKILL of this process leaves no gateway behind. Our own servers do the same in their code.
- */
-const ORPHAN_GUARD = `data:text/javascript,${
-  encodeURIComponent("process.stdin.on(\"end\",()=>process.exit(0));process.stdin.resume()")
-}`
-
 const childEnv = () => {
   const env: NodeJS.ProcessEnv = {}
   for (const [key, value] of Object.entries(process.env)) {
@@ -944,7 +833,7 @@ const main = async () => {
   const tsx = ["--import", "tsx"]
 
   let t0 = performance.now()
-  const upstream = Child.spawn("upstream", [
+  const upstream = start("upstream", [
     ...tsx,
     path.join(HERE, "upstream.ts"),
     "--latency-ms",
@@ -962,7 +851,7 @@ const main = async () => {
   log(`upstream on ${upstreamUrl} (pid ${upstream.pid})`)
 
   t0 = performance.now()
-  const floor = Child.spawn("floor", [...tsx, path.join(HERE, "floor.ts"), "--upstream", upstreamUrl])
+  const floor = start("floor", [...tsx, path.join(HERE, "floor.ts"), "--upstream", upstreamUrl])
   const floorPort = await floor.port(30_000)
   const floorMs = performance.now() - t0
   log(`floor on http://127.0.0.1:${floorPort} (pid ${floor.pid})`)
@@ -988,7 +877,7 @@ const main = async () => {
   const profileFlags = profileDir ? ["--cpu-prof", "--cpu-prof-dir", profileDir] : []
   const profilesBefore = profileDir ? new Set(await readdir(profileDir)) : new Set<string>()
   t0 = performance.now()
-  const gateway = Child.spawn(
+  const gateway = start(
     "gateway",
     [...profileFlags, "--import", ORPHAN_GUARD, path.join(ROOT, "bin/cortex.js"), "serve", "--config", config],
     childEnv()

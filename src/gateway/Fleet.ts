@@ -142,9 +142,7 @@ export class Fleet extends Effect.Service<Fleet>()("cortex/Fleet", {
 
     return {
       get: Ref.get(state),
-      refresh,
-      pollAll,
-      endpoint: (name: string) => config.neurons.find((n) => n.name === name)
+      refresh
     } as const
   })
 }) {}

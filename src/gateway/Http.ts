@@ -158,43 +158,46 @@ export const makeGatewayApp = Effect.gen(function*() {
   const completions = openaiRoute(CompletionRequest, "/v1/completions", "completions")
   const embeddings = openaiRoute(EmbeddingRequest, "/v1/embeddings", "embeddings")
 
-  const responses = guarded(openaiError, (who, received) =>
-    Effect.gen(function*() {
-      const { value } = yield* decoded(ResponsesRequest)
-      const refused = Responses.unservable(value)
-      if (refused) return yield* new InvalidRequest({ message: refused.message, param: refused.param })
-      const chatRequest = yield* Effect.try({
-        try: () => Responses.responsesToChat(value),
-        catch: (e) =>
-          isApiError(e) ? e : new InvalidRequest({ message: String((e as Error).message ?? e), param: null })
-      })
-      return yield* proxied({
-        model: value.model,
-        path: "/v1/chat/completions",
-        body: chatRequest as unknown as Record<string, unknown>,
-        stream: value.stream === true,
-        principal: who,
-        dialect: responsesDialect(value)
-      }, received)
-    }))
+  /** Routes in another dialect: validate, translate to chat, relay, translate the answer back. */
+  const translatedRoute = <A extends { readonly model: string; readonly stream?: boolean | null | undefined }, I>(
+    toError: (error: ApiError) => HttpServerResponse.HttpServerResponse,
+    schema: Schema.Schema<A, I>,
+    toChat: (request: A) => unknown,
+    dialect: (request: A) => Dialect,
+    refuse: (request: A) => InvalidRequest | undefined = () => undefined
+  ) =>
+    guarded(toError, (who, received) =>
+      Effect.gen(function*() {
+        const { value } = yield* decoded(schema)
+        const refused = refuse(value)
+        if (refused) return yield* refused
+        const chatRequest = yield* Effect.try({
+          try: () => toChat(value),
+          catch: (e) =>
+            isApiError(e) ? e : new InvalidRequest({ message: String((e as Error).message ?? e), param: null })
+        })
+        return yield* proxied({
+          model: value.model,
+          path: "/v1/chat/completions",
+          body: chatRequest as Record<string, unknown>,
+          stream: value.stream === true,
+          principal: who,
+          dialect: dialect(value)
+        }, received)
+      }))
 
-  const messages = guarded(anthropicError, (who, received) =>
-    Effect.gen(function*() {
-      const { value } = yield* decoded(MessagesRequest)
-      const chatRequest = yield* Effect.try({
-        try: () => Anthropic.anthropicToChat(value),
-        catch: (e) =>
-          isApiError(e) ? e : new InvalidRequest({ message: String((e as Error).message ?? e), param: null })
-      })
-      return yield* proxied({
-        model: value.model,
-        path: "/v1/chat/completions",
-        body: chatRequest as unknown as Record<string, unknown>,
-        stream: value.stream === true,
-        principal: who,
-        dialect: anthropicDialect(value)
-      }, received)
-    }))
+  const responses = translatedRoute(
+    openaiError,
+    ResponsesRequest,
+    Responses.responsesToChat,
+    responsesDialect,
+    (request) => {
+      const refused = Responses.unservable(request)
+      return refused ? new InvalidRequest({ message: refused.message, param: refused.param }) : undefined
+    }
+  )
+
+  const messages = translatedRoute(anthropicError, MessagesRequest, Anthropic.anthropicToChat, anthropicDialect)
 
   /** Counted by the model's own tokenizer, on a node that has it loaded (loading it if needed). */
   const countTokens = guarded(anthropicError, () =>

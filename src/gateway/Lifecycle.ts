@@ -374,7 +374,6 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
       busy,
       isEvicting: (node: string, model: string) => evicting.has(key(node, model)),
       history: () => [...history],
-      cycles: () => Object.fromEntries(cycles),
       loadsInProgress: (): Array<LoadInProgress> =>
         [...loads.entries()].map(([model, l]) => ({
           model,

@@ -83,7 +83,6 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
     const router = yield* Router
     const fleet = yield* Fleet
     const runtime = yield* Effect.runtime<never>()
-    const runSync = Runtime.runSync(runtime)
     const idleMs = config.idleTimeoutSecs * 1000
 
     /** Tagged metrics per (model, node, route), built once: tagging on every request showed in profiles. */
@@ -119,7 +118,7 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
       }
       const tags = t
       const usage = outcome.usage
-      // Direct updates: a runSync'd Effect per request showed in the gateway's profile.
+      // Direct updates: running an Effect per request for these showed in the gateway's profile.
       const none: ReadonlyArray<MetricLabel.MetricLabel> = []
       if (outcome.status === 200) tags.ok.unsafeUpdate(1, none)
       else M.requests.unsafeUpdate(1, [...tags.labels, MetricLabel.make("status", String(outcome.status))])
@@ -148,10 +147,10 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
       Effect.gen(function*() {
         const route = yield* router.route(request.model)
         if (route.coldLoad) {
-          runSync(Metric.increment(Metric.taggedWithLabels(M.coldStarts, [
+          yield* Metric.increment(Metric.taggedWithLabels(M.coldStarts, [
             MetricLabel.make("model", request.model),
             MetricLabel.make("node", route.node.name)
-          ])))
+          ]))
         }
         const parent = yield* traceparent
         const nodes = [route.node, ...route.fallbacks]
@@ -321,16 +320,24 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
         }
         keepAlives()
 
+        /** One error frame in the dialect, at most once: after it the stream only ends. */
+        let reported = false
+        const fail = (error: { readonly type: string; readonly message: string; readonly code?: string | null }) => {
+          if (reported) return
+          reported = true
+          write(translator ? translator.fail(error) : `data: ${JSON.stringify({ error })}\n\n`)
+        }
+
         const pump = async () => {
           const exit = await connecting
           if (exit._tag === "Failure") {
+            finished = true
             if (controller.signal.aborted) return out.end()
             const error = exit.cause._tag === "Fail"
               ? exit.cause.error
               : new InternalError({ detail: "routing failed" })
-            write(translator ? translator.fail(error.body.error) : `data: ${JSON.stringify(error.body)}\n\n`)
+            fail(error.body.error)
             record(request, "none", { status: error.status, error: error._tag })
-            finished = true
             return out.end()
           }
           const a = exit.value
@@ -342,11 +349,10 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
             if (a.response.status !== 200) {
               const error = await upstreamError(a.response)
               failed = error.body.error.code ?? "upstream"
-              write(translator ? translator.fail(error.body.error) : `data: ${JSON.stringify(error.body)}\n\n`)
+              fail(error.body.error)
               return
             }
             const parser = new SseParser()
-            const upstream = a.response.body
             let idle: NodeJS.Timeout | undefined
             const arm = () => {
               if (idle) clearTimeout(idle)
@@ -357,7 +363,7 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
             }
             arm()
             try {
-              for await (const value of upstream as AsyncIterable<Buffer>) {
+              for await (const value of a.response.body as AsyncIterable<Buffer>) {
                 arm()
                 if (!translator) write(value)
                 for (const data of parser.push(value)) {
@@ -366,15 +372,17 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
                     if (translator) write(translator.end())
                     continue
                   }
-                  let chunk: ChatCompletionChunk & { error?: { type: string; message: string } }
+                  let chunk: ChatCompletionChunk & { error?: { type: string; message: string; code?: string } }
                   try {
                     chunk = JSON.parse(data)
                   } catch {
                     continue
                   }
                   if (chunk.error) {
-                    failed = (chunk.error as { code?: string }).code ?? chunk.error.type
-                    if (translator) write(translator.fail(chunk.error))
+                    failed = chunk.error.code ?? chunk.error.type
+                    // A relayed stream already carried the neuron's own error event.
+                    if (translator) fail(chunk.error)
+                    else reported = true
                     continue
                   }
                   if (ttftMs === undefined && firstTokenIn(chunk)) ttftMs = Date.now() - request.received
@@ -383,24 +391,23 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
                 }
               }
             } catch (e) {
-              if (!failed) {
-                failed = controller.signal.aborted
-                  ? "client_disconnected"
-                  : `upstream: ${(e as Error).message}`
-              }
+              failed ??= controller.signal.aborted ? "client_disconnected" : `upstream: ${(e as Error).message}`
             } finally {
               if (idle) clearTimeout(idle)
             }
-            if (!sawDone && failed === undefined) failed = "truncated"
-            if (failed !== undefined && failed !== "client_disconnected" && !(failed && sawDone)) {
-              const message = failed === "upstream_idle"
-                ? `the upstream sent nothing for ${config.idleTimeoutSecs} s`
-                : failed === "truncated"
-                ? "the upstream stream ended before it was complete"
-                : `the upstream failed: ${failed}`
-              if (translator) write(translator.fail({ type: "api_error", message }))
-              else if (failed === "upstream_idle" || failed === "truncated" || failed.startsWith("upstream:")) {
-                write(`data: ${JSON.stringify({ error: { message, type: "server_error", code: failed } })}\n\n`)
+            if (!sawDone) {
+              failed ??= "truncated"
+              // A truncated stream must never look complete (lesson 14).
+              if (failed !== "client_disconnected") {
+                fail({
+                  type: "server_error",
+                  code: failed.startsWith("upstream:") ? "upstream_failed" : failed,
+                  message: failed === "upstream_idle"
+                    ? `the upstream sent nothing for ${config.idleTimeoutSecs} s`
+                    : failed === "truncated"
+                    ? "the upstream stream ended before it was complete"
+                    : `the upstream failed: ${failed}`
+                })
               }
             }
           } finally {

@@ -20,6 +20,3 @@ export class SseParser {
     return out
   }
 }
-
-export const sseComment = (text: string) => `: ${text}\n\n`
-export const sseData = (value: unknown) => `data: ${JSON.stringify(value)}\n\n`

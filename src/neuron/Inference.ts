@@ -346,6 +346,6 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
         return { model, tokens: count }
       })
 
-    return { complete, stream, embed, tokenize, prepare } as const
+    return { complete, stream, embed, tokenize } as const
   })
 }) {}

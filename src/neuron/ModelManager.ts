@@ -609,7 +609,6 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
       drain,
       totals,
       isDraining: () => draining,
-      workers: () => [...workers.values()],
       engine: () => [...workers.values()][0]?.info
     } as const
   })
