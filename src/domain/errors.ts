@@ -221,6 +221,24 @@ export class ShuttingDown extends Schema.TaggedError<ShuttingDown>()("ShuttingDo
   }
 }
 
+/** A request body over the gateway's limit. */
+export class PayloadTooLarge extends Schema.TaggedError<PayloadTooLarge>()("PayloadTooLarge", {
+  limitBytes: Schema.Number
+}) {
+  get status() {
+    return 413
+  }
+  get headers() {
+    return {}
+  }
+  override get message() {
+    return `The request body is larger than ${Math.round(this.limitBytes / 1048576)} MiB`
+  }
+  get body() {
+    return envelope(this.message, "invalid_request_error", "payload_too_large")
+  }
+}
+
 export class Unauthorized extends Schema.TaggedError<Unauthorized>()("Unauthorized", {}) {
   get status() {
     return 401
@@ -283,6 +301,7 @@ export type ApiError =
   | ModelLoadFailed
   | ShuttingDown
   | Unauthorized
+  | PayloadTooLarge
   | NotFoundRoute
   | InternalError
   | UpstreamError

@@ -1,4 +1,4 @@
-import { Effect, ParseResult, Schema } from "effect"
+import { Effect, Either, ParseResult, Schema } from "effect"
 import { InvalidJson, InvalidRequest } from "./errors.js"
 
 /** OpenAI wire schemas, as accepted by the neuron. Unknown fields are ignored, never rejected. */
@@ -135,23 +135,39 @@ export const TokenizeRequest = Schema.Struct({
 })
 export type TokenizeRequest = typeof TokenizeRequest.Type
 
-/** Parse a request body: malformed JSON is a 400, a wrong shape a 422 naming the field. */
+const decoders = new WeakMap<Schema.Schema.Any, (u: unknown) => Either.Either<unknown, ParseResult.ParseError>>()
+
+/**
+ * Parse a request body: malformed JSON is a 400, a wrong shape a 422 naming the field. Also
+ * returns the parsed JSON as sent (unknown fields kept) for relaying. Synchronous: the gateway's
+ * inference routes call it outside any fiber.
+ */
+export const parseBody = <A, I>(
+  schema: Schema.Schema<A, I>,
+  text: string
+): Either.Either<{ readonly value: A; readonly json: unknown }, InvalidJson | InvalidRequest> => {
+  let json: unknown
+  try {
+    json = JSON.parse(text)
+  } catch (e) {
+    return Either.left(new InvalidJson({ message: `Malformed JSON body: ${(e as Error).message}` }))
+  }
+  let decode = decoders.get(schema)
+  if (!decode) {
+    decode = Schema.decodeUnknownEither(schema as Schema.Schema<unknown>, { errors: "first" })
+    decoders.set(schema, decode)
+  }
+  const decoded = decode(json)
+  if (Either.isRight(decoded)) return Either.right({ value: decoded.right as A, json })
+  const issue = ParseResult.ArrayFormatter.formatErrorSync(decoded.left)[0]
+  const param = issue && issue.path.length > 0 ? issue.path.join(".") : null
+  return Either.left(
+    new InvalidRequest({
+      message: param ? `Invalid value for '${param}': ${issue?.message}` : `Invalid request: ${issue?.message}`,
+      param
+    })
+  )
+}
+
 export const decodeBody = <A, I>(schema: Schema.Schema<A, I>, text: string) =>
-  Effect.gen(function*() {
-    let json: unknown
-    try {
-      json = JSON.parse(text)
-    } catch (e) {
-      return yield* new InvalidJson({ message: `Malformed JSON body: ${(e as Error).message}` })
-    }
-    return yield* Schema.decodeUnknown(schema)(json, { errors: "first" }).pipe(
-      Effect.mapError((error) => {
-        const issue = ParseResult.ArrayFormatter.formatErrorSync(error)[0]
-        const param = issue && issue.path.length > 0 ? issue.path.join(".") : null
-        return new InvalidRequest({
-          message: param ? `Invalid value for '${param}': ${issue?.message}` : `Invalid request: ${issue?.message}`,
-          param
-        })
-      })
-    )
-  })
+  Effect.map(parseBody(schema, text), (parsed) => parsed.value)

@@ -3,7 +3,7 @@
  * timeouts into one FleetState. A node starts unhealthy, turns healthy on its first answer and
  * unhealthy again after 3 consecutive misses (one slow poll does not take it out).
  */
-import { Effect, Ref, Schedule } from "effect"
+import { Effect, Schedule } from "effect"
 import { GatewayConfig, type NeuronEndpoint } from "./GatewayConfig.js"
 import { callNeuron } from "./NeuronClient.js"
 
@@ -69,16 +69,19 @@ interface Snapshot {
 export class Fleet extends Effect.Service<Fleet>()("cortex/Fleet", {
   scoped: Effect.gen(function*() {
     const config = yield* GatewayConfig
-    const state = yield* Ref.make<FleetState>(new Map(config.neurons.map((n) => [n.name, initial(n)])))
+    // A plain variable, not a Ref: updates are synchronous, and the inference fast path reads it
+    // outside any fiber (`now`).
+    let state: FleetState = new Map(config.neurons.map((n) => [n.name, initial(n)]))
+    const get = Effect.sync(() => state)
     const timeoutMs = Math.max(1000, config.pollIntervalSecs * 1000)
 
     const update = (name: string, f: (node: NodeState) => NodeState) =>
-      Ref.update(state, (fleet) => {
-        const node = fleet.get(name)
-        if (!node) return fleet
-        const next = new Map(fleet)
+      Effect.sync(() => {
+        const node = state.get(name)
+        if (!node) return
+        const next = new Map(state)
         next.set(name, f(node))
-        return next
+        state = next
       })
 
     const pollNode = (endpoint: NeuronEndpoint) =>
@@ -87,7 +90,7 @@ export class Fleet extends Effect.Service<Fleet>()("cortex/Fleet", {
           health: callNeuron<Snapshot["health"]>(endpoint, "/health", { timeoutMs }),
           models: callNeuron<Snapshot["models"]>(endpoint, "/models", { timeoutMs })
         }, { concurrency: 2 }))
-        const before = (yield* Ref.get(state)).get(endpoint.name)
+        const before = (yield* get).get(endpoint.name)
         if (!before) return
         let after: NodeState
         if (polled._tag === "Right") {
@@ -121,7 +124,7 @@ export class Fleet extends Effect.Service<Fleet>()("cortex/Fleet", {
 
     const discover = (endpoint: NeuronEndpoint) =>
       Effect.gen(function*() {
-        const node = (yield* Ref.get(state)).get(endpoint.name)
+        const node = (yield* get).get(endpoint.name)
         if (!node || node.discovery !== undefined || !node.healthy) return
         const discovery = yield* callNeuron<unknown>(endpoint, "/discovery", { timeoutMs }).pipe(Effect.option)
         if (discovery._tag === "Some") yield* update(endpoint.name, (n) => ({ ...n, discovery: discovery.value }))
@@ -141,7 +144,8 @@ export class Fleet extends Effect.Service<Fleet>()("cortex/Fleet", {
     )
 
     return {
-      get: Ref.get(state),
+      get,
+      now: (): FleetState => state,
       refresh
     } as const
   })

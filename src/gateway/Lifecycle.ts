@@ -381,7 +381,8 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
           since: new Date(l.since).toISOString(),
           waiters: l.waiters
         })),
-      catalogue: Effect.map(fleet.get, catalogueOf)
+      catalogue: Effect.map(fleet.get, catalogueOf),
+      catalogueNow: () => catalogueOf(fleet.now())
     } as const
   })
 }) {}

@@ -1,23 +1,28 @@
 /**
- * The proxy: route a request, call the neuron, and answer in the client's dialect.
+ * The proxy: route a request, call the neuron, and answer in the client's dialect, on plain
+ * node:http objects. The inference routes are the gateway's hot path: measured in bench/gateway,
+ * the Effect HTTP server and a fiber per step cost four times what proxying itself does, so the
+ * common case (the model is loaded somewhere) runs without a fiber; routing that needs one
+ * (a cold load, a refresh) runs through the Effect runtime, inside the request's span.
  * - Same dialect (OpenAI → neuron): the upstream bytes are relayed as they come (no buffering);
  *   a light SSE scan on the side reads the first token and the usage for the metrics.
  * - Translated dialects (Anthropic, Responses): each upstream chunk goes through a translator.
  * Timeouts measure idleness, never total length (lesson 1). A client that hangs up aborts the
- * upstream request. Another replica is tried only before the first upstream byte.
+ * upstream request (and a cold load it was waiting for). Another replica is tried only before
+ * the first upstream byte.
  */
-import { HttpServerResponse } from "@effect/platform"
-import { Effect, Fiber, Metric, MetricLabel, Runtime } from "effect"
-import { PassThrough } from "node:stream"
-import { type ApiError, InternalError, ModelUnavailable, UpstreamError } from "../domain/errors.js"
+import { Cause, Effect, Exit, FiberId, Metric, MetricLabel, Runtime, type Tracer } from "effect"
+import type { ServerResponse } from "node:http"
+import { type ApiError, InternalError, isApiError, ModelUnavailable, UpstreamError } from "../domain/errors.js"
 import type { ChatCompletionChunk, Usage } from "../domain/openai-output.js"
+import { type Dialect, sendError, sendJson } from "./Dialects.js"
 import { Fleet } from "./Fleet.js"
 import { GatewayConfig } from "./GatewayConfig.js"
 import * as M from "./Metrics.js"
 import { authHeaders } from "./NeuronClient.js"
 import { type Route, Router } from "./Router.js"
 import { SseParser } from "./Sse.js"
-import { parseJson, post, readAll, type UpstreamResponse } from "./Upstream.js"
+import { Cancel, parseJson, post, readAll, type UpstreamResponse } from "./Upstream.js"
 
 export const PRINCIPAL_HEADER = "x-cortex-principal"
 export const AUTOLOAD_HEADER = "x-cortex-autoload"
@@ -25,34 +30,20 @@ export const AUTOLOAD_HEADER = "x-cortex-autoload"
 const STALE_ROUTE = new Set(["model_not_loaded", "model_unloading", "model_loading"])
 /** How long a streamed request may wait (routing, cold load) before its headers go out. */
 const HEAD_START_MS = 750
-
-/** Turns upstream chunks into the client's stream frames. */
-export interface StreamTranslator {
-  readonly start: () => ReadonlyArray<string>
-  readonly chunk: (chunk: ChatCompletionChunk) => ReadonlyArray<string>
-  readonly end: () => ReadonlyArray<string>
-  readonly fail: (error: { readonly type: string; readonly message: string }) => ReadonlyArray<string>
-}
-
-/** How one dialect answers. */
-export interface Dialect {
-  readonly route: string
-  readonly error: (error: ApiError) => HttpServerResponse.HttpServerResponse
-  /** undefined: the upstream JSON is relayed as bytes (same dialect). */
-  readonly json: ((upstream: unknown) => unknown) | undefined
-  /** undefined: relay the upstream SSE bytes unchanged. */
-  readonly translator: (() => StreamTranslator) | undefined
-  readonly keepAlive: string
-}
+const SSE_HEADERS = { "content-type": "text/event-stream", "cache-control": "no-cache", "x-accel-buffering": "no" }
 
 export interface ProxyRequest {
   readonly model: string
   readonly path: "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings"
   readonly body: Record<string, unknown>
+  /** The body as the client sent it, when `body` is that body (same dialect). */
+  readonly text?: string | undefined
   readonly stream: boolean
   readonly principal: string
   readonly dialect: Dialect
   readonly received: number
+  /** The request's span: the parent of any routing work, and the neuron's traceparent. */
+  readonly span: Tracer.Span
 }
 
 interface Attempt {
@@ -62,6 +53,9 @@ interface Attempt {
   readonly release: () => void
   readonly upstreamStarted: number
 }
+
+/** The client went away while we were still routing or connecting. */
+class Aborted extends Error {}
 
 /** The profile's sampling defaults, for the fields the client left out (request → profile → neuron). */
 const samplingDefaults = (route: Route, request: ProxyRequest): Record<string, unknown> => {
@@ -77,13 +71,33 @@ const firstTokenIn = (chunk: ChatCompletionChunk) => {
   return !!delta && (!!delta.content || !!delta.reasoning_content || (delta.tool_calls?.length ?? 0) > 0)
 }
 
+const asApiError = (e: unknown): ApiError => isApiError(e) ? e : new InternalError({ detail: String(e) })
+
 export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
   effect: Effect.gen(function*() {
     const config = yield* GatewayConfig
     const router = yield* Router
     const fleet = yield* Fleet
     const runtime = yield* Effect.runtime<never>()
+    const runFork = Runtime.runFork(runtime)
     const idleMs = config.idleTimeoutSecs * 1000
+
+    /** Run an Effect from node-land, interrupted when the client hangs up. */
+    const run = <A>(effect: Effect.Effect<A, ApiError>, span: Tracer.Span, cancel: Cancel): Promise<A> =>
+      new Promise((resolve, reject) => {
+        const fiber = runFork(Effect.withParentSpan(effect, span))
+        const off = cancel.on(() => fiber.unsafeInterruptAsFork(FiberId.none))
+        fiber.addObserver((exit) => {
+          off()
+          if (Exit.isSuccess(exit)) return resolve(exit.value)
+          const failure = Cause.failureOption(exit.cause)
+          if (failure._tag === "Some") return reject(failure.value)
+          if (Cause.isInterruptedOnly(exit.cause)) return reject(new Aborted())
+          reject(new InternalError({ detail: Cause.pretty(exit.cause) }))
+        })
+      })
+
+    const logWarning = (message: string) => runFork(Effect.logWarning(message))
 
     /** Tagged metrics per (model, node, route), built once: tagging on every request showed in profiles. */
     const taggedCache = new Map<string, ReturnType<typeof taggedFor>>()
@@ -137,82 +151,73 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
       }
     }
 
-    const traceparent = Effect.map(
-      Effect.option(Effect.currentSpan),
-      (span) => span._tag === "Some" ? `00-${span.value.traceId}-${span.value.spanId}-01` : undefined
-    )
+    /** A route without a fiber when the model is loaded somewhere; else the full router. */
+    const routeFor = async (request: ProxyRequest, cancel: Cancel): Promise<Route> => {
+      const ready = router.routeNow(request.model)
+      if (ready) return ready
+      const route = await run(router.route(request.model), request.span, cancel)
+      if (route.coldLoad) {
+        M.coldStarts.unsafeUpdate(1, [
+          MetricLabel.make("model", request.model),
+          MetricLabel.make("node", route.node.name)
+        ])
+      }
+      return route
+    }
 
     /** Route and call the upstream, falling over to the next replica before any byte came back. */
-    const attemptOnce = (request: ProxyRequest, signal: AbortSignal) =>
-      Effect.gen(function*() {
-        const route = yield* router.route(request.model)
-        if (route.coldLoad) {
-          yield* Metric.increment(Metric.taggedWithLabels(M.coldStarts, [
-            MetricLabel.make("model", request.model),
-            MetricLabel.make("node", route.node.name)
-          ]))
+    const attemptOnce = async (request: ProxyRequest, cancel: Cancel): Promise<Attempt> => {
+      const route = await routeFor(request, cancel)
+      const nodes = [route.node, ...route.fallbacks]
+      const defaults = samplingDefaults(route, request)
+      // The client's own bytes when nothing changes (no alias, no profile defaults): no re-encoding.
+      const body = request.text !== undefined && request.body.model === route.model.neuronId &&
+          Object.keys(defaults).length === 0
+        ? request.text
+        : JSON.stringify({ ...defaults, ...request.body, model: route.model.neuronId })
+      const traceparent = `00-${request.span.traceId}-${request.span.spanId}-01`
+      let last: ApiError | undefined
+      for (const node of nodes) {
+        const release = router.track(node.name, route.model.neuronId)
+        const upstreamStarted = Date.now()
+        let response: UpstreamResponse
+        try {
+          response = await post(
+            node.endpoint.endpoint,
+            request.path,
+            {
+              "content-type": "application/json",
+              [PRINCIPAL_HEADER]: request.principal,
+              // Loads are the gateway's to place: a stale route must not make the neuron load.
+              [AUTOLOAD_HEADER]: "off",
+              traceparent,
+              ...authHeaders(node.endpoint)
+            },
+            body,
+            cancel
+          )
+        } catch (e) {
+          release()
+          if (cancel.aborted) throw new Aborted()
+          const message = (e as Error).message
+          last = new ModelUnavailable({
+            model: request.model,
+            state: "unavailable",
+            detail: `${node.name}: ${message}`
+          })
+          logWarning(`upstream ${node.name} failed before the first byte: ${message}`)
+          continue
         }
-        const parent = yield* traceparent
-        const nodes = [route.node, ...route.fallbacks]
-        let last: ApiError | undefined
-        for (const node of nodes) {
-          const release = router.track(node.name, route.model.neuronId)
-          const upstreamStarted = Date.now()
-          const result = yield* Effect.tryPromise({
-            try: () =>
-              post(
-                `${node.endpoint.endpoint}${request.path}`,
-                {
-                  "content-type": "application/json",
-                  [PRINCIPAL_HEADER]: request.principal,
-                  // Loads are the gateway's to place: a stale route must not make the neuron load.
-                  [AUTOLOAD_HEADER]: "off",
-                  ...authHeaders(node.endpoint),
-                  ...(parent ? { traceparent: parent } : {})
-                },
-                JSON.stringify({ ...samplingDefaults(route, request), ...request.body, model: route.model.neuronId }),
-                signal
-              ),
-            catch: (e) => e as Error
-          }).pipe(Effect.either)
-          if (result._tag === "Left") {
-            release()
-            if (signal.aborted) return yield* Effect.interrupt
-            last = new ModelUnavailable({
-              model: request.model,
-              state: "unavailable",
-              detail: `${node.name}: ${result.left.message}`
-            })
-            yield* Effect.logWarning(`upstream ${node.name} failed before the first byte: ${result.left.message}`)
-            continue
-          }
-          const response = result.right
-          // A replica that is going away or recovering: the next one may serve, nothing was sent yet.
-          if ((response.status === 502 || response.status === 503) && node !== nodes.at(-1)) {
-            response.body.resume()
-            release()
-            continue
-          }
-          return { response, route, nodeName: node.name, release, upstreamStarted } satisfies Attempt
+        // A replica that is going away or recovering: the next one may serve, nothing was sent yet.
+        if ((response.status === 502 || response.status === 503) && node !== nodes.at(-1)) {
+          response.body.resume()
+          release()
+          continue
         }
-        return yield* (last ?? new InternalError({ detail: "no replica answered" }))
-      })
-
-    /**
-     * Route and call; when the chosen replica turned out not to hold the model any more (evicted
-     * or reloading since the last poll), refresh that node and route once more, which loads the
-     * model where placement says.
-     */
-    const attempt = (request: ProxyRequest, signal: AbortSignal) =>
-      Effect.gen(function*() {
-        const first = yield* attemptOnce(request, signal)
-        if (first.response.status !== 503) return first
-        const error = yield* Effect.promise(() => upstreamError(first.response))
-        first.release()
-        if (!STALE_ROUTE.has(String(error.body.error.code))) return yield* error
-        yield* fleet.refresh(first.nodeName)
-        return yield* attemptOnce(request, signal)
-      })
+        return { response, route, nodeName: node.name, release, upstreamStarted }
+      }
+      throw last ?? new InternalError({ detail: "no replica answered" })
+    }
 
     const upstreamError = async (response: UpstreamResponse) =>
       new UpstreamError({
@@ -221,237 +226,248 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
         retryAfter: (response.headers["retry-after"] as string | undefined) ?? null
       })
 
-    const headersFor = (request: ProxyRequest, a: Attempt) => ({
+    /**
+     * Route and call; when the chosen replica turned out not to hold the model any more (evicted
+     * or reloading since the last poll), refresh that node and route once more, which loads the
+     * model where placement says.
+     */
+    const attempt = async (request: ProxyRequest, cancel: Cancel): Promise<Attempt> => {
+      const first = await attemptOnce(request, cancel)
+      if (first.response.status !== 503) return first
+      const error = await upstreamError(first.response)
+      first.release()
+      if (!STALE_ROUTE.has(String(error.body.error.code))) throw error
+      await run(fleet.refresh(first.nodeName), request.span, cancel)
+      return attemptOnce(request, cancel)
+    }
+
+    const nodeHeaders = (request: ProxyRequest, a: Attempt, extraMs = 0) => ({
       "x-cortex-node": a.nodeName,
-      "x-cortex-overhead-ms": String(Math.max(0, a.upstreamStarted - request.received))
+      "x-cortex-overhead-ms": String(Math.max(0, a.upstreamStarted - request.received) + extraMs)
     })
 
+    /** An error before any answer went out: in the dialect's envelope, and counted. */
+    const refuse = (request: ProxyRequest, res: ServerResponse, node: string, error: ApiError, reason?: string) => {
+      record(request, node, { status: error.status, error: reason ?? error._tag })
+      sendError(res, request.dialect, error)
+    }
+
     /** A non-streaming request: one JSON answer. */
-    const unary = (request: ProxyRequest) =>
-      Effect.gen(function*() {
-        const controller = new AbortController()
-        const abort = Effect.sync(() => controller.abort())
-        const a = yield* attempt(request, controller.signal).pipe(Effect.onInterrupt(() => abort))
-        return yield* Effect.gen(function*() {
-          if (a.response.status !== 200) {
-            const error = yield* Effect.promise(() => upstreamError(a.response))
-            record(request, a.nodeName, { status: error.status, error: error.body.error.code ?? "upstream" })
-            return request.dialect.error(error)
-          }
-          const bytes = yield* Effect.tryPromise({
-            try: () => readAll(a.response.body),
-            catch: (e) => new InternalError({ detail: `bad upstream answer: ${(e as Error).message}` })
-          })
-          const translateStarted = Date.now()
-          const body = parseJson(bytes) as { usage?: Usage }
-          const translate = request.dialect.json
-          const out = translate ? translate(body) : undefined
-          const headers = {
-            "x-cortex-node": a.nodeName,
-            "x-cortex-overhead-ms": String(a.upstreamStarted - request.received + (Date.now() - translateStarted))
-          }
-          record(request, a.nodeName, { status: 200, usage: body.usage, ttftMs: body.usage?.timing?.ttft_ms })
-          // Same dialect: the neuron's bytes go out as they came (no re-serialisation).
-          return translate
-            ? HttpServerResponse.unsafeJson(out, { headers })
-            : HttpServerResponse.uint8Array(bytes, { contentType: "application/json", headers })
-        }).pipe(Effect.onInterrupt(() => abort), Effect.ensuring(Effect.sync(a.release)))
+    const unary = async (request: ProxyRequest, res: ServerResponse) => {
+      const cancel = new Cancel()
+      res.once("close", () => {
+        if (!res.writableFinished) cancel.abort()
       })
+      let a: Attempt
+      try {
+        a = await attempt(request, cancel)
+      } catch (e) {
+        if (e instanceof Aborted || cancel.aborted) {
+          return record(request, "none", { status: 499, error: "client_disconnected" })
+        }
+        return refuse(request, res, "none", asApiError(e))
+      }
+      try {
+        if (a.response.status !== 200) {
+          const error = await upstreamError(a.response)
+          return refuse(request, res, a.nodeName, error, error.body.error.code ?? "upstream")
+        }
+        const bytes = await readAll(a.response.body)
+        const translateStarted = Date.now()
+        const body = parseJson(bytes) as { usage?: Usage }
+        const translate = request.dialect.json
+        // Same dialect: the neuron's bytes go out as they came (no re-serialisation).
+        const out = translate ? JSON.stringify(translate(body)) : bytes
+        record(request, a.nodeName, { status: 200, usage: body.usage, ttftMs: body.usage?.timing?.ttft_ms })
+        sendJson(res, 200, out, nodeHeaders(request, a, Date.now() - translateStarted))
+      } catch (e) {
+        if (cancel.aborted) return record(request, a.nodeName, { status: 499, error: "client_disconnected" })
+        refuse(request, res, a.nodeName, new InternalError({ detail: `bad upstream answer: ${(e as Error).message}` }))
+      } finally {
+        a.release()
+      }
+    }
 
     /** A streaming request: SSE to the client, relayed or translated. */
-    const streamed = (request: ProxyRequest) =>
-      Effect.gen(function*() {
-        const controller = new AbortController()
-        const out = new PassThrough()
-        let finished = false
-        let lastWrite = Date.now()
-        const write = (frames: ReadonlyArray<string> | string | Uint8Array) => {
-          if (out.destroyed || out.writableEnded) return
-          lastWrite = Date.now()
-          if (typeof frames === "string" || frames instanceof Uint8Array) out.write(frames)
-          else for (const f of frames) out.write(f)
-        }
-        // Never a second of silence: while routing, cold-loading or prefilling (the neuron's own
-        // comments are not relayed through a translator), the dialect's keep-alive goes out.
-        let keepAlive: NodeJS.Timeout | undefined
-        const keepAlives = () => {
-          keepAlive = setInterval(() => {
-            if (Date.now() - lastWrite >= 900) write(request.dialect.keepAlive)
-          }, 250)
-        }
-        out.on("close", () => clearInterval(keepAlive))
-        // The client hung up (or we are done): stop the upstream.
-        out.on("close", () => {
-          if (!finished) controller.abort()
-        })
-        const translator = request.dialect.translator?.()
-        const sseHeaders = { "cache-control": "no-cache", "x-accel-buffering": "no" }
-
-        // Route and connect, with a head start: quick failures keep their HTTP status.
-        // Forked (not run afresh) so the upstream call stays inside this request's trace span.
-        const connectingFiber = yield* Effect.forkDaemon(attempt(request, controller.signal))
-        const connecting = Runtime.runPromise(runtime)(Fiber.await(connectingFiber))
-        const early = yield* Effect.promise(() =>
-          Promise.race([
-            connecting.then((exit) => ({ exit })),
-            new Promise<undefined>((r) => setTimeout(() => r(undefined), HEAD_START_MS))
-          ])
-        )
-        if (early?.exit._tag === "Failure") {
-          controller.abort()
-          const error = early.exit.cause._tag === "Fail"
-            ? early.exit.cause.error
-            : new InternalError({ detail: String(early.exit.cause) })
-          record(request, "none", { status: error.status, error: error._tag })
-          return request.dialect.error(error)
-        }
-        if (early?.exit._tag === "Success" && early.exit.value.response.status !== 200) {
-          const a = early.exit.value
-          const error = yield* Effect.promise(() => upstreamError(a.response))
-          a.release()
-          record(request, a.nodeName, { status: error.status, error: error.body.error.code ?? "upstream" })
-          return request.dialect.error(error)
-        }
-        if (early === undefined) {
-          // Still routing (a cold load?): open the stream now and keep the client alive meanwhile.
-          // Translated streams open their message on the first upstream chunk, which knows the
-          // prompt's size; until then only keep-alives (Anthropic `ping`) go out.
-          write(request.dialect.keepAlive)
-        }
-        keepAlives()
-
-        /** One error frame in the dialect, at most once: after it the stream only ends. */
-        let reported = false
-        const fail = (error: { readonly type: string; readonly message: string; readonly code?: string | null }) => {
-          if (reported) return
-          reported = true
-          write(translator ? translator.fail(error) : `data: ${JSON.stringify({ error })}\n\n`)
-        }
-
-        const pump = async () => {
-          const exit = await connecting
-          if (exit._tag === "Failure") {
-            finished = true
-            if (controller.signal.aborted) return out.end()
-            const error = exit.cause._tag === "Fail"
-              ? exit.cause.error
-              : new InternalError({ detail: "routing failed" })
-            fail(error.body.error)
-            record(request, "none", { status: error.status, error: error._tag })
-            return out.end()
-          }
-          const a = exit.value
-          let usage: Usage | null | undefined
-          let ttftMs: number | undefined
-          let sawDone = false
-          let failed: string | undefined
-          try {
-            if (a.response.status !== 200) {
-              const error = await upstreamError(a.response)
-              failed = error.body.error.code ?? "upstream"
-              fail(error.body.error)
-              return
-            }
-            const parser = new SseParser()
-            let idle: NodeJS.Timeout | undefined
-            const arm = () => {
-              if (idle) clearTimeout(idle)
-              idle = setTimeout(() => {
-                failed = "upstream_idle"
-                controller.abort()
-              }, idleMs)
-            }
-            arm()
-            try {
-              for await (const value of a.response.body as AsyncIterable<Buffer>) {
-                arm()
-                if (!translator) write(value)
-                for (const data of parser.push(value)) {
-                  if (data === "[DONE]") {
-                    sawDone = true
-                    if (translator) write(translator.end())
-                    continue
-                  }
-                  let chunk: ChatCompletionChunk & { error?: { type: string; message: string; code?: string } }
-                  try {
-                    chunk = JSON.parse(data)
-                  } catch {
-                    continue
-                  }
-                  if (chunk.error) {
-                    failed = chunk.error.code ?? chunk.error.type
-                    // A relayed stream already carried the neuron's own error event.
-                    if (translator) fail(chunk.error)
-                    else reported = true
-                    continue
-                  }
-                  if (ttftMs === undefined && firstTokenIn(chunk)) ttftMs = Date.now() - request.received
-                  if (chunk.usage) usage = chunk.usage
-                  if (translator) write(translator.chunk(chunk))
-                }
-              }
-            } catch (e) {
-              failed ??= controller.signal.aborted ? "client_disconnected" : `upstream: ${(e as Error).message}`
-            } finally {
-              if (idle) clearTimeout(idle)
-            }
-            if (!sawDone) {
-              failed ??= "truncated"
-              // A truncated stream must never look complete (lesson 14).
-              if (failed !== "client_disconnected") {
-                fail({
-                  type: "server_error",
-                  code: failed.startsWith("upstream:") ? "upstream_failed" : failed,
-                  message: failed === "upstream_idle"
-                    ? `the upstream sent nothing for ${config.idleTimeoutSecs} s`
-                    : failed === "truncated"
-                    ? "the upstream stream ended before it was complete"
-                    : `the upstream failed: ${failed}`
-                })
-              }
-            }
-          } finally {
-            a.release()
-            finished = true
-            record(request, a.nodeName, {
-              status: 200,
-              usage,
-              ttftMs,
-              ...(failed !== undefined ? { error: failed } : {})
-            })
-            out.end()
-          }
-        }
-        pump().catch((e) => {
-          finished = true
-          out.destroy(e as Error)
-        })
-        const a = early?.exit._tag === "Success" ? early.exit.value : undefined
-        return HttpServerResponse.raw(out, {
-          status: 200,
-          contentType: "text/event-stream",
-          headers: a ? { ...sseHeaders, ...headersFor(request, a) } : sseHeaders
-        })
+    const streamed = async (request: ProxyRequest, res: ServerResponse) => {
+      const cancel = new Cancel()
+      let finished = false
+      let lastWrite = Date.now()
+      const write = (frames: ReadonlyArray<string> | string | Uint8Array) => {
+        if (res.destroyed || res.writableEnded) return
+        lastWrite = Date.now()
+        if (typeof frames === "string" || frames instanceof Uint8Array) res.write(frames)
+        else for (const f of frames) res.write(f)
+      }
+      // The client hung up (or we are done): stop the upstream.
+      res.once("close", () => {
+        if (!finished) cancel.abort()
       })
 
-    const handle = (request: ProxyRequest) =>
-      (request.stream ? streamed(request) : unary(request)).pipe(
-        Effect.withSpan("gateway.request", {
-          captureStackTrace: false,
-          attributes: {
-            "cortex.model": request.model,
-            "cortex.route": request.dialect.route,
-            "cortex.stream": request.stream
-          }
-        }),
-        Effect.catchAll((error) =>
-          Effect.sync(() => {
-            record(request, "none", { status: error.status, error: error._tag })
-            return request.dialect.error(error)
-          })
-        )
+      // Route and connect, with a head start: quick failures keep their HTTP status.
+      const connecting = attempt(request, cancel).then(
+        (a) => ({ ok: true, a }) as const,
+        (e: unknown) => ({ ok: false, e }) as const
       )
+      let headStart: NodeJS.Timeout | undefined
+      const early = await Promise.race([
+        connecting,
+        new Promise<undefined>((r) => {
+          headStart = setTimeout(() => r(undefined), HEAD_START_MS)
+        })
+      ])
+      clearTimeout(headStart)
+      if (early?.ok === false) {
+        finished = true
+        if (early.e instanceof Aborted || cancel.aborted) {
+          return record(request, "none", { status: 499, error: "client_disconnected" })
+        }
+        return refuse(request, res, "none", asApiError(early.e))
+      }
+      if (early?.ok === true && early.a.response.status !== 200) {
+        finished = true
+        const a = early.a
+        try {
+          const error = await upstreamError(a.response)
+          return refuse(request, res, a.nodeName, error, error.body.error.code ?? "upstream")
+        } finally {
+          a.release()
+        }
+      }
+      res.writeHead(200, early?.ok === true ? { ...SSE_HEADERS, ...nodeHeaders(request, early.a) } : SSE_HEADERS)
+      if (early === undefined) {
+        // Still routing (a cold load?): open the stream now and keep the client alive meanwhile.
+        // Translated streams open their message on the first upstream chunk, which knows the
+        // prompt's size; until then only keep-alives (Anthropic `ping`) go out.
+        write(request.dialect.keepAlive)
+      }
+      // Never a second of silence: while routing, cold-loading or prefilling (the neuron's own
+      // comments are not relayed through a translator), the dialect's keep-alive goes out.
+      const keepAlive = setInterval(() => {
+        if (res.destroyed) clearInterval(keepAlive)
+        else if (Date.now() - lastWrite >= 900) write(request.dialect.keepAlive)
+      }, 250)
 
-    return { handle } as const
+      const translator = request.dialect.translator?.()
+      /** One error frame in the dialect, at most once: after it the stream only ends. */
+      let reported = false
+      const fail = (error: { readonly type: string; readonly message: string; readonly code?: string | null }) => {
+        if (reported) return
+        reported = true
+        write(translator ? translator.fail(error) : `data: ${JSON.stringify({ error })}\n\n`)
+      }
+
+      const outcome = await connecting
+      if (!outcome.ok) {
+        finished = true
+        if (!(outcome.e instanceof Aborted) && !cancel.aborted) {
+          const error = asApiError(outcome.e)
+          fail(error.body.error)
+          record(request, "none", { status: error.status, error: error._tag })
+        } else {
+          record(request, "none", { status: 499, error: "client_disconnected" })
+        }
+        clearInterval(keepAlive)
+        res.end()
+        return
+      }
+      const a = outcome.a
+      let usage: Usage | null | undefined
+      let ttftMs: number | undefined
+      let sawDone = false
+      let failed: string | undefined
+      try {
+        if (a.response.status !== 200) {
+          const error = await upstreamError(a.response)
+          failed = error.body.error.code ?? "upstream"
+          fail(error.body.error)
+          return
+        }
+        const parser = new SseParser()
+        let idle: NodeJS.Timeout | undefined
+        const arm = () => {
+          if (idle) clearTimeout(idle)
+          idle = setTimeout(() => {
+            failed = "upstream_idle"
+            cancel.abort()
+          }, idleMs)
+        }
+        arm()
+        try {
+          for await (const value of a.response.body as AsyncIterable<Buffer>) {
+            arm()
+            if (!translator) write(value)
+            for (const data of parser.push(value)) {
+              if (data === "[DONE]") {
+                sawDone = true
+                if (translator) write(translator.end())
+                continue
+              }
+              // Relayed frames are parsed only for what the metrics need: after the first token,
+              // only a frame that may carry the usage or an error (most carry one token).
+              if (!translator && ttftMs !== undefined && !data.includes("\"usage\"") && !data.includes("\"error\"")) {
+                continue
+              }
+              let chunk: ChatCompletionChunk & { error?: { type: string; message: string; code?: string } }
+              try {
+                chunk = JSON.parse(data)
+              } catch {
+                continue
+              }
+              if (chunk.error) {
+                failed = chunk.error.code ?? chunk.error.type
+                // A relayed stream already carried the neuron's own error event.
+                if (translator) fail(chunk.error)
+                else reported = true
+                continue
+              }
+              if (ttftMs === undefined && firstTokenIn(chunk)) ttftMs = Date.now() - request.received
+              if (chunk.usage) usage = chunk.usage
+              if (translator) write(translator.chunk(chunk))
+            }
+          }
+        } catch (e) {
+          failed ??= cancel.aborted ? "client_disconnected" : `upstream: ${(e as Error).message}`
+        } finally {
+          if (idle) clearTimeout(idle)
+        }
+        if (!sawDone) {
+          failed ??= "truncated"
+          // A truncated stream must never look complete (lesson 14).
+          if (failed !== "client_disconnected") {
+            fail({
+              type: "server_error",
+              code: failed.startsWith("upstream:") ? "upstream_failed" : failed,
+              message: failed === "upstream_idle"
+                ? `the upstream sent nothing for ${config.idleTimeoutSecs} s`
+                : failed === "truncated"
+                ? "the upstream stream ended before it was complete"
+                : `the upstream failed: ${failed}`
+            })
+          }
+        }
+      } finally {
+        a.release()
+        finished = true
+        clearInterval(keepAlive)
+        record(request, a.nodeName, {
+          status: 200,
+          usage,
+          ttftMs,
+          ...(failed !== undefined ? { error: failed } : {})
+        })
+        res.end()
+      }
+    }
+
+    /** Serve one validated request on `res`; never rejects. */
+    const serve = (request: ProxyRequest, res: ServerResponse): Promise<void> =>
+      (request.stream ? streamed(request, res) : unary(request, res)).catch((e: unknown) => {
+        logWarning(`proxy failed: ${String(e)}`)
+        if (!res.headersSent) refuse(request, res, "none", asApiError(e))
+        else res.destroy()
+      })
+
+    return { serve } as const
   })
 }) {}

@@ -7,7 +7,7 @@
 import { Effect } from "effect"
 import { ModelLoadFailed, ModelNotFound, ModelUnavailable } from "../domain/errors.js"
 import { type CatalogueModel, type Location, resolveAlias } from "./Catalogue.js"
-import { Fleet, type NodeState } from "./Fleet.js"
+import { Fleet, type FleetState, type NodeState } from "./Fleet.js"
 import { GatewayConfig } from "./GatewayConfig.js"
 import { Lifecycle } from "./Lifecycle.js"
 
@@ -45,15 +45,38 @@ export class Router extends Effect.Service<Router>()("cortex/Router", {
         return yield* new ModelNotFound({ model: name })
       })
 
+    /** Healthy replicas holding the model and not being evicted, least busy first. */
+    const ready = (model: CatalogueModel) =>
+      model.locations
+        .filter((l) => l.healthy && l.status === "loaded" && !lifecycle.isEvicting(l.node, model.neuronId))
+        .sort((a, b) => busy(a, model.neuronId) - busy(b, model.neuronId) || a.node.localeCompare(b.node))
+
+    const toRoute = (
+      model: CatalogueModel,
+      replicas: ReadonlyArray<Location>,
+      state: FleetState,
+      coldLoad: boolean
+    ) => {
+      const nodes = replicas.map((l) => state.get(l.node)).filter((n): n is NodeState => n !== undefined)
+      return { model, node: nodes[0]!, fallbacks: nodes.slice(1), coldLoad } satisfies Route
+    }
+
+    /**
+     * The common case without a fiber: the model is loaded on a healthy replica. undefined means
+     * "ask `route`" (cold load, recovering, unknown, not polled yet).
+     */
+    const routeNow = (name: string): Route | undefined => {
+      const model = lifecycle.catalogueNow().get(resolveAlias(config.aliases, name))
+      if (!model) return undefined
+      const replicas = ready(model)
+      return replicas.length > 0 ? toRoute(model, replicas, fleet.now(), false) : undefined
+    }
+
     const route = (name: string) =>
       Effect.gen(function*() {
         let model = yield* lookup(name)
         let coldLoaded = false
-        const ready = () =>
-          model.locations
-            .filter((l) => l.healthy && l.status === "loaded" && !lifecycle.isEvicting(l.node, model.neuronId))
-            .sort((a, b) => busy(a, model.neuronId) - busy(b, model.neuronId) || a.node.localeCompare(b.node))
-        let replicas = ready()
+        let replicas = ready(model)
         if (replicas.length === 0) {
           if (model.locations.some((l) => l.healthy && l.status === "recovering")) {
             return yield* new ModelUnavailable({ model: model.id, state: "recovering" })
@@ -75,16 +98,15 @@ export class Router extends Effect.Service<Router>()("cortex/Router", {
           yield* lifecycle.ensureLoaded(model)
           coldLoaded = true
           model = yield* lookup(name)
-          replicas = ready()
+          replicas = ready(model)
           if (replicas.length === 0) return yield* new ModelUnavailable({ model: model.id, state: "loading" })
         }
-        const state = yield* fleet.get
-        const nodes = replicas.map((l) => state.get(l.node)!).filter((n) => n !== undefined)
-        return { model, node: nodes[0]!, fallbacks: nodes.slice(1), coldLoad: coldLoaded } satisfies Route
+        return toRoute(model, replicas, yield* fleet.get, coldLoaded)
       })
 
     return {
       route,
+      routeNow,
       lookup,
       catalogue: lifecycle.catalogue,
       track: lifecycle.track,

@@ -12,32 +12,80 @@ export interface UpstreamResponse {
   readonly body: http.IncomingMessage
 }
 
-const agents = new Map<string, http.Agent>()
+/**
+ * Cancellation without EventTarget: an AbortController per request, and the listeners node:http
+ * puts on its signal, showed in the gateway's profile.
+ */
+export class Cancel {
+  aborted = false
+  private readonly listeners = new Set<() => void>()
 
-const agentFor = (url: URL): http.Agent => {
-  let agent = agents.get(url.origin)
-  if (!agent) {
-    const options = { keepAlive: true, maxSockets: 512, keepAliveMsecs: 10_000 }
-    agent = url.protocol === "https:" ? new https.Agent(options) : new http.Agent(options)
-    agents.set(url.origin, agent)
+  abort() {
+    if (this.aborted) return
+    this.aborted = true
+    for (const listener of this.listeners) listener()
+    this.listeners.clear()
   }
-  return agent
+
+  /** Run `listener` on abort (at once when already aborted); the result unregisters it. */
+  on(listener: () => void): () => void {
+    if (this.aborted) {
+      listener()
+      return () => undefined
+    }
+    this.listeners.add(listener)
+    return () => this.listeners.delete(listener)
+  }
 }
 
+interface Target {
+  readonly request: typeof http.request
+  readonly agent: http.Agent
+  readonly hostname: string
+  readonly port: string
+  readonly basePath: string
+}
+
+/** Per neuron endpoint, parsed once: its keep-alive agent and address. */
+const targets = new Map<string, Target>()
+
+const targetFor = (endpoint: string): Target => {
+  let target = targets.get(endpoint)
+  if (!target) {
+    const url = new URL(endpoint)
+    const options = { keepAlive: true, maxSockets: 512, keepAliveMsecs: 10_000 }
+    const secure = url.protocol === "https:"
+    target = {
+      request: secure ? https.request : http.request,
+      agent: secure ? new https.Agent(options) : new http.Agent(options),
+      hostname: url.hostname,
+      port: url.port,
+      basePath: url.pathname.replace(/\/+$/, "")
+    }
+    targets.set(endpoint, target)
+  }
+  return target
+}
+
+/** POST `body` to `endpoint` + `path`; resolves with the response head, its body unread. */
 export const post = (
-  target: string,
+  endpoint: string,
+  path: string,
   headers: Record<string, string>,
   body: string,
-  signal: AbortSignal
+  cancel: Cancel
 ): Promise<UpstreamResponse> =>
   new Promise((resolve, reject) => {
-    const url = new URL(target)
-    const request = (url.protocol === "https:" ? https : http).request(url, {
+    const target = targetFor(endpoint)
+    const request = target.request({
       method: "POST",
-      agent: agentFor(url),
-      headers: { ...headers, "content-length": Buffer.byteLength(body) },
-      signal
+      agent: target.agent,
+      hostname: target.hostname,
+      port: target.port,
+      path: target.basePath + path,
+      headers: { ...headers, "content-length": Buffer.byteLength(body) }
     }, (res) => resolve({ status: res.statusCode ?? 502, headers: res.headers, body: res }))
+    request.once("close", cancel.on(() => request.destroy(new Error("the request was cancelled"))))
     request.once("error", reject)
     request.end(body)
   })

@@ -1,11 +1,12 @@
 /** The live gateway: config → fleet poller → router → proxy → HTTP, with telemetry. */
-import { HttpMiddleware, HttpServer } from "@effect/platform"
+import { HttpServer } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { Effect, Layer, Metric, MetricLabel, Schedule } from "effect"
 import { createServer } from "node:http"
 import { Fleet } from "../gateway/Fleet.js"
 import { GatewayConfig, type GatewaySettings } from "../gateway/GatewayConfig.js"
 import { makeGatewayApp } from "../gateway/Http.js"
+import { InferenceRoutes } from "../gateway/InferenceRoutes.js"
 import { Lifecycle } from "../gateway/Lifecycle.js"
 import * as M from "../gateway/Metrics.js"
 import { Proxy } from "../gateway/Proxy.js"
@@ -33,21 +34,27 @@ const fleetGauges = Effect.gen(function*() {
 
 const Serve = Layer.scopedDiscard(Effect.gen(function*() {
   const config = yield* GatewayConfig
-  // One span per request is the gateway's own (Proxy); the platform's per-request server span,
-  // with an attribute per header, cost more than the proxying itself (bench/gateway profile).
-  yield* HttpMiddleware.withTracerDisabledWhenEffect(HttpServer.serveEffect(yield* makeGatewayApp), () => true)
-  yield* HttpServer.addressFormattedWith((address) =>
-    Effect.logInfo(
-      `gateway listening on ${address} over ${config.neurons.length} neuron(s)` +
-        (config.metricsListen ? `; metrics on ${config.metricsListen.host}:${config.metricsListen.port}/metrics` : "")
-    )
+  const inference = yield* InferenceRoutes
+  // The inference routes run on node:http directly (InferenceRoutes.ts: they are the hot path);
+  // the rest of the API goes through the Effect router, with the platform's span per request.
+  const rest = yield* NodeHttpServer.makeHandler(yield* makeGatewayApp)
+  const server = yield* NodeHttpServer.make(
+    () =>
+      createServer({ keepAliveTimeout: 5_000 }, (req, res) => {
+        if (!inference.handle(req, res)) rest(req, res)
+      }),
+    config.listen
+  )
+  yield* Effect.logInfo(
+    `gateway listening on ${HttpServer.formatAddress(server.address)} over ${config.neurons.length} neuron(s)` +
+      (config.metricsListen ? `; metrics on ${config.metricsListen.host}:${config.metricsListen.port}/metrics` : "")
   )
   yield* Effect.forkScoped(fleetGauges.pipe(Effect.repeat(Schedule.spaced(`${config.pollIntervalSecs} seconds`))))
 }))
 
 export const GatewayLive = (settings: GatewaySettings) =>
   Serve.pipe(
-    Layer.provide(NodeHttpServer.layer(() => createServer({ keepAliveTimeout: 5_000 }), settings.listen)),
+    Layer.provide(InferenceRoutes.Default),
     Layer.provide(Proxy.Default),
     Layer.provideMerge(Router.Default),
     Layer.provideMerge(Lifecycle.Default),
