@@ -42,13 +42,19 @@ export const MAX_BODY_BYTES = 32 * 1024 * 1024
 const readBody = (req: IncomingMessage, limit: number): Promise<string> =>
   new Promise((resolve, reject) => {
     const declared = Number(req.headers["content-length"])
-    if (declared > limit) return reject(new PayloadTooLarge({ limitBytes: limit }))
+    if (declared > limit) {
+      req.resume()
+      return reject(new PayloadTooLarge({ limitBytes: limit }))
+    }
     const chunks: Array<Buffer> = []
     let size = 0
     req.on("data", (chunk: Buffer) => {
       size += chunk.length
       if (size > limit) {
+        // The rest is read and dropped, so that the client can finish sending and read the 413
+        // (closing on it mid-upload makes many clients report a reset instead of the answer).
         req.removeAllListeners("data")
+        req.resume()
         reject(new PayloadTooLarge({ limitBytes: limit }))
         return
       }
@@ -183,10 +189,7 @@ export class InferenceRoutes extends Effect.Service<InferenceRoutes>()("cortex/I
         span.attribute("cortex.stream", prepared.stream)
         await proxy.serve({ ...prepared, principal, received, span }, res)
       } catch (e) {
-        if (isApiError(e)) {
-          if (e._tag === "PayloadTooLarge") res.shouldKeepAlive = false
-          return sendError(res, route, e)
-        }
+        if (isApiError(e)) return sendError(res, route, e)
         runFork(Effect.logError("unhandled defect", e))
         sendError(res, route, new InternalError({ detail: String(e) }))
       }

@@ -22,7 +22,7 @@ import * as M from "./Metrics.js"
 import { authHeaders } from "./NeuronClient.js"
 import { type Route, Router } from "./Router.js"
 import { SseParser } from "./Sse.js"
-import { Cancel, parseJson, post, readAll, type UpstreamResponse } from "./Upstream.js"
+import { Cancel, parseJson, post, readAll, type UpstreamResponse, usageIn } from "./Upstream.js"
 
 export const PRINCIPAL_HEADER = "x-cortex-principal"
 export const AUTOLOAD_HEADER = "x-cortex-autoload"
@@ -151,10 +151,8 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
       }
     }
 
-    /** A route without a fiber when the model is loaded somewhere; else the full router. */
-    const routeFor = async (request: ProxyRequest, cancel: Cancel): Promise<Route> => {
-      const ready = router.routeNow(request.model)
-      if (ready) return ready
+    /** Routing that needs the full router (cold load, recovering, unknown): a fiber. */
+    const routeSlowly = async (request: ProxyRequest, cancel: Cancel): Promise<Route> => {
       const route = await run(router.route(request.model), request.span, cancel)
       if (route.coldLoad) {
         M.coldStarts.unsafeUpdate(1, [
@@ -167,7 +165,8 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
 
     /** Route and call the upstream, falling over to the next replica before any byte came back. */
     const attemptOnce = async (request: ProxyRequest, cancel: Cancel): Promise<Attempt> => {
-      const route = await routeFor(request, cancel)
+      // No fiber when the model is loaded on a healthy replica (the common case).
+      const route = router.routeNow(request.model) ?? await routeSlowly(request, cancel)
       const nodes = [route.node, ...route.fallbacks]
       const defaults = samplingDefaults(route, request)
       // The client's own bytes when nothing changes (no alias, no profile defaults): no re-encoding.
@@ -274,11 +273,13 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
         }
         const bytes = await readAll(a.response.body)
         const translateStarted = Date.now()
-        const body = parseJson(bytes) as { usage?: Usage }
         const translate = request.dialect.json
-        // Same dialect: the neuron's bytes go out as they came (no re-serialisation).
+        // Same dialect: the neuron's bytes go out as they came (no re-serialisation), and only
+        // their usage is read, for the metrics.
+        const body = translate ? parseJson(bytes) : undefined
         const out = translate ? JSON.stringify(translate(body)) : bytes
-        record(request, a.nodeName, { status: 200, usage: body.usage, ttftMs: body.usage?.timing?.ttft_ms })
+        const usage = body !== undefined ? (body as { usage?: Usage }).usage : usageIn(bytes)
+        record(request, a.nodeName, { status: 200, usage, ttftMs: usage?.timing?.ttft_ms })
         sendJson(res, 200, out, nodeHeaders(request, a, Date.now() - translateStarted))
       } catch (e) {
         if (cancel.aborted) return record(request, a.nodeName, { status: 499, error: "client_disconnected" })

@@ -5,6 +5,7 @@
  */
 import * as http from "node:http"
 import * as https from "node:https"
+import type { Usage } from "../domain/openai-output.js"
 
 export interface UpstreamResponse {
   readonly status: number
@@ -105,4 +106,32 @@ export const parseJson = (bytes: Buffer): unknown => {
   } catch {
     return bytes.toString("utf8")
   }
+}
+
+const USAGE_KEY = Buffer.from("\"usage\":")
+
+/**
+ * The `usage` object of a JSON chat or completion answer, without parsing the whole answer (the
+ * neuron writes it last; it holds numbers and objects of numbers, no braces inside strings).
+ * Falls back to a full parse when the shortcut does not apply.
+ */
+export const usageIn = (bytes: Buffer): Usage | undefined => {
+  const at = bytes.lastIndexOf(USAGE_KEY)
+  if (at >= 0) {
+    const start = at + USAGE_KEY.length
+    let depth = 0
+    for (let i = start; i < bytes.length; i++) {
+      const c = bytes[i]
+      if (c === 0x7b) depth++
+      else if (c === 0x7d && --depth === 0) {
+        try {
+          return JSON.parse(bytes.toString("utf8", start, i + 1)) as Usage
+        } catch {
+          break
+        }
+      }
+    }
+  }
+  const whole = parseJson(bytes)
+  return typeof whole === "object" && whole !== null ? (whole as { usage?: Usage }).usage : undefined
 }
