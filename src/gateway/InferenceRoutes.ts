@@ -62,6 +62,10 @@ const readBody = (req: IncomingMessage, limit: number): Promise<string> =>
     })
     req.once("end", () => resolve((chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)).toString("utf8")))
     req.once("error", reject)
+    // A client that hangs up mid-upload may end the request with neither `end` nor `error`.
+    req.once("close", () => {
+      if (!req.complete) reject(new InvalidRequest({ message: "the request body was cut short", param: null }))
+    })
   })
 
 /** One inference route: its dialect's error envelope, and how a decoded body becomes a proxy request. */
