@@ -10,6 +10,28 @@ import { type GatewayProcess, startGateway } from "./fixtures/gateway.js"
 import { type ScriptedNeuron, startScriptedNeuron } from "./fixtures/scripted-neuron.js"
 
 const MODEL = "scripted"
+const FLOOD_BYTES = 96 * 1024 * 1024
+/** Bytes the scripted neuron managed to hand to its socket for the current flood. */
+let flooded = 0
+
+/** Stream FLOOD_BYTES of 64 KiB frames as fast as the connection takes them. */
+const flood = (res: http.ServerResponse) => {
+  res.writeHead(200, { "content-type": "text/event-stream" })
+  const frame = Buffer.from(
+    `data: ${
+      JSON.stringify({ choices: [{ index: 0, delta: { content: "x".repeat(65536) }, finish_reason: null }] })
+    }\n\n`
+  )
+  flooded = 0
+  const pump = () => {
+    while (flooded < FLOOD_BYTES && !res.destroyed) {
+      flooded += frame.length
+      if (!res.write(frame)) return res.once("drain", pump)
+    }
+    res.end("data: [DONE]\n\n")
+  }
+  pump()
+}
 let neuron: ScriptedNeuron
 let gateway: GatewayProcess
 
@@ -27,6 +49,7 @@ beforeAll(async () => {
       }))
       return
     }
+    if (body.messages[0].content === "flood") return flood(res)
     // One token, then nothing: the stream stays open until someone closes it.
     res.writeHead(200, { "content-type": "text/event-stream" })
     res.write(`data: ${JSON.stringify({ choices: [{ index: 0, delta: { content: "a" }, finish_reason: null }] })}\n\n`)
@@ -99,6 +122,26 @@ describe("client hang-up", () => {
       new Promise((r) => setTimeout(() => r("still open after 5 s"), 5_000))
     ])
     expect(outcome).toBe("closed early")
+  })
+})
+
+describe("slow clients", () => {
+  it("stops reading the upstream while the client does not read, instead of buffering the stream", async () => {
+    const before = neuron.received.length
+    const controller = new AbortController()
+    const res = await fetch(`${gateway.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: MODEL, stream: true, messages: [{ role: "user", content: "flood" }] }),
+      signal: controller.signal
+    })
+    expect(res.status).toBe(200)
+    // The client reads nothing for a while: socket buffers fill, then the neuron must wait.
+    await new Promise((r) => setTimeout(r, 1_500))
+    expect(flooded).toBeGreaterThan(0)
+    expect(flooded).toBeLessThan(FLOOD_BYTES / 2)
+    controller.abort()
+    expect(await neuron.received[before]!.closed).toBe("closed early")
   })
 })
 

@@ -71,6 +71,18 @@ const firstTokenIn = (chunk: ChatCompletionChunk) => {
   return !!delta && (!!delta.content || !!delta.reasoning_content || (delta.tool_calls?.length ?? 0) > 0)
 }
 
+/** Resolves when the response can take more, or is gone. */
+const drained = (res: ServerResponse) =>
+  new Promise<void>((resolve) => {
+    const done = () => {
+      res.off("drain", done)
+      res.off("close", done)
+      resolve()
+    }
+    res.once("drain", done)
+    res.once("close", done)
+  })
+
 const asApiError = (e: unknown): ApiError => isApiError(e) ? e : new InternalError({ detail: String(e) })
 
 export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
@@ -425,6 +437,13 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
               if (ttftMs === undefined && firstTokenIn(chunk)) ttftMs = Date.now() - request.received
               if (chunk.usage) usage = chunk.usage
               if (translator) write(translator.chunk(chunk))
+            }
+            // A slow client: stop reading the upstream (TCP pushes back to the neuron) until its
+            // socket drains, instead of buffering here. Waiting on the client is not upstream idleness.
+            if (res.writableNeedDrain) {
+              if (idle) clearTimeout(idle)
+              await drained(res)
+              arm()
             }
           }
         } catch (e) {
