@@ -1,5 +1,6 @@
 /** Small helpers the benchmark scripts share. */
 import { type ChildProcess, spawn } from "node:child_process"
+import type { Server } from "node:http"
 import { createServer } from "node:net"
 
 /** A free loopback port (listen on 0, read it, close). */
@@ -34,6 +35,23 @@ export const log = (line: string) => process.stderr.write(`[bench] ${line}\n`)
 export const ORPHAN_GUARD = `data:text/javascript,${
   encodeURIComponent("process.stdin.on(\"end\",()=>process.exit(0));process.stdin.resume()")
 }`
+
+/**
+ * In a bench child (the scripted upstream, the floor): listen on a free loopback port, print
+ * `{"port":N}` for BenchChild.port, and exit on SIGTERM, SIGINT or when stdin (the bench) closes.
+ */
+export const serveAsChild = (server: Server) => {
+  const stop = () => process.exit(0)
+  process.once("SIGTERM", stop)
+  process.once("SIGINT", stop)
+  process.stdin.on("end", stop)
+  process.stdin.resume()
+  server.listen(0, "127.0.0.1", () => {
+    const address = server.address()
+    const port = typeof address === "object" && address !== null ? address.port : 0
+    process.stdout.write(`${JSON.stringify({ port })}\n`)
+  })
+}
 
 const parsePort = (line: string): number | undefined => {
   try {

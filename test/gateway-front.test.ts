@@ -98,6 +98,8 @@ describe("what the neuron receives", () => {
     const received = neuron.received.at(-1)!
     expect(String(received.headers.traceparent)).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/)
     expect(received.body).toEqual(body)
+    // Byte for byte what the client sent (chat() sends JSON.stringify(body)).
+    expect(received.raw).toBe(JSON.stringify(body))
   })
 })
 

@@ -10,6 +10,7 @@
  */
 import * as http from "node:http"
 import { parseArgs } from "node:util"
+import { serveAsChild } from "../lib.js"
 
 const { values: args } = parseArgs({
   options: {
@@ -165,14 +166,4 @@ const server = http.createServer({ keepAliveTimeout: 60_000, noDelay: true }, (r
   })
 })
 
-const stop = () => process.exit(0)
-process.once("SIGTERM", stop)
-process.once("SIGINT", stop)
-process.stdin.on("end", () => process.exit(0))
-process.stdin.resume()
-
-server.listen(0, "127.0.0.1", () => {
-  const address = server.address()
-  const port = typeof address === "object" && address !== null ? address.port : 0
-  process.stdout.write(`${JSON.stringify({ port })}\n`)
-})
+serveAsChild(server)

@@ -51,17 +51,14 @@ export const anthropicError = (error: ApiError): DialectError => {
 
 const KEEPALIVE = ": keep-alive\n\n"
 
-const openaiDialects = new Map<string, Dialect>()
-
 /** The neuron's own dialect: answers are relayed as they come. */
-export const openaiDialect = (route: string): Dialect => {
-  let dialect = openaiDialects.get(route)
-  if (!dialect) {
-    dialect = { route, error: openaiError, json: undefined, translator: undefined, keepAlive: KEEPALIVE }
-    openaiDialects.set(route, dialect)
-  }
-  return dialect
-}
+export const openaiDialect = (route: string): Dialect => ({
+  route,
+  error: openaiError,
+  json: undefined,
+  translator: undefined,
+  keepAlive: KEEPALIVE
+})
 
 export const anthropicDialect = (request: MessagesRequest): Dialect => ({
   route: "messages",

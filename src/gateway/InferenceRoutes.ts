@@ -34,39 +34,10 @@ import { GatewayConfig } from "./GatewayConfig.js"
 import { Proxy, type ProxyRequest } from "./Proxy.js"
 import * as Anthropic from "./translate/Anthropic.js"
 import * as Responses from "./translate/Responses.js"
+import { BodyTooLarge, readAll } from "./Upstream.js"
 
 /** The largest request body accepted (base64 images make bodies large). */
 export const MAX_BODY_BYTES = 32 * 1024 * 1024
-
-/** Read a request body as text, refusing more than `limit` bytes. */
-const readBody = (req: IncomingMessage, limit: number): Promise<string> =>
-  new Promise((resolve, reject) => {
-    const declared = Number(req.headers["content-length"])
-    if (declared > limit) {
-      req.resume()
-      return reject(new PayloadTooLarge({ limitBytes: limit }))
-    }
-    const chunks: Array<Buffer> = []
-    let size = 0
-    req.on("data", (chunk: Buffer) => {
-      size += chunk.length
-      if (size > limit) {
-        // The rest is read and dropped, so that the client can finish sending and read the 413
-        // (closing on it mid-upload makes many clients report a reset instead of the answer).
-        req.removeAllListeners("data")
-        req.resume()
-        reject(new PayloadTooLarge({ limitBytes: limit }))
-        return
-      }
-      chunks.push(chunk)
-    })
-    req.once("end", () => resolve((chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)).toString("utf8")))
-    req.once("error", reject)
-    // A client that hangs up mid-upload may end the request with neither `end` nor `error`.
-    req.once("close", () => {
-      if (!req.complete) reject(new InvalidRequest({ message: "the request body was cut short", param: null }))
-    })
-  })
 
 /** One inference route: its dialect's error envelope, and how a decoded body becomes a proxy request. */
 interface InferenceRoute {
@@ -88,21 +59,24 @@ const openaiRoute = <A extends { readonly model: string; readonly stream?: boole
   schema: Schema.Schema<A, I>,
   path: ProxyRequest["path"],
   name: string
-): InferenceRoute => ({
-  name,
-  error: openaiError,
-  prepare: (text) => {
-    const { json, value } = decode(schema, text)
-    return {
-      model: value.model,
-      path,
-      body: json as Record<string, unknown>,
-      text,
-      stream: value.stream === true,
-      dialect: openaiDialect(name)
+): InferenceRoute => {
+  const dialect = openaiDialect(name)
+  return {
+    name,
+    error: openaiError,
+    prepare: (text) => {
+      const { json, value } = decode(schema, text)
+      return {
+        model: value.model,
+        path,
+        body: json as Record<string, unknown>,
+        text,
+        stream: value.stream === true,
+        dialect
+      }
     }
   }
-})
+}
 
 /** Routes in another dialect: validate, translate to chat, relay, translate the answer back. */
 const translatedRoute = <A extends { readonly model: string; readonly stream?: boolean | null | undefined }, I>(
@@ -188,7 +162,12 @@ export class InferenceRoutes extends Effect.Service<InferenceRoutes>()("cortex/I
           req.resume()
           return sendError(res, route, new Unauthorized())
         }
-        const prepared = route.prepare(await readBody(req, MAX_BODY_BYTES))
+        const body = await readAll(req, MAX_BODY_BYTES).catch((e: unknown) => {
+          throw e instanceof BodyTooLarge
+            ? new PayloadTooLarge({ limitBytes: MAX_BODY_BYTES })
+            : new InvalidRequest({ message: `could not read the request body: ${(e as Error).message}`, param: null })
+        })
+        const prepared = route.prepare(body.toString("utf8"))
         span.attribute("cortex.model", prepared.model)
         span.attribute("cortex.stream", prepared.stream)
         await proxy.serve({ ...prepared, principal, received, span }, res)

@@ -91,13 +91,35 @@ export const post = (
     request.end(body)
   })
 
-export const readAll = (body: http.IncomingMessage): Promise<Buffer> =>
+/** A body over the limit given to readAll. */
+export class BodyTooLarge extends Error {}
+
+/**
+ * Read an HTTP message's body: a request the gateway serves or a neuron's answer. Over `limit`
+ * bytes it fails with BodyTooLarge and drops the rest, so that the peer can finish sending and
+ * read the answer (closing on it mid-upload makes many clients report a reset instead).
+ */
+export const readAll = (message: http.IncomingMessage, limit = Infinity): Promise<Buffer> =>
   new Promise((resolve, reject) => {
+    const tooLarge = () => {
+      message.removeAllListeners("data")
+      message.resume()
+      reject(new BodyTooLarge(`the body is larger than ${limit} bytes`))
+    }
+    if (Number(message.headers["content-length"]) > limit) return tooLarge()
     const chunks: Array<Buffer> = []
-    body.on("data", (chunk: Buffer) => chunks.push(chunk))
-    body.once("end", () => resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)))
-    body.once("error", reject)
-    body.once("aborted", () => reject(new Error("upstream closed the connection")))
+    let size = 0
+    message.on("data", (chunk: Buffer) => {
+      size += chunk.length
+      if (size > limit) return tooLarge()
+      chunks.push(chunk)
+    })
+    message.once("end", () => resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)))
+    message.once("error", reject)
+    // A peer that hangs up mid-body may end the message with neither `end` nor `error`.
+    message.once("close", () => {
+      if (!message.complete) reject(new Error("the connection closed before the body was complete"))
+    })
   })
 
 export const parseJson = (bytes: Buffer): unknown => {
