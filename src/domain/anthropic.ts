@@ -1,4 +1,5 @@
 import { Schema } from "effect"
+import { JsonSchema, ModelName, ToolName } from "./json.js"
 
 /**
  * Anthropic Messages wire shapes: request Schemas (validated once at the edge; unknown fields
@@ -86,9 +87,9 @@ export type SystemPrompt = typeof SystemPrompt.Type
 
 export const Tool = Schema.Struct({
   type: opt(Schema.Literal("custom")),
-  name: Schema.String.pipe(Schema.minLength(1)),
+  name: ToolName,
   description: opt(Schema.String),
-  input_schema: Schema.Record({ key: Schema.String, value: Schema.Unknown }),
+  input_schema: JsonSchema,
   cache_control: opt(CacheControl)
 })
 export type Tool = typeof Tool.Type
@@ -111,7 +112,7 @@ export const ThinkingConfig = Schema.Union(
 export type ThinkingConfig = typeof ThinkingConfig.Type
 
 export const MessagesRequest = Schema.Struct({
-  model: Schema.String.pipe(Schema.minLength(1)),
+  model: ModelName,
   max_tokens: Schema.Int.pipe(Schema.positive()),
   messages: Schema.Array(MessageParam).pipe(Schema.minItems(1)),
   system: opt(SystemPrompt),
@@ -129,7 +130,7 @@ export const MessagesRequest = Schema.Struct({
 export type MessagesRequest = typeof MessagesRequest.Type
 
 export const CountTokensRequest = Schema.Struct({
-  model: Schema.String.pipe(Schema.minLength(1)),
+  model: ModelName,
   messages: Schema.Array(MessageParam).pipe(Schema.minItems(1)),
   system: opt(SystemPrompt),
   tools: opt(Schema.Array(Tool)),

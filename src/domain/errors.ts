@@ -1,4 +1,5 @@
 import { Schema } from "effect"
+import { clip } from "./json.js"
 
 /**
  * Errors that reach a client. Each knows its HTTP status and encodes to the OpenAI error
@@ -272,9 +273,23 @@ export class NotFoundRoute extends Schema.TaggedError<NotFoundRoute>()("NotFound
   }
 }
 
+/**
+ * What a client may read of an internal failure: its first line, without the runtime's wrapper,
+ * stack frames or file paths (those go to the log, under the error's id).
+ */
+export const publicDetail = (detail: string): string =>
+  clip(
+    (detail.split("\n")[0] ?? "")
+      .replace(/^\(FiberFailure\)\s*/, "")
+      .replace(/(?:file:\/\/)?(?:[A-Za-z]:)?(?:[\\/][\w.@+~-]+){2,}(?::\d+)*/g, "<path>"),
+    200
+  )
+
 export class InternalError extends Schema.TaggedError<InternalError>()("InternalError", {
   detail: Schema.String
 }) {
+  /** Names this failure in the log and in the answer, so an operator can find one from the other. */
+  readonly id = Math.random().toString(36).slice(2, 10)
   get status() {
     return 500
   }
@@ -285,7 +300,7 @@ export class InternalError extends Schema.TaggedError<InternalError>()("Internal
     return this.detail
   }
   get body() {
-    return envelope(this.detail, "server_error", "internal_error")
+    return envelope(`${publicDetail(this.detail)} (error id ${this.id})`, "server_error", "internal_error")
   }
 }
 

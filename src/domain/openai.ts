@@ -1,5 +1,6 @@
 import { Effect, Either, ParseResult, Schema } from "effect"
 import { InvalidJson, InvalidRequest } from "./errors.js"
+import { clip, JsonSchema, MAX_JSON_DEPTH, ModelName, tooDeepAt, ToolName } from "./json.js"
 
 /** OpenAI wire schemas, as accepted by the neuron. Unknown fields are ignored, never rejected. */
 
@@ -41,9 +42,9 @@ export type ChatMessage = typeof ChatMessage.Type
 export const FunctionTool = Schema.Struct({
   type: Schema.Literal("function"),
   function: Schema.Struct({
-    name: Schema.String.pipe(Schema.minLength(1)),
+    name: ToolName,
     description: opt(Schema.String),
-    parameters: opt(Schema.Record({ key: Schema.String, value: Schema.Unknown })),
+    parameters: opt(JsonSchema),
     strict: opt(Schema.NullOr(Schema.Boolean))
   })
 })
@@ -62,7 +63,7 @@ export const ResponseFormat = Schema.Union(
     type: Schema.Literal("json_schema"),
     json_schema: Schema.Struct({
       name: opt(Schema.String),
-      schema: opt(Schema.Record({ key: Schema.String, value: Schema.Unknown })),
+      schema: opt(JsonSchema),
       strict: opt(Schema.NullOr(Schema.Boolean))
     })
   })
@@ -91,7 +92,7 @@ export const SamplingFields = {
 }
 
 export const ChatCompletionRequest = Schema.Struct({
-  model: Schema.String.pipe(Schema.minLength(1)),
+  model: ModelName,
   messages: Schema.Array(ChatMessage).pipe(Schema.minItems(1)),
   max_completion_tokens: opt(Schema.NullOr(Tokens)),
   tools: opt(Schema.NullOr(Schema.Array(FunctionTool))),
@@ -103,7 +104,7 @@ export const ChatCompletionRequest = Schema.Struct({
 export type ChatCompletionRequest = typeof ChatCompletionRequest.Type
 
 export const CompletionRequest = Schema.Struct({
-  model: Schema.String.pipe(Schema.minLength(1)),
+  model: ModelName,
   prompt: Schema.Union(Schema.String, Schema.Array(Schema.String).pipe(Schema.itemsCount(1))),
   echo: opt(Schema.NullOr(Schema.Boolean)),
   ...SamplingFields
@@ -111,7 +112,7 @@ export const CompletionRequest = Schema.Struct({
 export type CompletionRequest = typeof CompletionRequest.Type
 
 export const EmbeddingRequest = Schema.Struct({
-  model: Schema.String.pipe(Schema.minLength(1)),
+  model: ModelName,
   input: Schema.Union(Schema.String, Schema.Array(Schema.String).pipe(Schema.minItems(1), Schema.maxItems(2048))),
   encoding_format: opt(Schema.Literal("float", "base64")),
   dimensions: opt(Schema.Int.pipe(Schema.positive())),
@@ -120,16 +121,16 @@ export const EmbeddingRequest = Schema.Struct({
 export type EmbeddingRequest = typeof EmbeddingRequest.Type
 
 export const LoadRequest = Schema.Struct({
-  model: Schema.String.pipe(Schema.minLength(1)),
+  model: ModelName,
   context_size: opt(Schema.Int.pipe(Schema.between(64, 1 << 20)))
 })
 export type LoadRequest = typeof LoadRequest.Type
 
-export const UnloadRequest = Schema.Struct({ model: Schema.String.pipe(Schema.minLength(1)) })
+export const UnloadRequest = Schema.Struct({ model: ModelName })
 export type UnloadRequest = typeof UnloadRequest.Type
 
 export const TokenizeRequest = Schema.Struct({
-  model: Schema.String.pipe(Schema.minLength(1)),
+  model: ModelName,
   text: opt(Schema.String),
   messages: opt(Schema.Array(ChatMessage))
 })
@@ -146,11 +147,18 @@ export const parseBody = <A, I>(
   schema: Schema.Schema<A, I>,
   text: string
 ): Either.Either<{ readonly value: A; readonly json: unknown }, InvalidJson | InvalidRequest> => {
+  // Bounded before anything recursive (decoding, its error messages, translation) walks it.
+  const deep = tooDeepAt(text)
+  if (deep >= 0) {
+    return Either.left(
+      new InvalidJson({ message: `The JSON body nests deeper than ${MAX_JSON_DEPTH} levels (at character ${deep})` })
+    )
+  }
   let json: unknown
   try {
     json = JSON.parse(text)
   } catch (e) {
-    return Either.left(new InvalidJson({ message: `Malformed JSON body: ${(e as Error).message}` }))
+    return Either.left(new InvalidJson({ message: clip(`Malformed JSON body: ${(e as Error).message}`) }))
   }
   let decode = decoders.get(schema)
   if (!decode) {
@@ -163,8 +171,8 @@ export const parseBody = <A, I>(
   const param = issue && issue.path.length > 0 ? issue.path.join(".") : null
   return Either.left(
     new InvalidRequest({
-      message: param ? `Invalid value for '${param}': ${issue?.message}` : `Invalid request: ${issue?.message}`,
-      param
+      message: clip(param ? `Invalid value for '${param}': ${issue?.message}` : `Invalid request: ${issue?.message}`),
+      param: param === null ? null : clip(param, 200)
     })
   )
 }

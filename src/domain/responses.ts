@@ -1,4 +1,5 @@
 import { Schema } from "effect"
+import { JsonSchema, ModelName, ToolName } from "./json.js"
 
 /**
  * OpenAI Responses API: the request as real clients send it (the openai SDK, Codex-style agents),
@@ -7,7 +8,6 @@ import { Schema } from "effect"
  */
 
 const opt = <S extends Schema.Schema.Any>(s: S) => Schema.optionalWith(s, { exact: true })
-const JsonObject = Schema.Record({ key: Schema.String, value: Schema.Unknown })
 /** Any object with a `type` other than the given ones: accepted so the translator can decide. */
 const OtherTyped = (...known: ReadonlyArray<string>) =>
   Schema.Struct(
@@ -93,9 +93,9 @@ export type InputItem = typeof InputItem.Type
 
 export const ResponsesFunctionTool = Schema.Struct({
   type: Schema.Literal("function"),
-  name: Schema.String.pipe(Schema.minLength(1)),
+  name: ToolName,
   description: opt(Schema.NullOr(Schema.String)),
-  parameters: opt(Schema.NullOr(JsonObject)),
+  parameters: opt(Schema.NullOr(JsonSchema)),
   strict: opt(Schema.NullOr(Schema.Boolean))
 })
 export type ResponsesFunctionTool = typeof ResponsesFunctionTool.Type
@@ -123,7 +123,7 @@ export const TextFormat = Schema.Union(
   Schema.Struct({
     type: Schema.Literal("json_schema"),
     name: Schema.String,
-    schema: JsonObject,
+    schema: JsonSchema,
     description: opt(Schema.String),
     strict: opt(Schema.NullOr(Schema.Boolean))
   })
@@ -143,7 +143,7 @@ const servedItem = (item: InputItem) =>
   item.type === "message" || item.type === "function_call" || item.type === "function_call_output"
 
 const ResponsesRequestFields = Schema.Struct({
-  model: Schema.String.pipe(Schema.minLength(1)),
+  model: ModelName,
   input: Schema.Union(Schema.Array(InputItem), Schema.String),
   instructions: opt(Schema.NullOr(Schema.String)),
   tools: opt(Schema.NullOr(Schema.Array(ResponsesTool))),

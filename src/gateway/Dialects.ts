@@ -4,6 +4,7 @@
  * stream chunks. Plain values, shared by the Effect routes (Http.ts) and the node:http
  * inference routes (InferenceRoutes.ts, Proxy.ts).
  */
+import { Effect } from "effect"
 import type { ServerResponse } from "node:http"
 import type { MessagesRequest } from "../domain/anthropic.js"
 import type { ApiError } from "../domain/errors.js"
@@ -114,8 +115,9 @@ export const sendJson = (
   res.end(body)
 }
 
-/** Answer an error in the dialect's envelope. */
+/** Answer an error in the dialect's envelope. An internal failure's detail goes to the log, under its id. */
 export const sendError = (res: ServerResponse, dialect: Pick<Dialect, "error">, error: ApiError) => {
+  if (error._tag === "InternalError") Effect.runFork(Effect.logError(`internal error ${error.id}: ${error.detail}`))
   const answer = dialect.error(error)
   sendJson(res, answer.status, JSON.stringify(answer.body), answer.headers)
 }

@@ -71,11 +71,14 @@ export const makeGatewayApp = Effect.gen(function*() {
       return yield* handler(who, received)
     }).pipe(
       Effect.catchAll((error) => Effect.succeed(toError(error))),
-      Effect.catchAllDefect((defect) =>
-        Effect.logError("unhandled defect", defect).pipe(
-          Effect.as(toError(isApiError(defect) ? defect : new InternalError({ detail: String(defect) })))
+      Effect.catchAllDefect((defect) => {
+        const error = isApiError(defect) ? defect : new InternalError({ detail: String(defect) })
+        return Effect.logError(
+          `unhandled defect${error._tag === "InternalError" ? ` (error id ${error.id})` : ""}`,
+          defect
         )
-      )
+          .pipe(Effect.as(toError(error)))
+      })
     )
 
   /** Counted by the model's own tokenizer, on a node that has it loaded (loading it if needed). */

@@ -7,7 +7,7 @@
  */
 import { HttpTraceContext } from "@effect/platform"
 import type { Headers } from "@effect/platform"
-import { Context, Effect, Either, Exit, Runtime, type Schema, type Tracer } from "effect"
+import { Context, Effect, Either, Exit, type Schema, type Tracer } from "effect"
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { MessagesRequest } from "../domain/anthropic.js"
 import {
@@ -132,7 +132,6 @@ export class InferenceRoutes extends Effect.Service<InferenceRoutes>()("cortex/I
     const proxy = yield* Proxy
     const tracer = yield* Effect.tracer
     const clock = yield* Effect.clock
-    const runFork = Runtime.runFork(yield* Effect.runtime<never>())
 
     const serve = async (route: InferenceRoute, path: string, req: IncomingMessage, res: ServerResponse) => {
       const received = Date.now()
@@ -173,8 +172,8 @@ export class InferenceRoutes extends Effect.Service<InferenceRoutes>()("cortex/I
         await proxy.serve({ ...prepared, principal, received, span }, res)
       } catch (e) {
         if (isApiError(e)) return sendError(res, route, e)
-        runFork(Effect.logError("unhandled defect", e))
-        sendError(res, route, new InternalError({ detail: String(e) }))
+        // sendError logs the detail (with the stack) under the error's id; the client gets neither.
+        sendError(res, route, new InternalError({ detail: e instanceof Error && e.stack ? e.stack : String(e) }))
       }
     }
 
