@@ -23,7 +23,7 @@ const resident = (id: string, fields: Partial<ResidentModel> = {}): ResidentMode
   ...fields
 })
 
-/** A healthy node holding the model's file, with one device of `totalMb` and `freeMb`. */
+/** A healthy polled node holding the model's file, with one device of `totalMb` and `freeMb`. */
 const node = (
   name: string,
   fields: Partial<PlacementNode> & { readonly totalMb?: number; readonly freeMb?: number } = {}
@@ -31,6 +31,7 @@ const node = (
   const { freeMb = 24000, totalMb = 24000, ...rest } = fields
   return {
     name,
+    known: true,
     healthy: true,
     hasModel: true,
     devices: [{ id: "0", totalMb, freeMb }],
@@ -254,6 +255,17 @@ describe("place (examples)", () => {
     expect(expectPlace(place(model(), nodes, "lru"))).toMatchObject({ node: "z", evict: [] })
   })
 
+  it("is Unavailable, not Infeasible, while a node that may have the file has never answered", () => {
+    const silent = node("late", { known: false, healthy: false, hasModel: false, devices: [], resident: [] })
+    const waiting = expectTag(place(model(), [node("a", { hasModel: false }), silent], "lru"), "Unavailable")
+    expect(waiting.reason).toContain("no answer yet from late")
+    expect(waiting.retryAfterSecs).toBeGreaterThan(0)
+    expectTag(place(model({ pinnedOn: "late" }), [node("a"), silent], "lru"), "Unavailable")
+    // A capable node that can take it now still wins, and once every node is seen, 404 as before.
+    expect(expectPlace(place(model(), [node("a"), silent], "lru")).node).toBe("a")
+    expectTag(place(model(), [node("a", { hasModel: false }), { ...silent, known: true }], "lru"), "Infeasible")
+  })
+
   it("skips unhealthy nodes, and is Unavailable when only those could take it", () => {
     const nodes = [node("a", { healthy: false, freeMb: 24000 }), node("b", { freeMb: 9000 })]
     expect(expectPlace(place(model(), nodes, "lru")).node).toBe("b")
@@ -281,8 +293,13 @@ const residentsArb = (nodeIndex: number) =>
     { maxLength: 8 }
   ).map((rs) => rs.map((r, i): ResidentModel => ({ id: `r${nodeIndex}-${i}`, ...r })))
 
-const nodeArb = (index: number): fc.Arbitrary<PlacementNode> =>
+/** A node never polled: unhealthy, nothing known about it. */
+const unseenArb = (index: number): fc.Arbitrary<PlacementNode> =>
+  fc.constant({ name: `n${index}`, known: false, healthy: false, hasModel: false, devices: [], resident: [] })
+
+const seenNodeArb = (index: number): fc.Arbitrary<PlacementNode> =>
   fc.record({
+    known: fc.constant(true),
     healthy: fc.oneof({ weight: 4, arbitrary: fc.constant(true) }, { weight: 1, arbitrary: fc.constant(false) }),
     hasModel: fc.oneof({ weight: 5, arbitrary: fc.constant(true) }, { weight: 1, arbitrary: fc.constant(false) }),
     devices: fc.array(
@@ -295,6 +312,9 @@ const nodeArb = (index: number): fc.Arbitrary<PlacementNode> =>
     ),
     resident: residentsArb(index)
   }).map((n) => ({ ...n, name: `n${index}`, devices: n.devices.map((d, i) => ({ id: `${i}`, ...d })) }))
+
+const nodeArb = (index: number): fc.Arbitrary<PlacementNode> =>
+  fc.oneof({ weight: 8, arbitrary: seenNodeArb(index) }, { weight: 1, arbitrary: unseenArb(index) })
 
 const fleetArb: fc.Arbitrary<ReadonlyArray<PlacementNode>> = fc.integer({ min: 1, max: 4 }).chain((count) =>
   fc.tuple(...Array.from({ length: count }, (_, i) => nodeArb(i)))
@@ -406,15 +426,16 @@ describe("place (properties)", () => {
   )
 
   it.prop(
-    "the tag follows the fleet: Infeasible iff no capable node, Unavailable iff no healthy one can make room",
+    "the tag follows the fleet: Infeasible iff no capable node and none unseen, Unavailable iff no healthy one can make room",
     [modelArb, fleetArb, strategyArb],
     ([m, nodes, strategy]) => {
       const placement = place(m, nodes, strategy)
       const capableNodes = nodes.filter((n) => capable(m, n))
+      const unseen = nodes.filter((n) => !n.known && (m.pinnedOn === undefined || m.pinnedOn === n.name))
       const ready = capableNodes.filter((n) =>
         n.healthy && bruteVictims(n.resident.filter((r) => mayEvict(m, r)), m.requiredMb - freeOf(n), strategy)
       )
-      if (capableNodes.length === 0) expect(placement._tag).toBe("Infeasible")
+      if (capableNodes.length === 0 && unseen.length === 0) expect(placement._tag).toBe("Infeasible")
       else if (ready.length === 0) {
         expect(placement._tag).toBe("Unavailable")
         if (placement._tag === "Unavailable") expect(placement.retryAfterSecs).toBeGreaterThan(0)

@@ -33,6 +33,11 @@ export interface ResidentModel {
 
 export interface PlacementNode {
   readonly name: string
+  /**
+   * The node has answered a poll at least once. A node never seen is unknown, not empty: it may
+   * have the model's file, so it keeps the model Unavailable (503) rather than Infeasible (404).
+   */
+  readonly known: boolean
   readonly healthy: boolean
   /** The model's file is on this node (only such nodes can load it). */
   readonly hasModel: boolean
@@ -51,7 +56,7 @@ export type Placement =
     /** Its free memory once the victims are unloaded. */
     readonly freeAfterMb: number
   }
-  /** No node could ever hold it: the caller answers 404. */
+  /** No node could ever hold it (and every node has been seen): the caller answers 404. */
   | { readonly _tag: "Infeasible"; readonly reason: string }
   /** It could fit, but not now: the caller answers 503 + Retry-After. */
   | { readonly _tag: "Unavailable"; readonly reason: string; readonly retryAfterSecs: number }
@@ -185,7 +190,8 @@ const blockage = (model: PlacementModel, node: PlacementNode, eligible: Readonly
 /**
  * The node to load `model` on and what to evict there first. Healthy capable nodes are ranked:
  * the pinned node, fits in free memory now, fits after evicting only what the model may displace,
- * most free memory, name.
+ * most free memory, name. Infeasible only when every considered node has been seen and none is
+ * capable; a node never seen may be the one with the file.
  */
 export const place = (
   model: PlacementModel,
@@ -199,13 +205,15 @@ export const place = (
   }
   if (considered.length === 0) return { _tag: "Infeasible", reason: `no nodes are known, so ${model.id} fits nowhere` }
 
-  const incapable = [...considered].sort((a, b) => nameOrder(a.name, b.name)).flatMap((n) => {
+  const unseen = considered.filter((n) => !n.known).map((n) => n.name).sort(nameOrder)
+  const seen = considered.filter((n) => n.known)
+  const incapable = [...seen].sort((a, b) => nameOrder(a.name, b.name)).flatMap((n) => {
     const why = incapability(model, n)
     return why === undefined ? [] : [why]
   })
-  const capable = considered.filter((n) => incapability(model, n) === undefined)
+  const capable = seen.filter((n) => incapability(model, n) === undefined)
     .sort((a, b) => nameOrder(a.name, b.name))
-  if (capable.length === 0) {
+  if (capable.length === 0 && unseen.length === 0) {
     return { _tag: "Infeasible", reason: `no node can ever hold ${model.id} (${incapable.join("; ")})` }
   }
 
@@ -239,6 +247,7 @@ export const place = (
   const unhealthy = capable.filter((n) => !n.healthy).map((n) => n.name)
   const parts = [...blocked]
   if (unhealthy.length > 0) parts.push(`unhealthy: ${unhealthy.join(", ")}`)
+  if (unseen.length > 0) parts.push(`no answer yet from ${unseen.join(", ")}`)
   return {
     _tag: "Unavailable",
     reason: `no capable node can take ${model.id} now (${parts.join("; ")})`,
