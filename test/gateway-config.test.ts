@@ -27,6 +27,7 @@ describe("cortex.toml and models.toml", () => {
       expect(settings.models.map((m) => m.id)).toEqual(["tiny"])
       expect(settings.aliases["gpt-4o-mini"]).toBe("tiny")
       expect(settings.eviction.strategy).toBe("lru")
+      expect(settings.retry).toEqual({ on: ["connect", "reset", "timeout", "502", "503", "504"], maxAttempts: 3 })
     }))
 
   it.effect("resolves models_config against cortex.toml's folder, not the cwd", () =>
@@ -68,6 +69,27 @@ describe("cortex.toml and models.toml", () => {
         dirWith({ "cortex.toml": `[[neurons]]\nname = "a"\nendpoint = "ftp://x"\n` })
       )
       expect((yield* failure({ file: path.join(neurons, "cortex.toml"), env: {} })).key).toBe("neurons.0.endpoint")
+    }))
+
+  it.effect("takes retry_on and max_attempts, and refuses an unknown retry condition naming the key", () =>
+    Effect.gen(function*() {
+      const good = yield* Effect.promise(() =>
+        dirWith({ "cortex.toml": `[gateway]\nretry_on = ["connect", "500", "429"]\nmax_attempts = 5\n` })
+      )
+      const settings = yield* loadGatewayConfig({ file: path.join(good, "cortex.toml"), env: {} })
+      expect(settings.retry).toEqual({ on: ["connect", "500", "429"], maxAttempts: 5 })
+      const unknown = yield* Effect.promise(() =>
+        dirWith({ "cortex.toml": `[gateway]\nretry_on = ["connect", "5xx"]\n` })
+      )
+      const error = yield* failure({ file: path.join(unknown, "cortex.toml"), env: {} })
+      expect(error._tag).toBe("ConfigError")
+      expect(error.file).toBe(path.join(unknown, "cortex.toml"))
+      expect(error.key).toBe("gateway.retry_on.1")
+      expect(error.reason).toContain(`unknown retry condition "5xx"`)
+      const status = yield* Effect.promise(() => dirWith({ "cortex.toml": `[gateway]\nretry_on = ["404"]\n` }))
+      expect((yield* failure({ file: path.join(status, "cortex.toml"), env: {} })).key).toBe("gateway.retry_on.0")
+      const zero = yield* Effect.promise(() => dirWith({ "cortex.toml": `[gateway]\nmax_attempts = 0\n` }))
+      expect((yield* failure({ file: path.join(zero, "cortex.toml"), env: {} })).key).toBe("gateway.max_attempts")
     }))
 
   it.effect("lets CORTEX_* variables override the file", () =>

@@ -17,6 +17,35 @@ const Listen = Schema.String.pipe(
   Schema.pattern(/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/, { message: () => "expected host:port, e.g. 0.0.0.0:31313" })
 )
 
+/**
+ * What may send a request to another replica (before any byte reached the client): "connect"
+ * (refused, unreachable), "reset" (the connection dropped before the response head), "timeout"
+ * (no connection or no response head within idle_timeout_secs), or an upstream HTTP status
+ * (408, 429, 5xx).
+ */
+const RetryOn = Schema.String.pipe(
+  Schema.filter((s) => /^(connect|reset|timeout|408|429|5\d\d)$/.test(s), {
+    message: (issue) =>
+      `unknown retry condition ${
+        JSON.stringify(issue.actual)
+      }: expected "connect", "reset", "timeout" or an HTTP status such as "503" (408, 429 or 5xx)`
+  })
+)
+
+/**
+ * Envoy's connect-failure,reset,gateway-error and LiteLLM's failover on timeouts and 5xx, minus
+ * 500: a 500 from a neuron is usually deterministic for this request (a template or sampling
+ * bug) and would fail again elsewhere at full cost; an operator who knows better opts in.
+ * 502/503/504 mean "this replica cannot serve now" (worker crash, going away, queue full).
+ */
+export const DEFAULT_RETRY_ON: ReadonlyArray<string> = ["connect", "reset", "timeout", "502", "503", "504"]
+/**
+ * Three tries in all: one failover on a two-replica model and both others on a three-replica one
+ * (the fleets cortex is for), while a request that times out everywhere still answers within
+ * 3 × idle_timeout_secs and a failing fleet sees at most 3× its traffic.
+ */
+export const DEFAULT_MAX_ATTEMPTS = 3
+
 export const CortexFile = Schema.Struct({
   models_config: opt(Schema.String),
   gateway: opt(
@@ -25,7 +54,9 @@ export const CortexFile = Schema.Struct({
       metrics_listen: opt(Listen),
       idle_timeout_secs: opt(Schema.Number.pipe(Schema.positive())),
       poll_interval_secs: opt(Schema.Number.pipe(Schema.positive())),
-      load_timeout_secs: opt(Schema.Number.pipe(Schema.positive()))
+      load_timeout_secs: opt(Schema.Number.pipe(Schema.positive())),
+      retry_on: opt(Schema.Array(RetryOn)),
+      max_attempts: opt(Schema.Int.pipe(Schema.positive()))
     }).annotations(strict)
   ),
   eviction: opt(
@@ -114,6 +145,13 @@ export interface GatewaySettings {
   readonly idleTimeoutSecs: number
   readonly pollIntervalSecs: number
   readonly loadTimeoutSecs: number
+  /** Failover to another replica before any byte reached the client. */
+  readonly retry: {
+    /** "connect", "reset", "timeout" or HTTP statuses as strings ("503"). */
+    readonly on: ReadonlyArray<string>
+    /** Tries in all, across replicas. */
+    readonly maxAttempts: number
+  }
   readonly eviction: {
     readonly strategy: "lru" | "priority"
     readonly defragAfterCycles: number
@@ -255,6 +293,10 @@ export const loadGatewayConfig = (options: {
       idleTimeoutSecs: cortex.gateway?.idle_timeout_secs ?? 120,
       pollIntervalSecs: cortex.gateway?.poll_interval_secs ?? 2,
       loadTimeoutSecs: cortex.gateway?.load_timeout_secs ?? 300,
+      retry: {
+        on: cortex.gateway?.retry_on ?? DEFAULT_RETRY_ON,
+        maxAttempts: cortex.gateway?.max_attempts ?? DEFAULT_MAX_ATTEMPTS
+      },
       eviction: {
         strategy: cortex.eviction?.strategy ?? "lru",
         defragAfterCycles: cortex.eviction?.defrag_after_cycles ?? 0,
