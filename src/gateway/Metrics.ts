@@ -85,3 +85,9 @@ export const deviceVramUsed = Metric.gauge("cortex_device_vram_used_mb", {
 export const deviceVramFree = Metric.gauge("cortex_device_vram_free_mb", {
   description: "Memory free on a device, MB"
 })
+
+export const upstreamRetries = Metric.counter("cortex_upstream_retries_total", {
+  description:
+    "Upstream calls tried again before any byte reached the client, by the node that failed and the reason (connect, reset, timeout, an HTTP status, reused_socket)",
+  incremental: true
+})

@@ -22,7 +22,7 @@ import * as M from "./Metrics.js"
 import { authHeaders } from "./NeuronClient.js"
 import { type Route, Router } from "./Router.js"
 import { SseParser } from "./Sse.js"
-import { Cancel, parseJson, post, readAll, type UpstreamResponse, usageIn } from "./Upstream.js"
+import { Cancel, parseJson, post, readAll, UpstreamFailure, type UpstreamResponse, usageIn } from "./Upstream.js"
 
 export const PRINCIPAL_HEADER = "x-cortex-principal"
 export const AUTOLOAD_HEADER = "x-cortex-autoload"
@@ -93,6 +93,9 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
     const runtime = yield* Effect.runtime<never>()
     const runFork = Runtime.runFork(runtime)
     const idleMs = config.idleTimeoutSecs * 1000
+    // The retry policy, parsed once: what may fail over to another replica before any byte went out.
+    const retryOn = new Set(config.retry.on)
+    const retryStatuses = new Set(config.retry.on.filter((c) => /^\d+$/.test(c)).map(Number))
 
     /** Run an Effect from node-land, interrupted when the client hangs up. */
     const run = <A>(effect: Effect.Effect<A, ApiError>, span: Tracer.Span, cancel: Cancel): Promise<A> =>
@@ -175,8 +178,52 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
       return route
     }
 
-    /** Route and call the upstream, falling over to the next replica before any byte came back. */
-    const attemptOnce = async (request: ProxyRequest, cancel: Cancel): Promise<Attempt> => {
+    /** One more try after a call to `node` failed for `reason` (connect, reset, timeout, a status, reused_socket). */
+    const countRetry = (node: string, reason: string) =>
+      M.upstreamRetries.unsafeUpdate(1, [MetricLabel.make("node", node), MetricLabel.make("reason", reason)])
+
+    /** 504 `upstream_timeout`: a server_error in OpenAI's envelope, a timeout_error in Anthropic's. */
+    const upstreamTimeout = (detail: string) =>
+      new UpstreamError({
+        upstreamStatus: 504,
+        upstreamBody: { error: { message: detail, type: "server_error", code: "upstream_timeout", param: null } },
+        retryAfter: null
+      })
+
+    /**
+     * One call to `node`. The keep-alive race: the neuron may close a pooled socket just as the
+     * gateway reuses it, before the request reached a live server; a reset on a reused socket is
+     * tried once more, on a fresh connection to the same node, whatever retry_on says.
+     */
+    const call = async (
+      node: Route["node"],
+      request: ProxyRequest,
+      body: string,
+      traceparent: string,
+      cancel: Cancel
+    ): Promise<UpstreamResponse> => {
+      const headers = {
+        "content-type": "application/json",
+        [PRINCIPAL_HEADER]: request.principal,
+        // Loads are the gateway's to place: a stale route must not make the neuron load.
+        [AUTOLOAD_HEADER]: "off",
+        traceparent,
+        ...authHeaders(node.endpoint)
+      }
+      try {
+        return await post(node.endpoint.endpoint, request.path, headers, body, cancel, idleMs)
+      } catch (e) {
+        if (!(e instanceof UpstreamFailure) || e.reason !== "reset" || !e.reusedSocket || cancel.aborted) throw e
+        countRetry(node.name, "reused_socket")
+        return await post(node.endpoint.endpoint, request.path, headers, body, cancel, idleMs, true)
+      }
+    }
+
+    /**
+     * Route and call the upstream, falling over to the next replica before any byte came back, as
+     * retry_on allows and within max_attempts tries in all (`tries` counts across attempt's re-route).
+     */
+    const attemptOnce = async (request: ProxyRequest, cancel: Cancel, tries: { n: number }): Promise<Attempt> => {
       // No fiber when the model is loaded on a healthy replica (the common case).
       const route = router.routeNow(request.model) ?? await routeSlowly(request, cancel)
       const nodes = [route.node, ...route.fallbacks]
@@ -188,41 +235,33 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
         : JSON.stringify({ ...defaults, ...request.body, model: route.model.neuronId })
       const traceparent = `00-${request.span.traceId}-${request.span.spanId}-01`
       let last: ApiError | undefined
-      for (const node of nodes) {
+      for (let i = 0; i < nodes.length; i++) {
+        const node = nodes[i]!
+        tries.n++
+        const more = i < nodes.length - 1 && tries.n < config.retry.maxAttempts
         const release = router.track(node.name, route.model.neuronId)
         const upstreamStarted = Date.now()
         let response: UpstreamResponse
         try {
-          response = await post(
-            node.endpoint.endpoint,
-            request.path,
-            {
-              "content-type": "application/json",
-              [PRINCIPAL_HEADER]: request.principal,
-              // Loads are the gateway's to place: a stale route must not make the neuron load.
-              [AUTOLOAD_HEADER]: "off",
-              traceparent,
-              ...authHeaders(node.endpoint)
-            },
-            body,
-            cancel
-          )
+          response = await call(node, request, body, traceparent, cancel)
         } catch (e) {
           release()
           if (cancel.aborted) throw new Aborted()
+          const reason = e instanceof UpstreamFailure ? e.reason : "reset"
           const message = (e as Error).message
-          last = new ModelUnavailable({
-            model: request.model,
-            state: "unavailable",
-            detail: `${node.name}: ${message}`
-          })
-          logWarning(`upstream ${node.name} failed before the first byte: ${message}`)
+          last = reason === "timeout"
+            ? upstreamTimeout(`${node.name}: ${message}`)
+            : new ModelUnavailable({ model: request.model, state: "unavailable", detail: `${node.name}: ${message}` })
+          logWarning(`upstream ${node.name} failed before the first byte (${reason}): ${message}`)
+          if (!more || !retryOn.has(reason)) throw last
+          countRetry(node.name, reason)
           continue
         }
-        // A replica that is going away or recovering: the next one may serve, nothing was sent yet.
-        if ((response.status === 502 || response.status === 503) && node !== nodes.at(-1)) {
+        // Nothing reached the client yet: a status in retry_on moves on to the next replica.
+        if (more && retryStatuses.has(response.status)) {
           response.body.resume()
           release()
+          countRetry(node.name, String(response.status))
           continue
         }
         return { response, route, nodeName: node.name, release, upstreamStarted }
@@ -230,12 +269,21 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
       throw last ?? new InternalError({ detail: "no replica answered" })
     }
 
-    const upstreamError = async (response: UpstreamResponse) =>
-      new UpstreamError({
+    /** An upstream's error answer, passed through; one whose body stops coming is a 504. Never rejects. */
+    const upstreamError = async (response: UpstreamResponse): Promise<UpstreamError> => {
+      let upstreamBody: unknown
+      try {
+        upstreamBody = parseJson(await readAll(response.body, Infinity, response.touch))
+      } catch {
+        if (response.timedOut) return upstreamTimeout(`the upstream sent nothing for ${config.idleTimeoutSecs} s`)
+        upstreamBody = undefined
+      }
+      return new UpstreamError({
         upstreamStatus: response.status,
-        upstreamBody: parseJson(await readAll(response.body)),
+        upstreamBody,
         retryAfter: (response.headers["retry-after"] as string | undefined) ?? null
       })
+    }
 
     /**
      * Route and call; when the chosen replica turned out not to hold the model any more (evicted
@@ -243,13 +291,14 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
      * model where placement says.
      */
     const attempt = async (request: ProxyRequest, cancel: Cancel): Promise<Attempt> => {
-      const first = await attemptOnce(request, cancel)
+      const tries = { n: 0 }
+      const first = await attemptOnce(request, cancel, tries)
       if (first.response.status !== 503) return first
       const error = await upstreamError(first.response)
       first.release()
       if (!STALE_ROUTE.has(String(error.body.error.code))) throw error
       await run(fleet.refresh(first.nodeName), request.span, cancel)
-      return attemptOnce(request, cancel)
+      return attemptOnce(request, cancel, tries)
     }
 
     const nodeHeaders = (request: ProxyRequest, a: Attempt, extraMs = 0) => ({
@@ -283,7 +332,7 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
           const error = await upstreamError(a.response)
           return refuse(request, res, a.nodeName, error, error.body.error.code ?? "upstream")
         }
-        const bytes = await readAll(a.response.body)
+        const bytes = await readAll(a.response.body, Infinity, a.response.touch)
         const translateStarted = Date.now()
         const translate = request.dialect.json
         // Same dialect: the neuron's bytes go out as they came (no re-serialisation), and only
@@ -295,6 +344,10 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
         sendJson(res, 200, out, nodeHeaders(request, a, Date.now() - translateStarted))
       } catch (e) {
         if (cancel.aborted) return record(request, a.nodeName, { status: 499, error: "client_disconnected" })
+        if (a.response.timedOut) {
+          const error = upstreamTimeout(`the upstream sent nothing for ${config.idleTimeoutSecs} s`)
+          return refuse(request, res, a.nodeName, error, "upstream_timeout")
+        }
         refuse(request, res, a.nodeName, new InternalError({ detail: `bad upstream answer: ${(e as Error).message}` }))
       } finally {
         a.release()
@@ -397,18 +450,11 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
           return
         }
         const parser = new SseParser()
-        let idle: NodeJS.Timeout | undefined
-        const arm = () => {
-          if (idle) clearTimeout(idle)
-          idle = setTimeout(() => {
-            failed = "upstream_idle"
-            cancel.abort()
-          }, idleMs)
-        }
-        arm()
+        // The upstream's idle timer (Upstream.post) has run since the call began; each chunk stamps it.
+        const upstream = a.response
         try {
-          for await (const value of a.response.body as AsyncIterable<Buffer>) {
-            arm()
+          for await (const value of upstream.body as AsyncIterable<Buffer>) {
+            upstream.touch()
             if (!translator) write(value)
             for (const data of parser.push(value)) {
               if (data === "[DONE]") {
@@ -441,15 +487,17 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
             // A slow client: stop reading the upstream (TCP pushes back to the neuron) until its
             // socket drains, instead of buffering here. Waiting on the client is not upstream idleness.
             if (res.writableNeedDrain) {
-              if (idle) clearTimeout(idle)
+              upstream.pause()
               await drained(res)
-              arm()
+              upstream.resume()
             }
           }
         } catch (e) {
-          failed ??= cancel.aborted ? "client_disconnected" : `upstream: ${(e as Error).message}`
-        } finally {
-          if (idle) clearTimeout(idle)
+          failed ??= upstream.timedOut
+            ? "upstream_timeout"
+            : cancel.aborted
+            ? "client_disconnected"
+            : `upstream: ${(e as Error).message}`
         }
         if (!sawDone) {
           failed ??= "truncated"
@@ -458,7 +506,7 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
             fail({
               type: "server_error",
               code: failed.startsWith("upstream:") ? "upstream_failed" : failed,
-              message: failed === "upstream_idle"
+              message: failed === "upstream_timeout"
                 ? `the upstream sent nothing for ${config.idleTimeoutSecs} s`
                 : failed === "truncated"
                 ? "the upstream stream ended before it was complete"

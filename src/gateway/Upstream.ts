@@ -11,6 +11,28 @@ export interface UpstreamResponse {
   readonly status: number
   readonly headers: http.IncomingHttpHeaders
   readonly body: http.IncomingMessage
+  /** The consumer read a body chunk: the idle timer's "a byte came" (a listener, bound). */
+  readonly touch: () => void
+  /** Hold the idle timer while the consumer waits on its own client (backpressure), not the upstream. */
+  readonly pause: () => void
+  readonly resume: () => void
+  /** The idle timer cut this exchange's body. */
+  readonly timedOut: boolean
+}
+
+/** Why an upstream call failed before its response head. */
+export type FailureReason = "connect" | "reset" | "timeout"
+
+/** An upstream call that failed before its response head: nothing reached the client yet. */
+export class UpstreamFailure extends Error {
+  constructor(
+    readonly reason: FailureReason,
+    /** It went out on a pooled keep-alive socket (which the server may have just closed). */
+    readonly reusedSocket: boolean,
+    message: string
+  ) {
+    super(message)
+  }
 }
 
 /**
@@ -47,6 +69,15 @@ interface Target {
   readonly basePath: string
 }
 
+/**
+ * How long a pooled socket may sit idle before the gateway closes it. Below the neuron's server
+ * keepAliveTimeout (5 s, src/layers/NeuronLive.ts), so the gateway closes an idle connection
+ * before the neuron does, instead of reusing one the neuron is closing ("socket hang up"). Node 20's
+ * agent applies `timeout` to free sockets only as far as destroying them goes (it ignores the
+ * server's `Keep-Alive: timeout` hint until Node 22); on a busy socket it is a no-op event.
+ */
+export const POOL_IDLE_MS = 4_000
+
 /** Per neuron endpoint, parsed once: its keep-alive agent and address. */
 const targets = new Map<string, Target>()
 
@@ -54,7 +85,7 @@ const targetFor = (endpoint: string): Target => {
   let target = targets.get(endpoint)
   if (!target) {
     const url = new URL(endpoint)
-    const options = { keepAlive: true, maxSockets: 512, keepAliveMsecs: 10_000 }
+    const options = { keepAlive: true, maxSockets: 512, keepAliveMsecs: 10_000, timeout: POOL_IDLE_MS }
     const secure = url.protocol === "https:"
     target = {
       request: secure ? https.request : http.request,
@@ -68,26 +99,116 @@ const targetFor = (endpoint: string): Target => {
   return target
 }
 
-/** POST `body` to `endpoint` + `path`; resolves with the response head, its body unread. */
+/** The keep-alive agent used for `endpoint` (for tests and diagnostics). */
+export const agentFor = (endpoint: string): http.Agent => targetFor(endpoint).agent
+
+/**
+ * One upstream exchange and its idle timer, which covers every phase: waiting for a socket,
+ * connecting, the response head, and each body chunk the consumer reads. One timer per
+ * exchange, re-armed lazily (once per idle period, not per chunk): a chunk only stamps the time.
+ */
+class Exchange implements UpstreamResponse {
+  status = 0
+  headers: http.IncomingHttpHeaders = {}
+  body!: http.IncomingMessage
+  timedOut = false
+  request!: http.ClientRequest
+  private last = Date.now()
+  private paused = false
+  private timer: NodeJS.Timeout
+
+  constructor(private readonly idleMs: number) {
+    this.timer = setTimeout(this.check, idleMs)
+  }
+
+  readonly touch = () => {
+    this.last = Date.now()
+  }
+
+  pause() {
+    this.paused = true
+  }
+
+  resume() {
+    this.paused = false
+    this.last = Date.now()
+  }
+
+  readonly stop = () => clearTimeout(this.timer)
+
+  private readonly check = () => {
+    const quiet = Date.now() - this.last
+    if (this.paused || quiet < this.idleMs) {
+      this.timer = setTimeout(this.check, this.paused ? this.idleMs : this.idleMs - quiet)
+      return
+    }
+    this.timedOut = true
+    const secs = this.idleMs / 1000
+    if (this.body) {
+      this.body.destroy(new Error(`the upstream sent nothing for ${secs} s`))
+      return
+    }
+    const socket = this.request.socket
+    const connecting = !socket || socket.connecting
+    this.request.destroy(
+      new UpstreamFailure(
+        "timeout",
+        this.request.reusedSocket,
+        connecting
+          ? `no connection to the upstream within ${secs} s`
+          : `the upstream sent no response head within ${secs} s`
+      )
+    )
+  }
+}
+
+/** Errors a socket reports when it could not connect at all (refused, unreachable, unresolved). */
+const connectFailure = (e: NodeJS.ErrnoException) => {
+  const syscall = (e as { syscall?: string }).syscall
+  return syscall === "connect" || syscall === "getaddrinfo"
+}
+
+/**
+ * POST `body` to `endpoint` + `path`; resolves with the response head, its body unread. Fails
+ * with UpstreamFailure when nothing came back (no connection, a reset, no head within `idleMs`),
+ * or with a plain Error when `cancel` fired. `fresh`: on a new connection, not a pooled one.
+ */
 export const post = (
   endpoint: string,
   path: string,
   headers: Record<string, string>,
   body: string,
-  cancel: Cancel
+  cancel: Cancel,
+  idleMs: number,
+  fresh = false
 ): Promise<UpstreamResponse> =>
   new Promise((resolve, reject) => {
     const target = targetFor(endpoint)
+    const exchange = new Exchange(idleMs)
     const request = target.request({
       method: "POST",
-      agent: target.agent,
+      agent: fresh ? false : target.agent,
       hostname: target.hostname,
       port: target.port,
       path: target.basePath + path,
       headers: { ...headers, "content-length": Buffer.byteLength(body) }
-    }, (res) => resolve({ status: res.statusCode ?? 502, headers: res.headers, body: res }))
+    }, (res) => {
+      exchange.status = res.statusCode ?? 502
+      exchange.headers = res.headers
+      exchange.body = res
+      exchange.touch()
+      res.once("close", exchange.stop)
+      resolve(exchange)
+    })
+    exchange.request = request
+    // A neuron may send 102 Processing while it works on a long unary answer: that is not idleness.
+    request.on("information", exchange.touch)
     request.once("close", cancel.on(() => request.destroy(new Error("the request was cancelled"))))
-    request.once("error", reject)
+    request.once("error", (e: NodeJS.ErrnoException) => {
+      exchange.stop()
+      if (e instanceof UpstreamFailure || cancel.aborted) return reject(e)
+      reject(new UpstreamFailure(connectFailure(e) ? "connect" : "reset", request.reusedSocket, e.message))
+    })
     request.end(body)
   })
 
@@ -99,7 +220,11 @@ export class BodyTooLarge extends Error {}
  * bytes it fails with BodyTooLarge and drops the rest, so that the peer can finish sending and
  * read the answer (closing on it mid-upload makes many clients report a reset instead).
  */
-export const readAll = (message: http.IncomingMessage, limit = Infinity): Promise<Buffer> =>
+export const readAll = (
+  message: http.IncomingMessage,
+  limit = Infinity,
+  onChunk?: () => void
+): Promise<Buffer> =>
   new Promise((resolve, reject) => {
     const tooLarge = () => {
       message.removeAllListeners("data")
@@ -110,6 +235,7 @@ export const readAll = (message: http.IncomingMessage, limit = Infinity): Promis
     const chunks: Array<Buffer> = []
     let size = 0
     message.on("data", (chunk: Buffer) => {
+      onChunk?.()
       size += chunk.length
       if (size > limit) return tooLarge()
       chunks.push(chunk)
