@@ -79,7 +79,17 @@ export const AssistantMessage = Schema.Struct({
 })
 export type AssistantMessage = typeof AssistantMessage.Type
 
-export const MessageParam = Schema.Union(UserMessage, AssistantMessage)
+/**
+ * Not in Anthropic's published API, but current Claude Code sends system turns inside
+ * `messages` (after the first user turn, with cache_control): kept at their position.
+ */
+export const SystemMessage = Schema.Struct({
+  role: Schema.Literal("system"),
+  content: Schema.Union(Schema.String, Schema.Array(TextBlock))
+})
+export type SystemMessage = typeof SystemMessage.Type
+
+export const MessageParam = Schema.Union(UserMessage, AssistantMessage, SystemMessage)
 export type MessageParam = typeof MessageParam.Type
 
 export const SystemPrompt = Schema.Union(Schema.String, Schema.Array(TextBlock))
@@ -111,6 +121,16 @@ export const ThinkingConfig = Schema.Union(
 )
 export type ThinkingConfig = typeof ThinkingConfig.Type
 
+/**
+ * `effort` steers how much a Claude model thinks; a local model reasons by its template, so it
+ * is accepted and ignored. `format` (structured outputs) is honoured as a JSON-schema grammar.
+ */
+export const OutputConfig = Schema.Struct({
+  effort: opt(Schema.NullOr(Schema.Literal("low", "medium", "high", "max"))),
+  format: opt(Schema.NullOr(Schema.Struct({ type: Schema.Literal("json_schema"), schema: JsonSchema })))
+})
+export type OutputConfig = typeof OutputConfig.Type
+
 export const MessagesRequest = Schema.Struct({
   model: ModelName,
   max_tokens: Schema.Int.pipe(Schema.positive()),
@@ -125,7 +145,11 @@ export const MessagesRequest = Schema.Struct({
   tools: opt(Schema.Array(Tool)),
   tool_choice: opt(ToolChoice),
   thinking: opt(ThinkingConfig),
-  metadata: opt(Schema.Struct({ user_id: opt(Schema.NullOr(Schema.String)) }))
+  metadata: opt(Schema.Struct({ user_id: opt(Schema.NullOr(Schema.String)) })),
+  output_config: opt(OutputConfig),
+  // Server-side context editing (clearing old tool results): the gateway keeps no context to
+  // edit, so it is accepted and ignored (README: compatibility).
+  context_management: opt(Schema.NullOr(Schema.Record({ key: Schema.String, value: Schema.Unknown })))
 })
 export type MessagesRequest = typeof MessagesRequest.Type
 

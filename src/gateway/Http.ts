@@ -11,6 +11,7 @@ import {
   InternalError,
   InvalidRequest,
   isApiError,
+  ModelNotFound,
   NotFoundRoute,
   Unauthorized,
   UpstreamError
@@ -111,13 +112,44 @@ export const makeGatewayApp = Effect.gen(function*() {
       return HttpServerResponse.unsafeJson({ input_tokens: counted.tokens })
     }))
 
-  const models = guarded(
-    openaiError,
-    () =>
-      Effect.map(
-        router.catalogue,
-        (catalogue) => HttpServerResponse.unsafeJson(catalogueList(catalogue, config.aliases, startedAt))
-      )
+  /**
+   * The models API answers in the caller's dialect: Anthropic's SDK (and Claude Code's model
+   * picker) sends `anthropic-version`, or `x-api-key` without `Authorization`.
+   */
+  const anthropicCaller = Effect.map(
+    HttpServerRequest.HttpServerRequest,
+    (request) =>
+      request.headers["anthropic-version"] !== undefined ||
+      (request.headers["x-api-key"] !== undefined && request.headers["authorization"] === undefined)
+  )
+
+  /** Authenticate and answer in the caller's dialect. */
+  const modelsRoute = <R>(
+    handler: (anthropic: boolean) => Effect.Effect<HttpServerResponse.HttpServerResponse, ApiError, R>
+  ) =>
+    Effect.flatMap(
+      anthropicCaller,
+      (anthropic) => guarded(anthropic ? anthropicError : openaiError, () => handler(anthropic))
+    )
+
+  const models = modelsRoute((anthropic) =>
+    Effect.gen(function*() {
+      const list = catalogueList(yield* router.catalogue, config.aliases, startedAt)
+      if (!anthropic) return HttpServerResponse.unsafeJson(list)
+      const query = (yield* HttpServerRequest.ParsedSearchParams) as Record<string, string | undefined>
+      const page = Anthropic.anthropicModelPage(list.data.map((m) => m.id), startedAt, query)
+      if (typeof page === "string") return yield* new InvalidRequest({ message: page, param: null })
+      return HttpServerResponse.unsafeJson(page)
+    })
+  )
+
+  const model = modelsRoute((anthropic) =>
+    Effect.gen(function*() {
+      const { id } = yield* HttpRouter.params
+      const found = catalogueList(yield* router.catalogue, config.aliases, startedAt).data.find((m) => m.id === id)
+      if (found === undefined) return yield* new ModelNotFound({ model: id ?? "" })
+      return HttpServerResponse.unsafeJson(anthropic ? Anthropic.anthropicModel(found.id, startedAt) : found)
+    })
   )
 
   const nodeView = (node: NodeState) => ({
@@ -205,6 +237,7 @@ export const makeGatewayApp = Effect.gen(function*() {
   const app = HttpRouter.empty.pipe(
     HttpRouter.get("/health", health),
     HttpRouter.get("/v1/models", models),
+    HttpRouter.get("/v1/models/:id", model),
     HttpRouter.post("/v1/messages/count_tokens", countTokens),
     HttpRouter.get("/admin/status", adminStatus),
     HttpRouter.post("/admin/load", adminLifecycle("load")),

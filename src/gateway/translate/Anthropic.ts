@@ -121,7 +121,13 @@ export const toChatMessages = (
   const system = request.system === undefined ? "" : systemText(request.system)
   return [
     ...(system.length > 0 ? [{ role: "system" as const, content: system }] : []),
-    ...request.messages.flatMap((m) => m.role === "user" ? userMessages(m) : [assistantMessage(m)])
+    ...request.messages.flatMap((m) =>
+      m.role === "user"
+        ? userMessages(m)
+        : m.role === "assistant"
+        ? [assistantMessage(m)]
+        : [{ role: "system" as const, content: systemText(m.content) }]
+    )
   ]
 }
 
@@ -167,6 +173,14 @@ export const anthropicToChat = (request: MessagesRequest): ChatCompletionRequest
     ...(choice !== undefined ? { tool_choice: toChatToolChoice(choice) } : {}),
     ...(choice !== undefined && choice.type !== "none" && choice.disable_parallel_tool_use === true
       ? { parallel_tool_calls: false }
+      : {}),
+    ...(request.output_config?.format
+      ? {
+        response_format: {
+          type: "json_schema",
+          json_schema: { name: "output", schema: request.output_config.format.schema }
+        }
+      }
       : {}),
     ...(request.stream === true ? { stream: true, stream_options: { include_usage: true } } : {}),
     ...(typeof request.metadata?.user_id === "string" ? { user: request.metadata.user_id } : {})
@@ -519,4 +533,66 @@ export const toAnthropicStreamError = (body: unknown): AnthropicErrorDetail => {
     ? "overloaded_error"
     : "api_error"
   return { type: anthropicType, message: messageOf(body, "The upstream stream failed") }
+}
+
+// ---- Models API: the catalogue as Anthropic lists it ----
+
+export interface AnthropicModelInfo {
+  readonly type: "model"
+  readonly id: string
+  readonly display_name: string
+  readonly created_at: string
+}
+
+export const anthropicModel = (id: string, createdSecs: number): AnthropicModelInfo => ({
+  type: "model",
+  id,
+  display_name: id,
+  created_at: new Date(createdSecs * 1000).toISOString()
+})
+
+export interface ModelPage {
+  readonly limit?: string | undefined
+  readonly after_id?: string | undefined
+  readonly before_id?: string | undefined
+}
+
+/**
+ * One page of `GET /v1/models` in Anthropic's shape: `limit` (1 to 1000, default 20), and
+ * `after_id` / `before_id` cursors (ids of the list, in its order). Returns the problem as a
+ * string for a bad parameter.
+ */
+export const anthropicModelPage = (
+  ids: ReadonlyArray<string>,
+  createdSecs: number,
+  page: ModelPage
+): {
+  readonly data: ReadonlyArray<AnthropicModelInfo>
+  readonly has_more: boolean
+  readonly first_id: string | null
+  readonly last_id: string | null
+} | string => {
+  const limit = page.limit === undefined ? 20 : Number(page.limit)
+  if (!Number.isInteger(limit) || limit < 1 || limit > 1000) return "limit: must be an integer from 1 to 1000"
+  if (page.after_id !== undefined && page.before_id !== undefined) return "after_id and before_id cannot both be set"
+  let slice: ReadonlyArray<string>
+  let more: boolean
+  if (page.before_id !== undefined) {
+    const end = ids.indexOf(page.before_id)
+    if (end < 0) return `before_id: no model '${page.before_id}'`
+    const start = Math.max(0, end - limit)
+    slice = ids.slice(start, end)
+    more = start > 0
+  } else {
+    const start = page.after_id === undefined ? 0 : ids.indexOf(page.after_id) + 1
+    if (start === 0 && page.after_id !== undefined) return `after_id: no model '${page.after_id}'`
+    slice = ids.slice(start, start + limit)
+    more = start + limit < ids.length
+  }
+  return {
+    data: slice.map((id) => anthropicModel(id, createdSecs)),
+    has_more: more,
+    first_id: slice[0] ?? null,
+    last_id: slice.at(-1) ?? null
+  }
 }
