@@ -4,6 +4,10 @@
  * model (Placement.ts), waits a bounded time for busy or just-loaded victims so models contending
  * for a node are served in batches rather than swapped on every request, unloads the victims one
  * at a time re-reading the node's free memory after each (lesson 13), then loads.
+ *
+ * Deciding is fleet-wide and serial (the plan lock); waiting is not. A plan reserves its memory
+ * and claims its victims under the lock, then drains and unloads them and loads outside it, so a
+ * load on another node never queues behind a victim's long stream.
  */
 import { Deferred, Effect, Fiber, Metric, MetricLabel, Schedule } from "effect"
 import { type ApiError, ModelInfeasible, ModelUnavailable, UpstreamError } from "../domain/errors.js"
@@ -33,6 +37,12 @@ export interface LoadInProgress {
   readonly waiters: number
 }
 
+/** What a planned load holds until it ends: its node's memory reservation and its claimed victims. */
+interface Hold {
+  node: string | undefined
+  victims: ReadonlyArray<string>
+}
+
 const MB = 1024 * 1024
 const residentStatuses = new Set(["loaded", "loading", "recovering", "unloading"])
 
@@ -51,9 +61,14 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
     const planLock = yield* Effect.makeSemaphore(1)
     /** Memory held for loads in flight, per node: the poll cannot see it yet. */
     const reserved = new Map<string, Map<string, number>>()
-    /** Replicas being unloaded: not routed to. */
+    /**
+     * Replicas claimed for unloading (a plan's victims, or the idle sweep's), from the decision
+     * until the unload ends: not routed to, and no other plan may evict them or count them as free.
+     */
     const evicting = new Set<string>()
-    const reservedOn = (node: string) => [...(reserved.get(node)?.values() ?? [])].reduce((a, b) => a + b, 0)
+    /** Memory reserved on a node by loads in flight, but for `except`'s own reservation. */
+    const reservedOn = (node: string, except?: string) =>
+      [...(reserved.get(node)?.entries() ?? [])].reduce((sum, [id, mb]) => id === except ? sum : sum + mb, 0)
     const loads = new Map<string, {
       readonly deferred: Deferred.Deferred<string, ApiError>
       node: string | null
@@ -89,11 +104,15 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
     const placementNodes = (model: CatalogueModel, state: ReadonlyMap<string, NodeState>): Array<PlacementNode> =>
       [...state.values()].map((node) => ({
         name: node.name,
+        known: node.lastSeen !== undefined,
         healthy: node.healthy,
         hasModel: node.models.some((m) => m.id === model.neuronId && m.status !== "failed"),
         devices: withReservations(node),
+        // A victim claimed by another plan is spoken for: neither evictable nor free yet.
         resident: node.models
-          .filter((m) => m.id !== model.neuronId && residentStatuses.has(m.status))
+          .filter((m) =>
+            m.id !== model.neuronId && residentStatuses.has(m.status) && !evicting.has(key(node.name, m.id))
+          )
           .map((m) => {
             const profile = profileOf(m.id)
             const k = key(node.name, m.id)
@@ -134,11 +153,12 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
 
     const labels = (model: string, node: string) => [MetricLabel.make("model", model), MetricLabel.make("node", node)]
 
+    /**
+     * Unload a replica the caller has claimed (in `evicting`: no new requests go there). Requests
+     * this gateway sent finish first (bounded), and the neuron drains its own too.
+     */
     const unload = (node: NodeState, model: string, reason: "make_room" | "idle") =>
       Effect.gen(function*() {
-        // No new requests go there from now; those this gateway sent finish first (bounded),
-        // and the neuron drains its own too.
-        evicting.add(key(node.name, model))
         const deadline = Date.now() + config.loadTimeoutSecs * 1000
         while (busy(node.name, model) > 0 && Date.now() < deadline) yield* Effect.sleep("50 millis")
         yield* Effect.logInfo(`evicting ${model} from ${node.name} (${reason})`)
@@ -152,14 +172,88 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
         unloadedBecause.set(model, reason === "idle" ? "after_idle_unload" : "after_eviction")
         cycles.set(node.name, (cycles.get(node.name) ?? 0) + 1)
         yield* fleet.refresh(node.name)
-      }).pipe(Effect.ensuring(Effect.sync(() => evicting.delete(key(node.name, model)))))
+      })
+
+    /** Let go of a plan's victims that are still claimed (those not unloaded serve again). */
+    const releaseVictims = (hold: Hold) =>
+      Effect.sync(() => {
+        if (hold.node !== undefined) { for (const m of hold.victims) evicting.delete(key(hold.node, m)) }
+        hold.victims = []
+      })
+    /** Let go of everything a load holds: its victims and its memory reservation. */
+    const releaseHold = (model: string, hold: Hold) =>
+      Effect.sync(() => {
+        if (hold.node === undefined) return
+        for (const m of hold.victims) evicting.delete(key(hold.node, m))
+        reserved.get(hold.node)?.delete(model)
+        hold.node = undefined
+        hold.victims = []
+      })
+    const beingEvicted = (state: ReadonlyMap<string, NodeState>, model: string) =>
+      [...state.keys()].some((node) => evicting.has(key(node, model)))
+
+    /** Carry out a plan outside the lock: unload the victims still needed, one at a time, then load. */
+    const drainAndLoad = (model: CatalogueModel, node: NodeState, hold: Hold, required: number, started: number) =>
+      Effect.gen(function*() {
+        const evicted: Array<string> = []
+        yield* Effect.gen(function*() {
+          for (const victim of [...hold.victims]) {
+            const current = (yield* fleet.get).get(node.name)!
+            const free = current.devices.reduce((sum, d) => sum + d.freeMb, 0) - reservedOn(node.name, model.neuronId)
+            if (free >= required) break
+            yield* unload(current, victim, "make_room").pipe(Effect.mapError(neuronError(model.id)))
+            evicted.push(victim)
+          }
+        }).pipe(Effect.ensuring(releaseVictims(hold)))
+        const profile = model.profile
+        const reason = unloadedBecause.get(model.neuronId) ?? "first_load"
+        const loadStarted = Date.now()
+        yield* Effect.logInfo(
+          `loading ${model.id} on ${node.name} (${reason}${
+            evicted.length > 0 ? `, evicted ${evicted.join(", ")}` : ""
+          })`
+        )
+        yield* callNeuron(node.endpoint, "/models/load", {
+          body: {
+            model: model.neuronId,
+            ...(profile?.context_size !== undefined ? { context_size: profile.context_size } : {})
+          },
+          timeoutMs: config.loadTimeoutSecs * 1000
+        }).pipe(
+          Effect.mapError(neuronError(model.id)),
+          // The reservation (released by the caller) ends after this, once the poll can see the model.
+          Effect.ensuring(fleet.refresh(node.name))
+        )
+        const loadMs = Date.now() - loadStarted
+        yield* Metric.update(Metric.taggedWithLabels(M.modelLoad, labels(model.id, node.name)), loadMs / 1000)
+        yield* Metric.update(
+          Metric.taggedWithLabels(M.modelLoadWait, labels(model.id, node.name)),
+          (loadStarted - started) / 1000
+        )
+        cycles.set(node.name, (cycles.get(node.name) ?? 0) + 1)
+        unloadedBecause.delete(model.neuronId)
+        lastUse.set(key(node.name, model.neuronId), Date.now())
+        history.push({
+          model: model.id,
+          node: node.name,
+          reason,
+          evicted,
+          wait_ms: loadStarted - started,
+          load_ms: loadMs,
+          at: new Date().toISOString()
+        })
+        if (history.length > 100) history.shift()
+        return node.name
+      })
 
     /**
-     * Place, evict (re-reading free memory after each) and reserve under the plan lock; then load
-     * outside it, so loads on different nodes overlap. Returns the node's name.
+     * Place, reserve the memory and claim the victims under the plan lock; then, outside it, drain
+     * and unload the victims (re-reading free memory after each) and load, so neither a victim's
+     * stream nor a load holds up plans for other nodes. Returns the node's name.
      */
-    const loadNow = (model: CatalogueModel, entry: { node: string | null }) =>
-      Effect.gen(function*() {
+    const loadNow = (model: CatalogueModel, entry: { node: string | null }) => {
+      const hold: Hold = { node: undefined, victims: [] }
+      return Effect.gen(function*() {
         const started = Date.now()
         const swapDeadline = started + config.eviction.maxSwapWaitSecs * 1000
         for (;;) {
@@ -170,6 +264,8 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
             )
             yield* Effect.forEach(holders, (n) => fleet.refresh(n.name), { concurrency: "unbounded", discard: true })
             const state = yield* fleet.get
+            // Being unloaded somewhere: plan again once that unload is done.
+            if (beingEvicted(state, model.neuronId)) return { _tag: "wait" as const, node: "" }
             const required = requiredMb(model, state)
             const profile = model.profile
             const placement = place(
@@ -211,70 +307,27 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
               return busy(node.name, victim) > 0 || (m?.in_flight ?? 0) > 0 || young
             })
             if (blocking.length > 0 && Date.now() < swapDeadline) return { _tag: "wait" as const, node: node.name }
-            const evicted: Array<string> = []
-            for (const victim of placement.evict) {
-              const current = (yield* fleet.get).get(node.name)!
-              const free = current.devices.reduce((sum, d) => sum + d.freeMb, 0) - reservedOn(node.name)
-              if (free >= required) break
-              yield* unload(current, victim, "make_room").pipe(Effect.mapError(neuronError(model.id)))
-              evicted.push(victim)
-            }
-            const onNode = reserved.get(node.name) ?? new Map<string, number>()
-            onNode.set(model.neuronId, required)
-            reserved.set(node.name, onNode)
-            return { _tag: "load" as const, node, evicted }
+            // Hold the plan: the memory and the victims are this load's until it settles. One
+            // synchronous step, recorded in `hold`, so however the load ends it lets them go.
+            yield* Effect.sync(() => {
+              const onNode = reserved.get(node.name) ?? new Map<string, number>()
+              onNode.set(model.neuronId, required)
+              reserved.set(node.name, onNode)
+              for (const victim of placement.evict) evicting.add(key(node.name, victim))
+              hold.node = node.name
+              hold.victims = placement.evict
+            })
+            return { _tag: "load" as const, node, required }
           }))
           if (plan._tag === "wait") {
             yield* Effect.sleep("100 millis")
             if (plan.node !== "") yield* fleet.refresh(plan.node)
             continue
           }
-          const { evicted, node } = plan
-          const profile = model.profile
-          const reason = unloadedBecause.get(model.neuronId) ?? "first_load"
-          const loadStarted = Date.now()
-          yield* Effect.logInfo(
-            `loading ${model.id} on ${node.name} (${reason}${
-              evicted.length > 0 ? `, evicted ${evicted.join(", ")}` : ""
-            })`
-          )
-          yield* callNeuron(node.endpoint, "/models/load", {
-            body: {
-              model: model.neuronId,
-              ...(profile?.context_size !== undefined ? { context_size: profile.context_size } : {})
-            },
-            timeoutMs: config.loadTimeoutSecs * 1000
-          }).pipe(
-            Effect.mapError(neuronError(model.id)),
-            // The reservation ends once the poll can see the model (or the load failed).
-            Effect.ensuring(
-              fleet.refresh(node.name).pipe(
-                Effect.ensuring(Effect.sync(() => reserved.get(node.name)?.delete(model.neuronId)))
-              )
-            )
-          )
-          const loadMs = Date.now() - loadStarted
-          yield* Metric.update(Metric.taggedWithLabels(M.modelLoad, labels(model.id, node.name)), loadMs / 1000)
-          yield* Metric.update(
-            Metric.taggedWithLabels(M.modelLoadWait, labels(model.id, node.name)),
-            (loadStarted - started) / 1000
-          )
-          cycles.set(node.name, (cycles.get(node.name) ?? 0) + 1)
-          unloadedBecause.delete(model.neuronId)
-          lastUse.set(key(node.name, model.neuronId), Date.now())
-          history.push({
-            model: model.id,
-            node: node.name,
-            reason,
-            evicted,
-            wait_ms: loadStarted - started,
-            load_ms: loadMs,
-            at: new Date().toISOString()
-          })
-          if (history.length > 100) history.shift()
-          return node.name
+          return yield* drainAndLoad(model, plan.node, hold, plan.required, started)
         }
-      })
+      }).pipe(Effect.ensuring(releaseHold(model.neuronId, hold)))
+    }
 
     /** Make sure the model is loaded somewhere; concurrent callers share one load. */
     const ensureLoaded = (model: CatalogueModel) =>
@@ -333,8 +386,16 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
           if (busy(node.name, m.id) > 0 || m.in_flight > 0 || Date.now() - used < profile.idle_unload_secs * 1000) {
             continue
           }
-          yield* unload(node, m.id, "idle").pipe(
-            Effect.catchAll((e) => Effect.logWarning(`idle unload of ${m.id} failed: ${e._tag}`))
+          // Claim it as a plan would; one a plan has claimed already is that plan's to unload.
+          yield* Effect.acquireUseRelease(
+            Effect.sync(() => !evicting.has(k) && Boolean(evicting.add(k))),
+            (claimed) =>
+              claimed
+                ? unload(node, m.id, "idle").pipe(
+                  Effect.catchAll((e) => Effect.logWarning(`idle unload of ${m.id} failed: ${e._tag}`))
+                )
+                : Effect.void,
+            (claimed) => claimed ? Effect.sync(() => evicting.delete(k)) : Effect.void
           )
         }
       }

@@ -2,7 +2,8 @@
  * Routing: for model X (after aliases), the least-busy healthy replica where X is loaded; else
  * 503 + Retry-After while X recovers; else a cold load through Lifecycle (placement, eviction,
  * single-flight); else 404. Busy-ness adds the gateway's own in-flight count to the last poll,
- * so a burst between polls still spreads.
+ * so a burst between polls still spreads. A node never polled is unknown, not empty: while one
+ * is silent, a model no polled node has answers 503 + Retry-After, not 404.
  */
 import { Effect } from "effect"
 import { ModelLoadFailed, ModelNotFound, ModelUnavailable } from "../domain/errors.js"
@@ -27,14 +28,17 @@ export class Router extends Effect.Service<Router>()("cortex/Router", {
 
     const busy = (l: Location, neuronId: string) => l.in_flight + l.queue_depth + lifecycle.busy(l.node, neuronId)
 
+    /** Nodes that have never answered a poll: what they hold is unknown, not nothing. */
+    const silentNodes = (state: FleetState) =>
+      [...state.values()].filter((n) => n.lastSeen === undefined).map((n) => n.name)
+
     const lookup = (name: string) =>
       Effect.gen(function*() {
         const id = resolveAlias(config.aliases, name)
         const model = (yield* lifecycle.catalogue).get(id)
         if (model) return model
         // Until every node has answered once, "unknown" may only mean "not polled yet".
-        const state = yield* fleet.get
-        const silent = [...state.values()].filter((n) => n.lastSeen === undefined).map((n) => n.name)
+        const silent = silentNodes(yield* fleet.get)
         if (silent.length > 0) {
           return yield* new ModelUnavailable({
             model: name,
@@ -87,6 +91,16 @@ export class Router extends Effect.Service<Router>()("cortex/Router", {
           // rather than crash a worker again on every request.
           if (failed.length > 0 && failed.length === healthy.length) {
             return yield* new ModelLoadFailed({ model: model.id, detail: failed[0]!.error ?? "the last load failed" })
+          }
+          // No polled node has its file: only a node not heard from yet may. Retry once it answers.
+          const pinnedOn = model.profile?.pinned_on
+          const silent = silentNodes(yield* fleet.get).filter((n) => pinnedOn === undefined || n === pinnedOn)
+          if (model.locations.length === 0 && silent.length > 0) {
+            return yield* new ModelUnavailable({
+              model: model.id,
+              state: "unavailable",
+              detail: `no answer yet from ${silent.join(", ")}`
+            })
           }
           if (model.locations.length > 0 && !model.locations.some((l) => l.healthy)) {
             return yield* new ModelUnavailable({
