@@ -20,6 +20,7 @@ import {
   readGgufFileInfo,
   type Token
 } from "node-llama-cpp"
+import { minPromptTokens } from "./promptSize.js"
 import type {
   EmbedResult,
   EngineInfo,
@@ -53,6 +54,7 @@ interface Resident {
   readonly slots: Array<Slot>
   embedding: Promise<LlamaEmbeddingContext> | undefined
   readonly contextSize: number
+  readonly maxTokenBytes: number
 }
 
 export interface StreamSink {
@@ -164,6 +166,21 @@ export class Engine {
     }
   }
 
+  /**
+   * The most input bytes one token can stand for: the longest token's text (specials included)
+   * plus one for the leading space a detokenizer may drop. llama.cpp's SPM and BPE tokenizers
+   * do not normalize, so a token never covers more input than its own text; the others (WPM,
+   * UGM: NFD/NFKC-style maps) may contract input, so they get a wide margin. ~2 µs per token.
+   */
+  private maxTokenBytes(model: LlamaModel): number {
+    let longest = 0
+    for (const token of model.iterateAllTokens()) {
+      longest = Math.max(longest, Buffer.byteLength(model.detokenize([token], true), "utf8"))
+    }
+    const plain = model.vocabularyType === "spm" || model.vocabularyType === "bpe"
+    return (longest + 1) * (plain ? 1 : 4)
+  }
+
   loaded(model: string) {
     return this.models.has(model)
   }
@@ -199,9 +216,18 @@ export class Engine {
           busy: false
         })
       }
-      this.models.set(id, { model, context, slots, embedding: undefined, contextSize: context.contextSize })
+      const maxTokenBytes = this.maxTokenBytes(model)
+      this.models.set(id, {
+        model,
+        context,
+        slots,
+        embedding: undefined,
+        contextSize: context.contextSize,
+        maxTokenBytes
+      })
       return {
         contextSize: context.contextSize,
+        maxTokenBytes,
         trainContextSize: model.trainContextSize,
         embeddingSize: model.embeddingVectorSize ?? null,
         estimate,
@@ -300,6 +326,28 @@ export class Engine {
     }
   }
 
+  private async grammarForRequest(params: GenerationParams, forced: boolean): Promise<LlamaGrammar | undefined> {
+    const schema = forced
+      ? this.forcedToolSchema(params)
+      : params.responseFormat?.kind === "schema"
+      ? params.responseFormat.schema
+      : params.responseFormat?.kind === "json"
+      ? "json"
+      : undefined
+    if (schema === undefined) return undefined
+    try {
+      return await this.grammarFor(schema)
+    } catch (e) {
+      throw new Failure({
+        tag: "InvalidRequest",
+        message: `The ${forced ? "tool parameters" : "response_format"} JSON schema cannot be used: ${
+          (e as Error)?.message ?? String(e)
+        }`,
+        param: forced ? "tools" : "response_format"
+      })
+    }
+  }
+
   private pickSlot(resident: Resident, prompt: ReadonlyArray<Token>): { slot: Slot; cached: number } {
     let best: Slot | undefined
     let cached = -1
@@ -327,6 +375,12 @@ export class Engine {
     const started = performance.now()
     const resident = this.resident(id)
     const forced = params.tools.length > 0 && params.toolChoice !== "none" && params.toolChoice !== "auto"
+    // The neuron refuses these before admission; this keeps a direct caller from making the
+    // worker tokenize megabytes it will refuse anyway.
+    const atLeast = minPromptTokens(job, resident.maxTokenBytes)
+    if (atLeast >= resident.contextSize) {
+      throw new Failure({ tag: "ContextLengthExceeded", limit: resident.contextSize, requested: atLeast })
+    }
     const prompt = this.promptTokens(id, job, params)
     if (prompt.length >= resident.contextSize) {
       throw new Failure({ tag: "ContextLengthExceeded", limit: resident.contextSize, requested: prompt.length })
@@ -335,6 +389,9 @@ export class Engine {
     if (requiredMb > budget.freeMb) {
       throw new Failure({ tag: "InsufficientVram", required_mb: requiredMb, free_mb: Math.floor(budget.freeMb) })
     }
+    // Built before the prefill: a schema the grammar compiler rejects is the client's mistake
+    // (422), and should cost no prefill.
+    const grammar = await this.grammarForRequest(params, forced)
     const { cached, slot } = this.pickSlot(resident, prompt)
     slot.busy = true
     try {
@@ -363,14 +420,6 @@ export class Engine {
       if (!(await this.prefill(slot.sequence, prompt, cached, resident.context.batchSize, signal))) {
         return aborted(prompt.length, cached, started)
       }
-      const grammarSchema = forced
-        ? this.forcedToolSchema(params)
-        : params.responseFormat?.kind === "schema"
-        ? params.responseFormat.schema
-        : params.responseFormat?.kind === "json"
-        ? "json"
-        : undefined
-      const grammar = grammarSchema !== undefined ? await this.grammarFor(grammarSchema) : undefined
 
       let text = ""
       let reasoning = ""
@@ -483,6 +532,8 @@ export class Engine {
     const vectors: Array<Array<number>> = []
     let promptTokens = 0
     for (const input of inputs) {
+      const atLeast = minPromptTokens({ kind: "completion", prompt: input }, resident.maxTokenBytes)
+      if (atLeast > limit) throw new Failure({ tag: "ContextLengthExceeded", limit, requested: atLeast })
       const tokens = resident.model.tokenize(input)
       promptTokens += tokens.length
       if (tokens.length > limit) {

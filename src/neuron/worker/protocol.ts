@@ -120,6 +120,8 @@ export interface ModelEstimate {
 
 export interface LoadedInfo {
   readonly contextSize: number
+  /** The most input bytes one token covers: a prompt of n bytes is at least n / this tokens. */
+  readonly maxTokenBytes: number
   readonly trainContextSize: number | null
   readonly embeddingSize: number | null
   readonly estimate: ModelEstimate
