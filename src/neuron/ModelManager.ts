@@ -7,6 +7,7 @@
 import { Deferred, Effect, Exit, Runtime, Schedule, type Scope } from "effect"
 import {
   InsufficientVram,
+  InvalidRequest,
   ModelLoadFailed,
   ModelNotFound,
   ModelUnavailable,
@@ -17,7 +18,7 @@ import {
 import * as Admission from "./Admission.js"
 import { DeviceWorker, WorkerCrash, WorkerFailed } from "./DeviceWorker.js"
 import { type Device, discoverDevices } from "./Discovery.js"
-import { type ModelFile, scanModels } from "./ModelStore.js"
+import { isModelId, type ModelFile, scanModels } from "./ModelStore.js"
 import { NeuronConfig } from "./NeuronConfig.js"
 import type { LoadedInfo, ModelEstimate } from "./worker/protocol.js"
 
@@ -76,6 +77,7 @@ export interface Seat {
   readonly model: string
   readonly worker: DeviceWorker
   readonly contextSize: number
+  readonly maxTokenBytes: number
   readonly freeMb: number
   readonly device: string
   readonly queueMs: number
@@ -140,6 +142,11 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
           if (e.status === "loaded" || e.status === "unloading") {
             e.status = "recovering"
             e.error = crash.message
+            // Queued requests are answered now (503 model_recovering + Retry-After, see
+            // `acquire`) rather than kept waiting for the reload: it takes an unknown time, may
+            // fail, and a client (or the gateway, which retries another replica before the
+            // first byte) does better with a prompt answer than with a seat max_wait_secs later.
+            refuseQueued(e, "worker crashed")
             e.admission = Admission.empty
           }
         }
@@ -148,6 +155,14 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
         runFork(recover(device.id))
       })
       yield* Effect.logInfo(`worker ${device.id} ready (pid ${worker.pid}, ${device.name})`)
+    }
+
+    /** Wake every queued request of a model with a refusal; `acquire` answers it from the model's status. */
+    function refuseQueued(e: Entry, why: string) {
+      for (const t of e.admission.queue) {
+        const waiter = e.waiters.get(t.id)
+        if (waiter) Deferred.unsafeDone(waiter, Exit.die(why))
+      }
     }
 
     /** After a restart, reload what was resident on the device, one model at a time. */
@@ -256,6 +271,7 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
       Effect.suspend(() => {
         const e = entries.get(id)
         if (e) return Effect.succeed(e)
+        if (!isModelId(id)) return Effect.fail(new ModelNotFound({ model: id }))
         // A file copied in since the last scan: look once more before saying 404.
         return rescan.pipe(
           Effect.flatMap(() => {
@@ -320,9 +336,13 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
       return new ModelLoadFailed({ model: id, detail: `${(error as Error)?.message ?? error} on ${device}` })
     }
 
-    const pickDevice = (e: Entry) =>
+    /**
+     * The device with the most free memory where `e` fits with `contextSize`. When `e` is being
+     * reloaded, the memory it holds now counts as free on its own device: that is what the
+     * reload would give back first.
+     */
+    const pickDevice = (e: Entry, contextSize: number, reloading = false) =>
       Effect.gen(function*() {
-        const contextSize = e.requestedContext ?? config.contextSize
         let best: { device: Device; worker: DeviceWorker; free: number; required: number } | undefined
         let refusal: InsufficientVram | undefined
         for (const device of devices) {
@@ -340,7 +360,7 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
             catch: toLoadError(e.file.id, device.id)
           })
           const required = memoryOf(estimate, device.id)
-          const free = freeMb(device)
+          const free = freeMb(device) + (reloading && e.device === device.id ? footprint(e) : 0)
           if (required > free) {
             refusal ??= new InsufficientVram({
               model: e.file.id,
@@ -368,7 +388,11 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
         return yield* new ModelUnavailable({ model: id, state: e.status })
       }
       if (e.status === "loaded") {
-        // A different context size was asked for: reload with it.
+        // A different context size was asked for: reload with it, but only once the pre-flight
+        // says the new size fits (counting what this model gives back), so a refused reload
+        // (507) leaves the model loaded and serving. A concurrent load may still take the
+        // memory between this check and the reload; the reload then fails as any load would.
+        yield* pickDevice(e, contextSize ?? config.contextSize, true)
         yield* unload(id)
       }
       if (!e.loading) {
@@ -377,7 +401,7 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
         e.status = "loading"
         e.error = undefined
         const attempt = Effect.gen(function*() {
-          const target = yield* pickDevice(e)
+          const target = yield* pickDevice(e, e.requestedContext ?? config.contextSize)
           e.device = target.device.id
           e.reservedMb = target.required
           if (config.loadDelayMs > 0) yield* Effect.sleep(`${config.loadDelayMs} millis`)
@@ -433,10 +457,7 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
       const worker = e.device ? workers.get(e.device) : undefined
       e.status = "unloading"
       // Let running requests finish (bounded), refuse queued ones.
-      for (const t of e.admission.queue) {
-        const waiter = e.waiters.get(t.id)
-        if (waiter) Deferred.unsafeDone(waiter, Exit.die("unloading"))
-      }
+      refuseQueued(e, "unloading")
       const deadline = Date.now() + config.drainSecs * 1000
       while (e.admission.running.length > 0 && Date.now() < deadline) yield* Effect.sleep("50 millis")
       if (worker?.alive) {
@@ -487,6 +508,7 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
         model: entry.file.id,
         worker: workers.get(device.id)!,
         contextSize: entry.loaded!.contextSize,
+        maxTokenBytes: entry.loaded!.maxTokenBytes,
         freeMb: freeMb(device),
         device: device.id,
         queueMs
@@ -494,7 +516,7 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
     }
 
     /** The worker serving a loaded model, without taking a seat (tokenizing needs no sequence). */
-    const peek = (id: string) => Effect.map(resident(id), (e) => seatOn(e, 0))
+    const peek = (id: string, autoLoad = config.autoLoad) => Effect.map(resident(id, autoLoad), (e) => seatOn(e, 0))
 
     /**
      * A seat on a loaded model for the life of the current scope. Loads on demand (auto_load),
@@ -533,7 +555,11 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
             return yield* new Overloaded({ model: id, reason: "queue_timeout", retry_after_secs: 2 })
           }
           if (!admitted || entry.status !== "loaded") {
-            return yield* new ModelUnavailable({ model: id, state: entry.status })
+            return yield* new ModelUnavailable({
+              model: id,
+              state: entry.status,
+              ...(entry.status === "recovering" && entry.error ? { detail: entry.error } : {})
+            })
           }
         }
         entry.lastUsedAt = Date.now()
@@ -550,12 +576,7 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
     const drain = Effect.gen(function*() {
       draining = true
       // Queued requests would only wait to be cut off: refuse them now.
-      for (const e of entries.values()) {
-        for (const t of e.admission.queue) {
-          const waiter = e.waiters.get(t.id)
-          if (waiter) Deferred.unsafeDone(waiter, Exit.die("shutting down"))
-        }
-      }
+      for (const e of entries.values()) refuseQueued(e, "shutting down")
       const deadline = Date.now() + config.drainSecs * 1000
       const busy = () => [...entries.values()].some((e) => e.admission.running.length + e.admission.queue.length > 0)
       if (busy()) yield* Effect.logInfo("draining in-flight requests")
@@ -571,7 +592,10 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
         const device = deviceId ?? devices[0]?.id
         const worker = device ? workers.get(device) : undefined
         if (!device || !worker) {
-          return yield* new ModelUnavailable({ model: deviceId ?? "-", state: "unavailable", detail: "no such device" })
+          return yield* new InvalidRequest({
+            message: `This neuron has no device '${deviceId ?? ""}'`,
+            param: "device"
+          })
         }
         const resident = [...entries.values()].filter((e) => e.device === device && loadedStatuses.has(e.status))
         if (resident.some((e) => e.admission.running.length + e.admission.queue.length > 0 || e.status !== "loaded")) {

@@ -12,6 +12,15 @@ export interface ModelFile {
 export const modelIdFor = (modelsDir: string, file: string) =>
   path.relative(modelsDir, file).split(path.sep).join("/").replace(/\.gguf$/i, "")
 
+/**
+ * Whether `id` could name a file under models_dir at all: a relative path of plain segments.
+ * An absolute path, `.`/`..`, a backslash, a NUL or an absurd length cannot, and is answered
+ * 404 without scanning the directory again.
+ */
+export const isModelId = (id: string) =>
+  id.length > 0 && id.length <= 1024 && !/[\0\\]/.test(id) &&
+  id.split("/").every((segment) => segment !== "" && segment !== "." && segment !== "..")
+
 export const scanModels = async (modelsDir: string): Promise<Array<ModelFile>> => {
   const found: Array<ModelFile> = []
   const walk = async (dir: string, depth: number): Promise<void> => {
