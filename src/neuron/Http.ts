@@ -7,6 +7,8 @@ import { Effect, Redacted, Schema } from "effect"
 import {
   type ApiError,
   InternalError,
+  InvalidJson,
+  InvalidRequest,
   isApiError,
   NotFoundRoute,
   ShuttingDown,
@@ -21,9 +23,10 @@ import {
   TokenizeRequest,
   UnloadRequest
 } from "../domain/openai.js"
+import { tokenMatches } from "./ApiToken.js"
 import { toWorkerMessages } from "./ChatMessages.js"
 import { hostInfo } from "./Discovery.js"
-import { errorResponse, Inference } from "./Inference.js"
+import { errorResponse, Inference, newRequestId, reportInternal } from "./Inference.js"
 import { type Caller, ModelManager } from "./ModelManager.js"
 import { NeuronConfig } from "./NeuronConfig.js"
 
@@ -40,7 +43,7 @@ const body = <A, I>(schema: Schema.Schema<A, I>) =>
   Effect.gen(function*() {
     const request = yield* HttpServerRequest.HttpServerRequest
     const text = yield* request.text.pipe(
-      Effect.mapError(() => new InternalError({ detail: "could not read the request body" }))
+      Effect.mapError(() => new InvalidJson({ message: "Could not read the request body" }))
     )
     return yield* decodeBody(schema, text)
   })
@@ -54,16 +57,23 @@ const principal = Effect.map(HttpServerRequest.HttpServerRequest, (request): Cal
   return request.headers[AUTOLOAD_HEADER] === "off" ? { principal: who, autoLoad: false } : { principal: who }
 })
 
+/**
+ * Every failure becomes an answer in the OpenAI envelope. Internal errors and defects are logged
+ * in full under a short request id; the client gets only that id (never a stack or a path).
+ */
 const handled = <R>(effect: Effect.Effect<HttpServerResponse.HttpServerResponse, ApiError, R>) =>
   effect.pipe(
-    Effect.catchAll((error) => Effect.succeed(errorResponse(error))),
-    Effect.catchAllDefect((defect) =>
-      Effect.logError("unhandled defect", defect).pipe(
-        Effect.as(errorResponse(
-          isApiError(defect) ? defect : new InternalError({ detail: String((defect as Error)?.message ?? defect) })
-        ))
+    Effect.catchAll((error) => {
+      const requestId = newRequestId()
+      return reportInternal(error, requestId).pipe(Effect.as(errorResponse(error, requestId)))
+    }),
+    Effect.catchAllDefect((defect) => {
+      const requestId = newRequestId()
+      if (isApiError(defect)) return reportInternal(defect, requestId).pipe(Effect.as(errorResponse(defect, requestId)))
+      return Effect.logError(`unhandled defect (request id ${requestId})`, defect).pipe(
+        Effect.as(errorResponse(new InternalError({ detail: "unhandled defect" }), requestId))
       )
-    )
+    })
   )
 
 export const makeRouter = Effect.gen(function*() {
@@ -77,7 +87,7 @@ export const makeRouter = Effect.gen(function*() {
         const request = yield* HttpServerRequest.HttpServerRequest
         const auth = request.headers["authorization"] ?? ""
         const token = auth.toLowerCase().startsWith("bearer ") ? auth.slice(7).trim() : request.headers["x-api-key"]
-        if (token !== Redacted.value(config.apiToken)) return yield* new Unauthorized()
+        if (!tokenMatches(token, Redacted.value(config.apiToken))) return yield* new Unauthorized()
       }
       if (admit && models.isDraining()) return yield* new ShuttingDown()
       return yield* effect
@@ -180,7 +190,10 @@ export const makeRouter = Effect.gen(function*() {
     const job = request.messages
       ? {
         kind: "chat" as const,
-        messages: yield* Effect.try({ try: () => toWorkerMessages(request.messages!), catch: (e) => e as ApiError })
+        messages: yield* Effect.try({
+          try: () => toWorkerMessages(request.messages!),
+          catch: (e) => isApiError(e) ? e : new InvalidRequest({ message: "Invalid messages", param: "messages" })
+        })
       }
       : { kind: "completion" as const, prompt: request.text ?? "" }
     return json(yield* inference.tokenize(request.model, job))

@@ -14,6 +14,7 @@ import {
   InvalidRequest,
   isApiError,
   ModelUnavailable,
+  type OpenAIErrorBody,
   WorkerCrashed
 } from "../domain/errors.js"
 import type { ChatCompletionRequest, CompletionRequest, EmbeddingRequest } from "../domain/openai.js"
@@ -22,6 +23,7 @@ import { WorkerCrash, WorkerFailed } from "./DeviceWorker.js"
 import { type Caller, ModelManager, type Seat } from "./ModelManager.js"
 import { NeuronConfig } from "./NeuronConfig.js"
 import { resolveSampling } from "./Sampling.js"
+import { minPromptTokens } from "./worker/promptSize.js"
 import type { EmbedResult, GenerationParams, GenerationResult, Job } from "./worker/protocol.js"
 
 const encoder = new TextEncoder()
@@ -109,8 +111,47 @@ const toolCallsOf = (result: GenerationResult) =>
     function: { name: call.name, arguments: call.arguments }
   }))
 
-export const errorResponse = (error: ApiError) =>
-  HttpServerResponse.unsafeJson(error.body, { status: error.status, headers: error.headers })
+/** Stack frames, and absolute paths (not a model id such as `org/model` or `../x`). */
+const STACK = /\n\s*at\s[\s\S]*$/
+const PATH = /(?<![\w.~-])(?:file:\/\/)?(?:[A-Za-z]:)?(?:[\\/][\w.@+~-]+){2,}/g
+const MAX_MESSAGE = 400
+
+/** A message fit for a client: no stack trace, no server path, bounded (it may quote the client). */
+export const scrub = (message: string) => {
+  const text = message.replace(STACK, "").replace(PATH, "<path>")
+  return text.length > MAX_MESSAGE ? `${text.slice(0, MAX_MESSAGE)}…` : text
+}
+
+/** A short id that ties an answer to its log line. */
+export const newRequestId = () => randomBytes(4).toString("hex")
+
+/**
+ * The envelope a client sees. An internal error says only that it happened, under a request
+ * id; its detail goes to the log (`reportInternal`) under the same id.
+ */
+export const publicBody = (error: ApiError, requestId: string): OpenAIErrorBody => {
+  if (error._tag === "InternalError") {
+    return {
+      error: {
+        message: `Internal server error (request id ${requestId})`,
+        type: "server_error",
+        code: "internal_error",
+        param: null
+      }
+    }
+  }
+  const body = error.body
+  return { error: { ...body.error, message: scrub(body.error.message) } }
+}
+
+/** Log what the client will not see of an error. */
+export const reportInternal = (error: ApiError, requestId: string) =>
+  error._tag === "InternalError"
+    ? Effect.logError(`internal error (request id ${requestId}): ${error.detail}`)
+    : Effect.void
+
+export const errorResponse = (error: ApiError, requestId = newRequestId()) =>
+  HttpServerResponse.unsafeJson(publicBody(error, requestId), { status: error.status, headers: error.headers })
 
 type Kind = "chat" | "completion"
 
@@ -165,6 +206,22 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
         catch: (e) => isApiError(e) ? e : new InvalidRequest({ message: String(e), param: null })
       })
 
+    /**
+     * Refuse, before admission and before any tokenizing, a prompt whose byte size alone proves
+     * it cannot fit the context (400 context_length_exceeded, `requested` then being that lower
+     * bound). Without this a multi-MB prompt took a seat and held the device worker for seconds
+     * while it was tokenized, only to be refused. Prompts under the bound are tokenized, and
+     * checked exactly, by the worker.
+     */
+    const refuseOversized = (model: string, job: Job, caller: Caller) =>
+      Effect.gen(function*() {
+        const seat = yield* models.peek(model, caller.autoLoad ?? config.autoLoad)
+        const atLeast = minPromptTokens(job, seat.maxTokenBytes)
+        if (atLeast >= seat.contextSize) {
+          return yield* new ContextLengthExceeded({ model, limit: seat.contextSize, requested: atLeast })
+        }
+      })
+
     const generate = (seat: Seat, job: Job, params: GenerationParams, events: Partial<Events>) =>
       runOnWorker<GenerationResult>(seat, {
         _tag: "generate",
@@ -184,6 +241,7 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
     const complete = (request: ChatCompletionRequest | CompletionRequest, kind: Kind, caller: Caller) =>
       Effect.scoped(Effect.gen(function*() {
         const { job, params } = yield* prepare(request, kind)
+        yield* refuseOversized(request.model, job, caller)
         const seat = yield* models.acquire(request.model, caller)
         const result = yield* generate(seat, job, params, {})
         const usage = usageOf(result, seat.queueMs)
@@ -227,7 +285,9 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
     const stream = (request: ChatCompletionRequest | CompletionRequest, kind: Kind, caller: Caller) =>
       Effect.gen(function*() {
         const { job, params } = yield* prepare(request, kind)
+        yield* refuseOversized(request.model, job, caller)
         const id = newId(kind === "chat" ? "chatcmpl" : "cmpl")
+        const requestId = newRequestId()
         const created = now()
         const object = kind === "chat" ? "chat.completion.chunk" : "text_completion"
         const includeUsage = request.stream_options?.include_usage !== false
@@ -289,10 +349,12 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
             const error = Option.isSome(failure)
               ? failure.value
               : toApiError(request.model, undefined)(Cause.squash(cause))
-            return Effect.sync(() => {
-              Deferred.unsafeDone(started, Exit.fail(error))
-              push(frame(error.body))
-            })
+            return reportInternal(error, requestId).pipe(
+              Effect.zipRight(Effect.sync(() => {
+                Deferred.unsafeDone(started, Exit.fail(error))
+                push(frame(publicBody(error, requestId)))
+              }))
+            )
           }),
           Effect.ensuring(Queue.offer(queue, null))
         )
@@ -305,7 +367,7 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
         )
         if (head._tag === "Left" && head.left._tag !== "TimeoutException") {
           yield* Fiber.interrupt(fiber)
-          return errorResponse(head.left as ApiError)
+          return errorResponse(head.left as ApiError, requestId)
         }
         const body = Stream.fromQueue(queue).pipe(
           Stream.takeWhile((item): item is Uint8Array => item !== null),
