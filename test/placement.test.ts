@@ -1,7 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { FastCheck as fc } from "effect"
 import type { Placement, PlacementModel, PlacementNode, ResidentModel, Strategy } from "../src/gateway/Placement.js"
-import { chooseVictims, place, residencyPriority, victimOrder } from "../src/gateway/Placement.js"
+import { chooseVictims, place, residencyPriority, swapOrWait, victimOrder } from "../src/gateway/Placement.js"
 
 const model = (fields: Partial<PlacementModel> = {}): PlacementModel => ({
   id: "m",
@@ -504,4 +504,40 @@ describe("chooseVictims (properties)", () => {
     },
     { fastCheck: { numRuns: 500 } }
   )
+})
+
+describe("swapOrWait (properties)", () => {
+  const victimsArb = fc.array(
+    fc.record({
+      inFlight: fc.constantFrom(0, 0, 1, 3),
+      loadedAt: fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 2000 }))
+    }),
+    { maxLength: 5 }
+  ).map((vs) => vs.map((v, i) => ({ id: `v${i}`, ...v })))
+
+  it.prop(
+    "waits iff a victim is busy or younger than min_resident, and only before the swap deadline",
+    [
+      victimsArb,
+      fc.integer({ min: 1000, max: 3000 }),
+      fc.integer({ min: 0, max: 4000 }),
+      fc.integer({ min: 0, max: 500 })
+    ],
+    ([victims, now, deadline, minResidentMs]) => {
+      const step = swapOrWait(victims, now, deadline, minResidentMs)
+      const blocking = victims.filter((v) => v.inFlight > 0 || (v.loadedAt > 0 && now - v.loadedAt < minResidentMs))
+      if (now >= deadline || blocking.length === 0) expect(step).toEqual({ _tag: "Swap" })
+      else expect(step).toEqual({ _tag: "Wait", blocking: blocking.map((v) => v.id) })
+    },
+    { fastCheck: { numRuns: 300 } }
+  )
+
+  it("swaps idle, settled victims at once, and busy ones once the waiter has waited long enough", () => {
+    const idle = { id: "idle", inFlight: 0, loadedAt: 1 }
+    const busy = { id: "busy", inFlight: 1, loadedAt: 1 }
+    expect(swapOrWait([idle], 10_000, 20_000, 5_000)._tag).toBe("Swap")
+    expect(swapOrWait([idle, busy], 10_000, 20_000, 5_000)).toEqual({ _tag: "Wait", blocking: ["busy"] })
+    expect(swapOrWait([idle, busy], 20_000, 20_000, 5_000)._tag).toBe("Swap")
+    expect(swapOrWait([{ id: "young", inFlight: 0, loadedAt: 9_000 }], 10_000, 20_000, 5_000)._tag).toBe("Wait")
+  })
 })

@@ -16,7 +16,7 @@ import { Fleet, type NodeState } from "./Fleet.js"
 import { GatewayConfig, type ModelProfile } from "./GatewayConfig.js"
 import * as M from "./Metrics.js"
 import { callNeuron, type NeuronRefused, type NeuronUnreachable } from "./NeuronClient.js"
-import { place, type PlacementNode, residencyPriority } from "./Placement.js"
+import { place, type PlacementNode, residencyPriority, swapOrWait } from "./Placement.js"
 
 export type LoadReason = "first_load" | "after_eviction" | "after_idle_unload" | "after_unload"
 
@@ -297,16 +297,20 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
             }
             const node = state.get(placement.node)!
             entry.node = node.name
-            // Thrash guard: victims still serving, or loaded moments ago, keep their node until the
-            // waiter has waited max_swap_wait_secs; meanwhile their own requests are served as a batch.
-            const blocking = placement.evict.filter((victim) => {
-              const m = node.models.find((x) => x.id === victim)
-              const young = m?.loaded_at
-                ? Date.now() - Date.parse(m.loaded_at) < config.eviction.minResidentSecs * 1000
-                : false
-              return busy(node.name, victim) > 0 || (m?.in_flight ?? 0) > 0 || young
-            })
-            if (blocking.length > 0 && Date.now() < swapDeadline) return { _tag: "wait" as const, node: node.name }
+            const step = swapOrWait(
+              placement.evict.map((victim) => {
+                const m = node.models.find((x) => x.id === victim)
+                return {
+                  id: victim,
+                  inFlight: busy(node.name, victim) + (m?.in_flight ?? 0),
+                  loadedAt: m?.loaded_at ? Date.parse(m.loaded_at) : 0
+                }
+              }),
+              Date.now(),
+              swapDeadline,
+              config.eviction.minResidentSecs * 1000
+            )
+            if (step._tag === "Wait") return { _tag: "wait" as const, node: node.name }
             // Hold the plan: the memory and the victims are this load's until it settles. One
             // synchronous step, recorded in `hold`, so however the load ends it lets them go.
             yield* Effect.sync(() => {

@@ -254,3 +254,33 @@ export const place = (
     retryAfterSecs: RETRY_AFTER_SECS
   }
 }
+
+export interface SwapVictim {
+  readonly id: string
+  /** Requests running on it (this gateway's count plus the neuron's). */
+  readonly inFlight: number
+  /** ms epoch of its load (0 = unknown). */
+  readonly loadedAt: number
+}
+
+export type SwapStep =
+  | { readonly _tag: "Swap" }
+  /** Victims still serving or loaded moments ago: plan again shortly. */
+  | { readonly _tag: "Wait"; readonly blocking: ReadonlyArray<string> }
+
+/**
+ * The thrash guard: a placement's victims that are busy, or younger than `minResidentMs`, keep
+ * their node until the waiter's `swapDeadline` (ms epoch) passes; meanwhile their own requests
+ * are served as a batch. Past the deadline, or with no such victim, swap now.
+ */
+export const swapOrWait = (
+  victims: ReadonlyArray<SwapVictim>,
+  now: number,
+  swapDeadline: number,
+  minResidentMs: number
+): SwapStep => {
+  const blocking = victims
+    .filter((v) => v.inFlight > 0 || (v.loadedAt > 0 && now - v.loadedAt < minResidentMs))
+    .map((v) => v.id)
+  return blocking.length > 0 && now < swapDeadline ? { _tag: "Wait", blocking } : { _tag: "Swap" }
+}
