@@ -5,77 +5,24 @@
  * status fails over to another replica as retry_on says, and retries are counted.
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { type ChildProcess, spawn } from "node:child_process"
-import { mkdtemp, writeFile } from "node:fs/promises"
 import * as http from "node:http"
 import type { AddressInfo, Socket } from "node:net"
-import * as os from "node:os"
-import * as path from "node:path"
 import parsePrometheus from "parse-prometheus-text-format"
 import { agentFor, Cancel, POOL_IDLE_MS, post, readAll } from "../src/gateway/Upstream.js"
-import { CLI, freePort, getJson, postJson, readSse, startNeuron, waitFor } from "./fixtures/neuron.js"
+import { type GatewayProcess, startGateway } from "./fixtures/gateway.js"
+import { getJson, postJson, readSse, startNeuron, waitFor } from "./fixtures/neuron.js"
 import { completion, type ScriptedNeuron, startScriptedNeuron } from "./fixtures/scripted-neuron.js"
 
 /** How long any test here may take to get its answer: a hang guard, not a timing assertion. */
 const HANG_GUARD_MS = 10_000
 
-interface Gateway {
-  readonly url: string
-  readonly metricsUrl: string
-  readonly stop: () => Promise<void>
-}
+type Gateway = GatewayProcess
 
-/**
- * A gateway process with its own [gateway] keys (test/fixtures/gateway.ts fixes
- * idle_timeout_secs and cannot take more [gateway] keys).
- */
-const startGatewayWith = async (
+/** A gateway process with its own [gateway] keys. */
+const startGatewayWith = (
   gatewayKeys: ReadonlyArray<string>,
   neurons: ReadonlyArray<{ readonly name: string; readonly url: string }>
-): Promise<Gateway> => {
-  const [port, metricsPort] = [await freePort(), await freePort()]
-  const dir = await mkdtemp(path.join(os.tmpdir(), "cortex-faults-"))
-  const file = path.join(dir, "cortex.toml")
-  await writeFile(
-    file,
-    [
-      "[gateway]",
-      `listen = "127.0.0.1:${port}"`,
-      `metrics_listen = "127.0.0.1:${metricsPort}"`,
-      "poll_interval_secs = 0.5",
-      ...gatewayKeys,
-      ...neurons.flatMap((n) => ["[[neurons]]", `name = "${n.name}"`, `endpoint = "${n.url}"`])
-    ].join("\n")
-  )
-  const child: ChildProcess = spawn(process.execPath, [CLI, "serve", "--config", file], {
-    stdio: ["ignore", "pipe", "pipe"]
-  })
-  let output = ""
-  child.stdout!.on("data", (d) => (output += d))
-  child.stderr!.on("data", (d) => (output += d))
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()))
-  const stop = async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill("SIGTERM")
-      const timer = setTimeout(() => child.kill("SIGKILL"), 10_000)
-      await exited
-      clearTimeout(timer)
-    }
-  }
-  const url = `http://127.0.0.1:${port}`
-  try {
-    await Promise.race([
-      waitFor("gateway healthy", async () => (await getJson(`${url}/health`)).body.status === "ok" ? true : undefined),
-      exited.then(() => {
-        throw new Error(`gateway exited early:\n${output}`)
-      })
-    ])
-  } catch (e) {
-    await stop()
-    throw e
-  }
-  return { url, metricsUrl: `http://127.0.0.1:${metricsPort}/metrics`, stop }
-}
+) => startGateway({ neurons, gatewayKeys })
 
 /** Wait until the gateway's catalogue shows `model` loaded on `count` nodes. */
 const replicas = (gateway: Gateway, model: string, count: number) =>
@@ -310,4 +257,49 @@ describe("retry policy", () => {
     expect((await res.json() as any).error.code).toBe("a_broke")
     expect(await retries(defaults, "a", "500")).toBe(0)
   })
+})
+
+describe("a slow non-streamed answer is not a dead upstream", () => {
+  it("a real neuron's 102 Processing keeps a generation longer than idle_timeout_secs alive", async () => {
+    const neuron = await startNeuron({ models: ["tiny"], defaultModels: ["tiny"] })
+    const gateway = await startGateway({
+      neurons: [{ name: "local", url: neuron.url }],
+      gatewayKeys: ["idle_timeout_secs = 1"]
+    })
+    try {
+      // Thousands of tokens on the tiny model take seconds: several idle timeouts, all of them
+      // before the answer's head.
+      const started = Date.now()
+      const res = await postJson(`${gateway.url}/v1/chat/completions`, {
+        model: "tiny",
+        max_tokens: 2000,
+        temperature: 0,
+        messages: user("write a lot")
+      })
+      const body = await res.json() as any
+      console.log(`non-streamed 2,000 tokens through a 1 s idle timeout: ${Date.now() - started} ms`)
+      expect(res.status, JSON.stringify(body)).toBe(200)
+      expect(body.usage.completion_tokens).toBe(2000)
+
+      // The neuron sends 102s only to a caller that asks for them.
+      const informational: Array<number> = []
+      await new Promise<void>((resolve, reject) => {
+        const req = http.request(`${neuron.url}/v1/chat/completions`, {
+          method: "POST",
+          headers: { "content-type": "application/json", "x-cortex-progress": "250" }
+        }, (res) => {
+          res.resume()
+          res.once("end", resolve)
+        })
+        req.on("information", (info) => informational.push(info.statusCode))
+        req.once("error", reject)
+        req.end(JSON.stringify({ model: "tiny", max_tokens: 1000, temperature: 0, messages: user("again") }))
+      })
+      expect(informational.length).toBeGreaterThan(0)
+      expect(new Set(informational)).toEqual(new Set([102]))
+    } finally {
+      await gateway.stop()
+      await neuron.stop()
+    }
+  }, 120_000)
 })

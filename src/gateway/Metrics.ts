@@ -2,7 +2,8 @@
  * The gateway's metrics, under the predecessor's names (dashboard continuity). Every histogram
  * has explicit buckets (lesson 4). Labels: model, node, route, reason, device.
  */
-import { Metric, MetricBoundaries } from "effect"
+import { Metric, MetricBoundaries, MetricLabel } from "effect"
+import type { Usage } from "../domain/openai-output.js"
 
 const seconds = MetricBoundaries.fromIterable([
   0.005,
@@ -85,6 +86,77 @@ export const deviceVramUsed = Metric.gauge("cortex_device_vram_used_mb", {
 export const deviceVramFree = Metric.gauge("cortex_device_vram_free_mb", {
   description: "Memory free on a device, MB"
 })
+
+/** What one request came to, for the request metrics. */
+export interface Outcome {
+  readonly status: number
+  readonly usage?: Usage | null | undefined
+  readonly ttftMs?: number | undefined
+  readonly error?: string | undefined
+}
+
+/** The model label for unknown names: clients choose model names, so they never become labels. */
+export const UNKNOWN_MODEL = "unknown"
+
+/**
+ * A `reason` label from an error code: codes are short snake_case words; anything else (a
+ * free-text upstream message) is folded into one value, so every label set stays bounded.
+ */
+export const reasonLabel = (reason: string): string =>
+  /^[A-Za-z_]{1,48}$/.test(reason) ? reason : reason.startsWith("upstream") ? "upstream_failed" : "other"
+
+/**
+ * The per-request metrics, with their tagged instruments built once per (model, node, route):
+ * tagging on every request showed in the gateway's profile. `modelLabel` maps the client's
+ * model name to a catalogue id or UNKNOWN_MODEL, so /metrics stays bounded whatever names
+ * clients send (a 30 MB name once made it too large to render, and the gateway exited).
+ */
+export class RequestRecorder {
+  private readonly cache = new Map<string, ReturnType<typeof tagged>>()
+
+  constructor(private readonly modelLabel: (model: string) => string) {}
+
+  record(model: string, node: string, route: string, received: number, outcome: Outcome) {
+    const label = this.modelLabel(model)
+    const key = `${label}\u0000${node}\u0000${route}`
+    let t = this.cache.get(key)
+    if (!t) {
+      t = tagged(label, node, route)
+      this.cache.set(key, t)
+    }
+    const usage = outcome.usage
+    const none: ReadonlyArray<MetricLabel.MetricLabel> = []
+    if (outcome.status === 200) t.ok.unsafeUpdate(1, none)
+    else requests.unsafeUpdate(1, [...t.labels, MetricLabel.make("status", String(outcome.status))])
+    t.duration.unsafeUpdate((Date.now() - received) / 1000, none)
+    if (outcome.error !== undefined) {
+      requestErrors.unsafeUpdate(1, [...t.labels, MetricLabel.make("reason", reasonLabel(outcome.error))])
+    }
+    if (outcome.ttftMs !== undefined) t.ttft.unsafeUpdate(outcome.ttftMs / 1000, none)
+    if (usage) {
+      t.prompt.unsafeUpdate(usage.prompt_tokens, none)
+      t.completion.unsafeUpdate(usage.completion_tokens, none)
+      t.cached.unsafeUpdate(usage.prompt_tokens_details?.cached_tokens ?? 0, none)
+      if (usage.timing && usage.timing.decode_ms > 0 && usage.completion_tokens > 1) {
+        t.rate.unsafeUpdate((usage.completion_tokens - 1) / (usage.timing.decode_ms / 1000), none)
+      }
+    }
+  }
+}
+
+const tagged = (model: string, node: string, route: string) => {
+  const labels = [MetricLabel.make("model", model), MetricLabel.make("node", node), MetricLabel.make("route", route)]
+  return {
+    labels,
+    ok: Metric.taggedWithLabels(requests, [...labels, MetricLabel.make("status", "200")]),
+    duration: Metric.taggedWithLabels(requestDuration, labels),
+    ttft: Metric.taggedWithLabels(timeToFirstToken, labels),
+    prompt: Metric.taggedWithLabels(promptTokens, labels),
+    completion: Metric.taggedWithLabels(completionTokens, labels),
+    cached: Metric.taggedWithLabels(cachedPromptTokens, labels),
+    rate: Metric.taggedWithLabels(decodeRate, labels)
+  }
+}
 
 export const upstreamRetries = Metric.counter("cortex_upstream_retries_total", {
   description:

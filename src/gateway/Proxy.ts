@@ -11,13 +11,16 @@
  * upstream request (and a cold load it was waiting for). Another replica is tried only before
  * the first upstream byte.
  */
-import { Cause, Effect, Exit, FiberId, Metric, MetricLabel, Runtime, type Tracer } from "effect"
+import { Cause, Effect, Exit, FiberId, MetricLabel, Runtime, type Tracer } from "effect"
 import type { ServerResponse } from "node:http"
 import { type ApiError, InternalError, isApiError, ModelUnavailable, UpstreamError } from "../domain/errors.js"
+import { PROGRESS_HEADER } from "../domain/headers.js"
 import type { ChatCompletionChunk, Usage } from "../domain/openai-output.js"
+import { resolveAlias } from "./Catalogue.js"
 import { type Dialect, sendError, sendJson } from "./Dialects.js"
 import { Fleet } from "./Fleet.js"
 import { GatewayConfig } from "./GatewayConfig.js"
+import { Lifecycle } from "./Lifecycle.js"
 import * as M from "./Metrics.js"
 import { authHeaders } from "./NeuronClient.js"
 import { type Route, Router } from "./Router.js"
@@ -90,9 +93,11 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
     const config = yield* GatewayConfig
     const router = yield* Router
     const fleet = yield* Fleet
+    const lifecycle = yield* Lifecycle
     const runtime = yield* Effect.runtime<never>()
     const runFork = Runtime.runFork(runtime)
     const idleMs = config.idleTimeoutSecs * 1000
+    const progressMs = String(Math.max(250, Math.floor(idleMs / 3)))
     // The retry policy, parsed once: what may fail over to another replica before any byte went out.
     const retryOn = new Set(config.retry.on)
     const retryStatuses = new Set(config.retry.on.filter((c) => /^\d+$/.test(c)).map(Number))
@@ -114,64 +119,20 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
 
     const logWarning = (message: string) => runFork(Effect.logWarning(message))
 
-    /** Tagged metrics per (model, node, route), built once: tagging on every request showed in profiles. */
-    const taggedCache = new Map<string, ReturnType<typeof taggedFor>>()
-    const taggedFor = (model: string, node: string, route: string) => {
-      const labels = [
-        MetricLabel.make("model", model),
-        MetricLabel.make("node", node),
-        MetricLabel.make("route", route)
-      ]
-      return {
-        labels,
-        ok: Metric.taggedWithLabels(M.requests, [...labels, MetricLabel.make("status", "200")]),
-        duration: Metric.taggedWithLabels(M.requestDuration, labels),
-        ttft: Metric.taggedWithLabels(M.timeToFirstToken, labels),
-        prompt: Metric.taggedWithLabels(M.promptTokens, labels),
-        completion: Metric.taggedWithLabels(M.completionTokens, labels),
-        cached: Metric.taggedWithLabels(M.cachedPromptTokens, labels),
-        rate: Metric.taggedWithLabels(M.decodeRate, labels)
-      }
-    }
-
-    const record = (
-      request: ProxyRequest,
-      node: string,
-      outcome: { status: number; usage?: Usage | null | undefined; ttftMs?: number | undefined; error?: string }
-    ) => {
-      const cacheKey = `${request.model}\u0000${node}\u0000${request.dialect.route}`
-      let t = taggedCache.get(cacheKey)
-      if (!t) {
-        t = taggedFor(request.model, node, request.dialect.route)
-        taggedCache.set(cacheKey, t)
-      }
-      const tags = t
-      const usage = outcome.usage
-      // Direct updates: running an Effect per request for these showed in the gateway's profile.
-      const none: ReadonlyArray<MetricLabel.MetricLabel> = []
-      if (outcome.status === 200) tags.ok.unsafeUpdate(1, none)
-      else M.requests.unsafeUpdate(1, [...tags.labels, MetricLabel.make("status", String(outcome.status))])
-      tags.duration.unsafeUpdate((Date.now() - request.received) / 1000, none)
-      if (outcome.error !== undefined) {
-        M.requestErrors.unsafeUpdate(1, [...tags.labels, MetricLabel.make("reason", outcome.error)])
-      }
-      if (outcome.ttftMs !== undefined) tags.ttft.unsafeUpdate(outcome.ttftMs / 1000, none)
-      if (usage) {
-        tags.prompt.unsafeUpdate(usage.prompt_tokens, none)
-        tags.completion.unsafeUpdate(usage.completion_tokens, none)
-        tags.cached.unsafeUpdate(usage.prompt_tokens_details?.cached_tokens ?? 0, none)
-        if (usage.timing && usage.timing.decode_ms > 0 && usage.completion_tokens > 1) {
-          tags.rate.unsafeUpdate((usage.completion_tokens - 1) / (usage.timing.decode_ms / 1000), none)
-        }
-      }
-    }
+    /** Request metrics, labelled by catalogue id (or "unknown"), never by the name a client sent. */
+    const recorder = new M.RequestRecorder((name) => {
+      const id = resolveAlias(config.aliases, name)
+      return lifecycle.catalogueNow().has(id) ? id : M.UNKNOWN_MODEL
+    })
+    const record = (request: ProxyRequest, node: string, outcome: M.Outcome) =>
+      recorder.record(request.model, node, request.dialect.route, request.received, outcome)
 
     /** Routing that needs the full router (cold load, recovering, unknown): a fiber. */
     const routeSlowly = async (request: ProxyRequest, cancel: Cancel): Promise<Route> => {
       const route = await run(router.route(request.model), request.span, cancel)
       if (route.coldLoad) {
         M.coldStarts.unsafeUpdate(1, [
-          MetricLabel.make("model", request.model),
+          MetricLabel.make("model", route.model.id),
           MetricLabel.make("node", route.node.name)
         ])
       }
@@ -208,6 +169,8 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
         // Loads are the gateway's to place: a stale route must not make the neuron load.
         [AUTOLOAD_HEADER]: "off",
         traceparent,
+        // A non-streamed answer's head comes only when it is done: ask for 102s meanwhile.
+        ...(request.stream ? {} : { [PROGRESS_HEADER]: progressMs }),
         ...authHeaders(node.endpoint)
       }
       try {

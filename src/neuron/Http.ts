@@ -3,6 +3,7 @@
  * answered from cached state, and the OpenAI-compatible inference routes.
  */
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import { NodeHttpServerRequest } from "@effect/platform-node"
 import { Effect, Redacted, Schema } from "effect"
 import {
   type ApiError,
@@ -14,6 +15,7 @@ import {
   ShuttingDown,
   Unauthorized
 } from "../domain/errors.js"
+import { PROGRESS_HEADER, progressIntervalMs } from "../domain/headers.js"
 import {
   ChatCompletionRequest,
   CompletionRequest,
@@ -75,6 +77,21 @@ const handled = <R>(effect: Effect.Effect<HttpServerResponse.HttpServerResponse,
       )
     })
   )
+
+/**
+ * Run a non-streamed answer, sending `102 Processing` at the interval the gateway asked for
+ * (PROGRESS_HEADER) until it is ready: the gateway's idle timeout covers the wait for the head.
+ */
+const withProgress = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
+    const every = progressIntervalMs(request.headers[PROGRESS_HEADER])
+    if (every === undefined) return effect
+    const res = NodeHttpServerRequest.toServerResponse(request)
+    const timer = setInterval(() => {
+      if (!res.headersSent && !res.destroyed) res.writeProcessing()
+    }, every)
+    return Effect.ensuring(effect, Effect.sync(() => clearInterval(timer)))
+  })
 
 export const makeRouter = Effect.gen(function*() {
   const models = yield* ModelManager
@@ -170,19 +187,19 @@ export const makeRouter = Effect.gen(function*() {
     const request = yield* body(ChatCompletionRequest)
     const who = yield* principal
     if (request.stream) return yield* inference.stream(request, "chat", who)
-    return json(yield* inference.complete(request, "chat", who))
+    return json(yield* withProgress(inference.complete(request, "chat", who)))
   })
 
   const completions = Effect.gen(function*() {
     const request = yield* body(CompletionRequest)
     const who = yield* principal
     if (request.stream) return yield* inference.stream(request, "completion", who)
-    return json(yield* inference.complete(request, "completion", who))
+    return json(yield* withProgress(inference.complete(request, "completion", who)))
   })
 
   const embeddings = Effect.gen(function*() {
     const request = yield* body(EmbeddingRequest)
-    return json(yield* inference.embed(request, yield* principal))
+    return json(yield* withProgress(inference.embed(request, yield* principal)))
   })
 
   const tokenize = Effect.gen(function*() {
