@@ -16,7 +16,12 @@ let openai: OpenAI
 let anthropic: Anthropic
 
 beforeAll(async () => {
-  neuron = await startNeuron({ models: ["tiny", "tiny-b"], defaultModels: ["tiny"] })
+  // Loads take 2 s more: a cold load of tiny-b outlasts the stream's head start.
+  neuron = await startNeuron({
+    models: ["tiny", "tiny-b"],
+    defaultModels: ["tiny"],
+    env: { NEURON_LOAD_DELAY_MS: "2000" }
+  })
   gateway = await startGateway({
     neurons: [{ name: "local", url: neuron.url }],
     modelsToml: [
@@ -125,6 +130,32 @@ describe("Claude Code's current requests", () => {
       .toBe(types.filter((t) => t === "content_block_stop").length)
     const final = await stream.finalMessage()
     expect(final.usage.output_tokens).toBeGreaterThan(0)
+  })
+})
+
+describe("Anthropic streams during a cold load", () => {
+  it("open the message before the first ping, and report the input tokens at the end", async () => {
+    const res = await fetch(`${gateway.url}/v1/messages`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "anthropic-version": "2023-06-01" },
+      body: JSON.stringify({
+        model: "tiny-b",
+        max_tokens: 4,
+        stream: true,
+        messages: [{ role: "user", content: "hi" }]
+      })
+    })
+    expect(res.status).toBe(200)
+    const events = (await res.text()).split("\n\n").filter((b) => b.startsWith("event: ")).map((b) => ({
+      type: b.slice(7, b.indexOf("\n")),
+      data: JSON.parse(b.slice(b.indexOf("data: ") + 6))
+    }))
+    const types = events.map((e) => e.type)
+    expect(types[0]).toBe("message_start")
+    expect(types.indexOf("ping")).toBeGreaterThan(0)
+    expect(types.at(-1)).toBe("message_stop")
+    const delta = events.find((e) => e.type === "message_delta")!
+    expect(delta.data.usage.input_tokens + delta.data.usage.cache_read_input_tokens).toBeGreaterThan(0)
   })
 })
 

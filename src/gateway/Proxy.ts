@@ -364,20 +364,22 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
         }
       }
       res.writeHead(200, early?.ok === true ? { ...SSE_HEADERS, ...nodeHeaders(request, early.a) } : SSE_HEADERS)
-      if (early === undefined) {
-        // Still routing (a cold load?): open the stream now and keep the client alive meanwhile.
-        // Translated streams open their message on the first upstream chunk, which knows the
-        // prompt's size; until then only keep-alives (Anthropic `ping`) go out.
-        write(request.dialect.keepAlive)
-      }
+      const translator = request.dialect.translator?.()
+      // A translated stream opens its message on the first upstream chunk, which knows the
+      // prompt's size, unless a keep-alive must go out first: then the message opens before it
+      // (Anthropic clients expect message_start before any ping; the input tokens then come in
+      // message_delta). `start` is empty once the message is open.
+      const keepAliveFrames = (): ReadonlyArray<string> | string =>
+        translator ? [...translator.start(), request.dialect.keepAlive] : request.dialect.keepAlive
+      // Still routing (a cold load?): open the stream now and keep the client alive meanwhile.
+      if (early === undefined) write(keepAliveFrames())
       // Never a second of silence: while routing, cold-loading or prefilling (the neuron's own
       // comments are not relayed through a translator), the dialect's keep-alive goes out.
       const keepAlive = setInterval(() => {
         if (res.destroyed) clearInterval(keepAlive)
-        else if (Date.now() - lastWrite >= 900) write(request.dialect.keepAlive)
+        else if (Date.now() - lastWrite >= 900) write(keepAliveFrames())
       }, 250)
 
-      const translator = request.dialect.translator?.()
       /** One error frame in the dialect, at most once: after it the stream only ends. */
       let reported = false
       const fail = (error: { readonly type: string; readonly message: string; readonly code?: string | null }) => {
