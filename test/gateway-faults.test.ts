@@ -168,6 +168,7 @@ describe("an upstream that goes silent", () => {
     expect(res.status).toBe(200)
     const text = await timed(() => res.text())
     expect(text).toContain("event: error")
+    expect(text).toContain("\"type\":\"timeout_error\"")
     expect(text).not.toContain("event: message_stop")
   })
 

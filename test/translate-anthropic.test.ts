@@ -657,6 +657,10 @@ describe("toAnthropicError", () => {
     expect(toAnthropicStreamError(envelope("no memory", "insufficient_vram")).type).toBe("overloaded_error")
     expect(toAnthropicStreamError(envelope("bad", "invalid_request_error")).type).toBe("invalid_request_error")
     expect(toAnthropicStreamError("garbage")).toEqual({ type: "api_error", message: "garbage" })
+    expect(
+      toAnthropicStreamError({ error: { type: "server_error", code: "upstream_timeout", message: "silent" } }).type
+    )
+      .toBe("timeout_error")
   })
 })
 

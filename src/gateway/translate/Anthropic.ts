@@ -525,12 +525,15 @@ export const toAnthropicError = (
 
 /** An in-band OpenAI error event (no status) → the detail of an Anthropic `error` event. */
 export const toAnthropicStreamError = (body: unknown): AnthropicErrorDetail => {
-  const type = upstreamErrorOf(body)?.type
+  const error = upstreamErrorOf(body)
+  const type = error?.type
   const anthropicType = type === "invalid_request_error" || type === "authentication_error" ||
       type === "rate_limit_error"
     ? type
     : type === "insufficient_vram" || type === "service_unavailable"
     ? "overloaded_error"
+    : (error as { code?: unknown } | undefined)?.code === "upstream_timeout"
+    ? "timeout_error"
     : "api_error"
   return { type: anthropicType, message: messageOf(body, "The upstream stream failed") }
 }
