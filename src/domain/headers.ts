@@ -14,3 +14,24 @@ export const progressIntervalMs = (header: string | undefined): number | undefin
   const ms = Number(header)
   return Number.isFinite(ms) ? Math.min(60_000, Math.max(250, ms)) : undefined
 }
+
+/**
+ * Sent by the gateway with the model name as the client wrote it (an alias, say): the gateway
+ * rewrites the body's `model` to the neuron's id, and the neuron answers with this name instead,
+ * so every answer names the model the client asked for. Percent-encoded: a name may hold
+ * characters a header cannot.
+ */
+export const MODEL_NAME_HEADER = "x-cortex-model-name"
+
+export const encodeModelName = (name: string) => encodeURIComponent(name)
+
+/** The name to answer with: the header's when it decodes to a plausible model name, else the body's. */
+export const answeredModelName = (header: string | undefined, bodyModel: string): string => {
+  if (header === undefined || header.length === 0 || header.length > 3 * 256) return bodyModel
+  try {
+    const name = decodeURIComponent(header)
+    return name.length > 0 && name.length <= 256 ? name : bodyModel
+  } catch {
+    return bodyModel
+  }
+}

@@ -27,6 +27,23 @@ export interface ToolCallOut {
 
 export type FinishReason = "stop" | "length" | "tool_calls" | "content_filter" | "function_call"
 
+/** One token position of chat `logprobs.content`: the sampled token, and the likeliest alternatives. */
+export interface TokenLogprob {
+  readonly token: string
+  readonly logprob: number
+  readonly bytes: ReadonlyArray<number> | null
+  readonly top_logprobs: ReadonlyArray<{
+    readonly token: string
+    readonly logprob: number
+    readonly bytes: ReadonlyArray<number> | null
+  }>
+}
+
+export interface ChatLogprobs {
+  readonly content: ReadonlyArray<TokenLogprob> | null
+  readonly refusal?: ReadonlyArray<TokenLogprob> | null
+}
+
 export interface ChatCompletion {
   readonly id: string
   readonly object: "chat.completion"
@@ -41,6 +58,9 @@ export interface ChatCompletion {
       readonly tool_calls?: ReadonlyArray<ToolCallOut>
     }
     readonly finish_reason: FinishReason | null
+    /** vLLM's extension, sent by the neuron: the stop string that ended the choice. */
+    readonly stop_reason?: string | number | null
+    readonly logprobs?: ChatLogprobs | null
   }>
   readonly usage?: Usage
 }
@@ -67,6 +87,9 @@ export interface ChatCompletionChunk {
       readonly tool_calls?: ReadonlyArray<ToolCallDelta>
     }
     readonly finish_reason: FinishReason | null
+    /** vLLM's extension, on the finishing chunk: the stop string that ended the choice. */
+    readonly stop_reason?: string | number | null
+    readonly logprobs?: ChatLogprobs | null
   }>
   /** Present on the final usage chunk (with `choices: []`). */
   readonly usage?: Usage | null

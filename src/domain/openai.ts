@@ -87,7 +87,8 @@ export const SamplingFields = {
   stop: opt(Stop),
   stream: opt(Schema.NullOr(Schema.Boolean)),
   stream_options: opt(Schema.NullOr(Schema.Struct({ include_usage: opt(Schema.Boolean) }))),
-  n: opt(Schema.NullOr(Schema.Literal(1))),
+  /** Choices per request; the neuron refuses more than its `max_n` (422 naming `n`). */
+  n: opt(Schema.NullOr(Schema.Int.pipe(Schema.between(1, 128)))),
   user: opt(Schema.String)
 }
 
@@ -99,6 +100,9 @@ export const ChatCompletionRequest = Schema.Struct({
   tool_choice: opt(Schema.NullOr(ToolChoice)),
   parallel_tool_calls: opt(Schema.NullOr(Schema.Boolean)),
   response_format: opt(Schema.NullOr(ResponseFormat)),
+  logprobs: opt(Schema.NullOr(Schema.Boolean)),
+  /** Alternatives per token; needs `logprobs: true`. */
+  top_logprobs: opt(Schema.NullOr(Schema.Int.pipe(Schema.between(0, 20)))),
   ...SamplingFields
 })
 export type ChatCompletionRequest = typeof ChatCompletionRequest.Type
@@ -107,6 +111,8 @@ export const CompletionRequest = Schema.Struct({
   model: ModelName,
   prompt: Schema.Union(Schema.String, Schema.Array(Schema.String).pipe(Schema.itemsCount(1))),
   echo: opt(Schema.NullOr(Schema.Boolean)),
+  /** Log-probabilities of the sampled tokens and this many alternatives each. */
+  logprobs: opt(Schema.NullOr(Schema.Int.pipe(Schema.between(0, 5)))),
   ...SamplingFields
 })
 export type CompletionRequest = typeof CompletionRequest.Type
@@ -129,10 +135,13 @@ export type LoadRequest = typeof LoadRequest.Type
 export const UnloadRequest = Schema.Struct({ model: ModelName })
 export type UnloadRequest = typeof UnloadRequest.Type
 
+/** Count a prompt as generation would render it: the messages and the tools offered with them. */
 export const TokenizeRequest = Schema.Struct({
   model: ModelName,
   text: opt(Schema.String),
-  messages: opt(Schema.Array(ChatMessage))
+  messages: opt(Schema.Array(ChatMessage)),
+  tools: opt(Schema.NullOr(Schema.Array(FunctionTool))),
+  tool_choice: opt(Schema.NullOr(ToolChoice))
 })
 export type TokenizeRequest = typeof TokenizeRequest.Type
 

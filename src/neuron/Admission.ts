@@ -3,7 +3,9 @@
  * Seats = concurrent generations (the context's sequences). Past them, a bounded queue; a
  * principal may hold at most `maxPerPrincipal` seats + queue places together. When a seat frees,
  * the queued ticket whose principal holds the fewest seats goes next (arrival order breaks ties),
- * so one busy client cannot starve the others.
+ * so one busy client cannot starve the others. A ticket may need several seats (a request for
+ * `n` choices runs them on up to `n` sequences); the one chosen to go next waits at the head of
+ * the queue until enough seats are free, so smaller tickets cannot starve it.
  */
 export interface Limits {
   readonly maxInFlight: number
@@ -14,6 +16,17 @@ export interface Limits {
 export interface Ticket {
   readonly id: number
   readonly principal: string
+  /** Seats it needs, 1 unless said (at most `maxInFlight`: the caller clamps it). */
+  readonly seats?: number
+}
+
+const seatsOf = (ticket: Ticket) => ticket.seats ?? 1
+
+/** Seats taken by the running tickets. */
+export const seatsInUse = (state: State) => {
+  let used = 0
+  for (const t of state.running) used += seatsOf(t)
+  return used
 }
 
 export interface State {
@@ -33,7 +46,7 @@ export const admit = (state: State, limits: Limits, ticket: Ticket): readonly [D
   if (limits.maxPerPrincipal !== undefined && holdings(state, ticket.principal) >= limits.maxPerPrincipal) {
     return ["principal_limit", state]
   }
-  if (state.running.length < limits.maxInFlight && state.queue.length === 0) {
+  if (seatsInUse(state) + seatsOf(ticket) <= limits.maxInFlight && state.queue.length === 0) {
     return ["run", { ...state, running: [...state.running, ticket] }]
   }
   if (state.queue.length >= limits.maxQueueDepth) return ["queue_full", state]
@@ -58,9 +71,10 @@ const nextIndex = (state: State): number => {
 export const promote = (state: State, limits: Limits): readonly [ReadonlyArray<Ticket>, State] => {
   const started: Array<Ticket> = []
   let current = state
-  while (current.running.length < limits.maxInFlight && current.queue.length > 0) {
+  while (seatsInUse(current) < limits.maxInFlight && current.queue.length > 0) {
     const i = nextIndex(current)
     const ticket = current.queue[i]!
+    if (seatsInUse(current) + seatsOf(ticket) > limits.maxInFlight) break
     current = {
       running: [...current.running, ticket],
       queue: current.queue.filter((_, j) => j !== i)

@@ -7,7 +7,7 @@
 import { type ChildProcess, fork } from "node:child_process"
 import { fileURLToPath } from "node:url"
 import type { Device } from "./Discovery.js"
-import type { EngineInfo, FromWorker, ToWorker, WorkerFailure } from "./worker/protocol.js"
+import type { EngineInfo, FromWorker, TokenLogprob, ToWorker, WorkerFailure } from "./worker/protocol.js"
 
 export class WorkerCrash extends Error {
   constructor(readonly device: string, readonly detail: string) {
@@ -22,7 +22,12 @@ export class WorkerFailed extends Error {
 }
 
 export interface StreamHandlers {
-  readonly onChunk?: (kind: "content" | "reasoning", text: string) => void
+  readonly onChunk?: (
+    kind: "content" | "reasoning",
+    text: string,
+    choice: number,
+    logprobs: ReadonlyArray<TokenLogprob> | undefined
+  ) => void
   readonly onPrefilled?: (promptTokens: number, cachedTokens: number) => void
 }
 
@@ -114,7 +119,12 @@ export class DeviceWorker {
   private dispatch(message: FromWorker) {
     switch (message._tag) {
       case "chunk":
-        return this.pending.get(message.id)?.onChunk?.(message.kind, message.text)
+        return this.pending.get(message.id)?.onChunk?.(
+          message.kind,
+          message.text,
+          message.choice ?? 0,
+          message.logprobs
+        )
       case "prefilled":
         return this.pending.get(message.id)?.onPrefilled?.(message.promptTokens, message.cachedTokens)
       case "result": {

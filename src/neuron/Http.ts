@@ -15,7 +15,7 @@ import {
   ShuttingDown,
   Unauthorized
 } from "../domain/errors.js"
-import { PROGRESS_HEADER, progressIntervalMs } from "../domain/headers.js"
+import { answeredModelName, MODEL_NAME_HEADER, PROGRESS_HEADER, progressIntervalMs } from "../domain/headers.js"
 import {
   ChatCompletionRequest,
   CompletionRequest,
@@ -28,7 +28,7 @@ import {
 import { tokenMatches } from "./ApiToken.js"
 import { toWorkerMessages } from "./ChatMessages.js"
 import { hostInfo } from "./Discovery.js"
-import { errorResponse, Inference, newRequestId, reportInternal } from "./Inference.js"
+import { errorResponse, Inference, newRequestId, promptShapeOf, reportInternal } from "./Inference.js"
 import { type Caller, ModelManager } from "./ModelManager.js"
 import { NeuronConfig } from "./NeuronConfig.js"
 
@@ -183,37 +183,47 @@ export const makeRouter = Effect.gen(function*() {
     return json(yield* models.unload(request.model))
   })
 
+  /** The model as the client named it: the gateway's header, else the body's `model`. */
+  const nameFor = (model: string) =>
+    Effect.map(HttpServerRequest.HttpServerRequest, (request) => {
+      const header = request.headers[MODEL_NAME_HEADER]
+      return answeredModelName(typeof header === "string" ? header : undefined, model)
+    })
+
   const chat = Effect.gen(function*() {
     const request = yield* body(ChatCompletionRequest)
     const who = yield* principal
-    if (request.stream) return yield* inference.stream(request, "chat", who)
-    return json(yield* withProgress(inference.complete(request, "chat", who)))
+    const name = yield* nameFor(request.model)
+    if (request.stream) return yield* inference.stream(request, "chat", who, name)
+    return json(yield* withProgress(inference.complete(request, "chat", who, name)))
   })
 
   const completions = Effect.gen(function*() {
     const request = yield* body(CompletionRequest)
     const who = yield* principal
-    if (request.stream) return yield* inference.stream(request, "completion", who)
-    return json(yield* withProgress(inference.complete(request, "completion", who)))
+    const name = yield* nameFor(request.model)
+    if (request.stream) return yield* inference.stream(request, "completion", who, name)
+    return json(yield* withProgress(inference.complete(request, "completion", who, name)))
   })
 
   const embeddings = Effect.gen(function*() {
     const request = yield* body(EmbeddingRequest)
-    return json(yield* withProgress(inference.embed(request, yield* principal)))
+    const name = yield* nameFor(request.model)
+    return json(yield* withProgress(inference.embed(request, yield* principal, name)))
   })
 
+  /** Messages are counted as chat generation renders them, with the tools (and tool_choice) given. */
   const tokenize = Effect.gen(function*() {
     const request = yield* body(TokenizeRequest)
-    const job = request.messages
-      ? {
-        kind: "chat" as const,
-        messages: yield* Effect.try({
-          try: () => toWorkerMessages(request.messages!),
-          catch: (e) => isApiError(e) ? e : new InvalidRequest({ message: "Invalid messages", param: "messages" })
-        })
-      }
-      : { kind: "completion" as const, prompt: request.text ?? "" }
-    return json(yield* inference.tokenize(request.model, job))
+    if (!request.messages) {
+      return json(yield* inference.tokenize(request.model, { kind: "completion", prompt: request.text ?? "" }))
+    }
+    const messages = request.messages
+    const [job, shape] = yield* Effect.try({
+      try: () => [{ kind: "chat" as const, messages: toWorkerMessages(messages) }, promptShapeOf(request)] as const,
+      catch: (e) => isApiError(e) ? e : new InvalidRequest({ message: "Invalid messages", param: "messages" })
+    })
+    return json(yield* inference.tokenize(request.model, job, shape))
   })
 
   const restartWorker = Effect.gen(function*() {

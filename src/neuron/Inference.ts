@@ -24,7 +24,15 @@ import { type Caller, ModelManager, type Seat } from "./ModelManager.js"
 import { NeuronConfig } from "./NeuronConfig.js"
 import { resolveSampling } from "./Sampling.js"
 import { minPromptTokens } from "./worker/promptSize.js"
-import type { EmbedResult, GenerationParams, GenerationResult, Job } from "./worker/protocol.js"
+import type {
+  ChoiceResult,
+  EmbedResult,
+  GenerationParams,
+  GenerationResult,
+  Job,
+  PromptShape,
+  TokenLogprob
+} from "./worker/protocol.js"
 
 const encoder = new TextEncoder()
 const frame = (value: unknown) => encoder.encode(`data: ${JSON.stringify(value)}\n\n`)
@@ -64,7 +72,12 @@ export const toApiError = (model: string, seat: Seat | undefined) => (error: unk
 }
 
 interface Events {
-  readonly onChunk: (kind: "content" | "reasoning", text: string) => void
+  readonly onChunk: (
+    kind: "content" | "reasoning",
+    text: string,
+    choice: number,
+    logprobs: ReadonlyArray<TokenLogprob> | undefined
+  ) => void
   readonly onPrefilled: (promptTokens: number, cachedTokens: number) => void
 }
 
@@ -100,16 +113,74 @@ const usageOf = (result: GenerationResult, queueMs: number) => ({
   }
 })
 
-const finishReason = (result: GenerationResult) =>
-  result.toolCalls.length > 0 ? "tool_calls" : result.finishReason === "abort" ? "stop" : result.finishReason
+/** A call cut by max_tokens stays "length": the client must not take a partial call for a whole one. */
+const finishReason = (choice: ChoiceResult) =>
+  choice.finishReason === "length"
+    ? "length"
+    : choice.toolCalls.length > 0
+    ? "tool_calls"
+    : choice.finishReason === "abort"
+    ? "stop"
+    : choice.finishReason
 
-const toolCallsOf = (result: GenerationResult) =>
-  result.toolCalls.map((call, index) => ({
+/** vLLM's extension: the stop string that ended the choice (the gateway maps it to Anthropic's stop_sequence). */
+const stopReasonOf = (choice: ChoiceResult) => choice.stopSequence !== null ? { stop_reason: choice.stopSequence } : {}
+
+const toolCallsOf = (choice: ChoiceResult) =>
+  choice.toolCalls.map((call, index) => ({
     index,
     id: `call_${randomBytes(8).toString("hex")}`,
     type: "function" as const,
     function: { name: call.name, arguments: call.arguments }
   }))
+
+/** Chat's shape: `{content: [{token, logprob, bytes, top_logprobs}], refusal}`. */
+const chatLogprobs = (entries: ReadonlyArray<TokenLogprob> | undefined) =>
+  entries ? { content: entries, refusal: null } : null
+
+/**
+ * Legacy completions' shape. `top_logprobs` holds the `logprobs` most likely tokens and, as
+ * OpenAI documents, always the sampled one (so up to logprobs + 1 entries); `text_offset` counts
+ * from the start of the generated text.
+ */
+const completionLogprobs = (entries: ReadonlyArray<TokenLogprob>, startOffset: number) => {
+  const tokens: Array<string> = []
+  const tokenLogprobs: Array<number> = []
+  const top: Array<Record<string, number>> = []
+  const textOffset: Array<number> = []
+  let offset = startOffset
+  for (const entry of entries) {
+    tokens.push(entry.token)
+    tokenLogprobs.push(entry.logprob)
+    const alternatives = new Map<string, number>()
+    for (const alt of entry.top_logprobs) if (!alternatives.has(alt.token)) alternatives.set(alt.token, alt.logprob)
+    if (!alternatives.has(entry.token)) alternatives.set(entry.token, entry.logprob)
+    top.push(Object.fromEntries(alternatives))
+    textOffset.push(offset)
+    offset += entry.token.length
+  }
+  return { tokens, token_logprobs: tokenLogprobs, top_logprobs: top, text_offset: textOffset }
+}
+
+/** The tools a chat request offers, as the worker renders them; also what `/tokenize` counts with. */
+export const promptShapeOf = (
+  request: Pick<ChatCompletionRequest, "tools" | "tool_choice">
+): PromptShape => {
+  const tools = (request.tools ?? []).map((t) => ({
+    name: t.function.name,
+    ...(t.function.description !== undefined ? { description: t.function.description } : {}),
+    ...(t.function.parameters !== undefined ? { parameters: t.function.parameters } : {})
+  }))
+  const choice = request.tool_choice ?? "auto"
+  const toolChoice = typeof choice === "string" ? choice : { name: choice.function.name }
+  if (typeof toolChoice === "object" && !tools.some((t) => t.name === toolChoice.name)) {
+    throw new InvalidRequest({
+      message: `tool_choice names '${toolChoice.name}', which is not in tools`,
+      param: "tool_choice"
+    })
+  }
+  return { tools, toolChoice: tools.length === 0 ? "none" : toolChoice }
+}
 
 /** Stack frames, and absolute paths (not a model id such as `org/model` or `../x`). */
 const STACK = /\n\s*at\s[\s\S]*$/
@@ -162,28 +233,31 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
 
     const prepare = (request: ChatCompletionRequest | CompletionRequest, kind: Kind) =>
       Effect.try({
-        try: (): { job: Job; params: GenerationParams } => {
+        try: (): { job: Job; params: GenerationParams; n: number } => {
+          const n = request.n ?? 1
+          if (n > config.maxN) {
+            throw new InvalidRequest({
+              message: `n is ${n}; this server generates at most ${config.maxN} choices per request (max_n)`,
+              param: "n"
+            })
+          }
           const sampling = resolveSampling(request)
           if (kind === "completion") {
             const r = request as CompletionRequest
             return {
               job: { kind: "completion", prompt: typeof r.prompt === "string" ? r.prompt : r.prompt[0]! },
-              params: { ...sampling, tools: [], toolChoice: "none" }
+              params: {
+                ...sampling,
+                tools: [],
+                toolChoice: "none",
+                ...(r.logprobs != null ? { logprobs: r.logprobs } : {})
+              },
+              n
             }
           }
           const r = request as ChatCompletionRequest
-          const tools = (r.tools ?? []).map((t) => ({
-            name: t.function.name,
-            ...(t.function.description !== undefined ? { description: t.function.description } : {}),
-            ...(t.function.parameters !== undefined ? { parameters: t.function.parameters } : {})
-          }))
-          const choice = r.tool_choice ?? "auto"
-          const toolChoice = typeof choice === "string" ? choice : { name: choice.function.name }
-          if (typeof toolChoice === "object" && !tools.some((t) => t.name === toolChoice.name)) {
-            throw new InvalidRequest({
-              message: `tool_choice names '${toolChoice.name}', which is not in tools`,
-              param: "tool_choice"
-            })
+          if (r.top_logprobs != null && r.logprobs !== true) {
+            throw new InvalidRequest({ message: "top_logprobs needs logprobs: true", param: "top_logprobs" })
           }
           const format = r.response_format
           const responseFormat = format?.type === "json_object"
@@ -198,9 +272,10 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
             params: {
               ...sampling,
               ...(responseFormat ? { responseFormat } : {}),
-              tools,
-              toolChoice: tools.length === 0 ? "none" : toolChoice
-            }
+              ...promptShapeOf(r),
+              ...(r.logprobs === true ? { logprobs: r.top_logprobs ?? 0 } : {})
+            },
+            n
           }
         },
         catch: (e) => isApiError(e) ? e : new InvalidRequest({ message: String(e), param: null })
@@ -222,13 +297,14 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
         }
       })
 
-    const generate = (seat: Seat, job: Job, params: GenerationParams, events: Partial<Events>) =>
+    const generate = (seat: Seat, job: Job, params: GenerationParams, n: number, events: Partial<Events>) =>
       runOnWorker<GenerationResult>(seat, {
         _tag: "generate",
         model: seat.model,
         job,
         params,
         stream: events.onChunk !== undefined,
+        ...(n > 1 ? { choices: n, parallel: seat.seats } : {}),
         budget: {
           freeMb: seat.freeMb,
           prefillBaseMb: config.prefillBaseMb,
@@ -237,13 +313,21 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
         }
       }, events)
 
-    /** Non-streaming chat or text completion. */
-    const complete = (request: ChatCompletionRequest | CompletionRequest, kind: Kind, caller: Caller) =>
+    /**
+     * Non-streaming chat or text completion. `name` is the model as the client named it (the
+     * gateway sends it in MODEL_NAME_HEADER): every answer says that name.
+     */
+    const complete = (
+      request: ChatCompletionRequest | CompletionRequest,
+      kind: Kind,
+      caller: Caller,
+      name: string = request.model
+    ) =>
       Effect.scoped(Effect.gen(function*() {
-        const { job, params } = yield* prepare(request, kind)
+        const { job, n, params } = yield* prepare(request, kind)
         yield* refuseOversized(request.model, job, caller)
-        const seat = yield* models.acquire(request.model, caller)
-        const result = yield* generate(seat, job, params, {})
+        const seat = yield* models.acquire(request.model, caller, n)
+        const result = yield* generate(seat, job, params, n, {})
         const usage = usageOf(result, seat.queueMs)
         yield* Effect.logDebug(`${kind} ${request.model}: ${result.usage.completionTokens} tokens`)
         if (kind === "completion") {
@@ -251,28 +335,37 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
             id: newId("cmpl"),
             object: "text_completion",
             created: now(),
-            model: request.model,
-            choices: [{ index: 0, text: result.text, finish_reason: finishReason(result), logprobs: null }],
+            model: name,
+            choices: result.choices.map((choice) => ({
+              index: choice.index,
+              text: choice.text,
+              finish_reason: finishReason(choice),
+              ...stopReasonOf(choice),
+              logprobs: choice.logprobs ? completionLogprobs(choice.logprobs, 0) : null
+            })),
             usage
           }
         }
-        const toolCalls = toolCallsOf(result)
         return {
           id: newId("chatcmpl"),
           object: "chat.completion",
           created: now(),
-          model: request.model,
-          choices: [{
-            index: 0,
-            message: {
-              role: "assistant",
-              content: toolCalls.length > 0 && result.text === "" ? null : result.text,
-              ...(result.reasoning ? { reasoning_content: result.reasoning } : {}),
-              ...(toolCalls.length > 0 ? { tool_calls: toolCalls } : {})
-            },
-            finish_reason: finishReason(result),
-            logprobs: null
-          }],
+          model: name,
+          choices: result.choices.map((choice) => {
+            const toolCalls = toolCallsOf(choice)
+            return {
+              index: choice.index,
+              message: {
+                role: "assistant",
+                content: toolCalls.length > 0 && choice.text === "" ? null : choice.text,
+                ...(choice.reasoning ? { reasoning_content: choice.reasoning } : {}),
+                ...(toolCalls.length > 0 ? { tool_calls: toolCalls } : {})
+              },
+              finish_reason: finishReason(choice),
+              ...stopReasonOf(choice),
+              logprobs: chatLogprobs(choice.logprobs)
+            }
+          }),
           usage
         }
       }))
@@ -280,11 +373,18 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
     /**
      * A streamed chat or text completion. Errors found before anything was generated (unknown
      * model, admission refusal, context too long) are plain HTTP errors when they come within
-     * the head start; after the headers went out they are an in-band error event.
+     * the head start; after the headers went out they are an in-band error event. With n > 1,
+     * every chunk carries its choice's `index`; the choices' last chunks (tool calls, finish)
+     * come when all are done.
      */
-    const stream = (request: ChatCompletionRequest | CompletionRequest, kind: Kind, caller: Caller) =>
+    const stream = (
+      request: ChatCompletionRequest | CompletionRequest,
+      kind: Kind,
+      caller: Caller,
+      name: string = request.model
+    ) =>
       Effect.gen(function*() {
-        const { job, params } = yield* prepare(request, kind)
+        const { job, n, params } = yield* prepare(request, kind)
         yield* refuseOversized(request.model, job, caller)
         const id = newId(kind === "chat" ? "chatcmpl" : "cmpl")
         const requestId = newRequestId()
@@ -293,53 +393,72 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
         const includeUsage = request.stream_options?.include_usage !== false
         const queue = yield* Queue.unbounded<Uint8Array | null>()
         const started = yield* Deferred.make<void, ApiError>()
-        const chunk = (delta: Record<string, unknown>, finish: string | null = null) =>
-          kind === "chat"
-            ? {
+        const wantLogprobs = params.logprobs !== undefined
+        // Completions' text_offset runs on across a choice's chunks.
+        const offsets = kind === "completion" && wantLogprobs ? new Array<number>(n).fill(0) : undefined
+        const chunk = (
+          index: number,
+          delta: Record<string, unknown>,
+          finish: ChoiceResult | null = null,
+          logprobs?: ReadonlyArray<TokenLogprob>
+        ) => {
+          const ending = finish
+            ? { finish_reason: finishReason(finish), ...stopReasonOf(finish) }
+            : { finish_reason: null }
+          if (kind === "chat") {
+            return {
               id,
               object,
               created,
-              model: request.model,
-              choices: [{ index: 0, delta, finish_reason: finish, logprobs: null }]
+              model: name,
+              choices: [{ index, delta, ...ending, logprobs: chatLogprobs(logprobs) }]
             }
-            : {
-              id,
-              object,
-              created,
-              model: request.model,
-              choices: [{
-                index: 0,
-                text: (delta.content as string | undefined) ?? "",
-                finish_reason: finish,
-                logprobs: null
-              }]
-            }
+          }
+          let completion: ReturnType<typeof completionLogprobs> | null = null
+          if (logprobs && offsets) {
+            completion = completionLogprobs(logprobs, offsets[index] ?? 0)
+            offsets[index] = (offsets[index] ?? 0) + logprobs.reduce((sum, e) => sum + e.token.length, 0)
+          }
+          return {
+            id,
+            object,
+            created,
+            model: name,
+            choices: [{ index, text: (delta.content as string | undefined) ?? "", ...ending, logprobs: completion }]
+          }
+        }
         const push = (bytes: Uint8Array) => Queue.unsafeOffer(queue, bytes)
 
         const run = Effect.scoped(Effect.gen(function*() {
-          const seat = yield* models.acquire(request.model, caller)
-          const result = yield* generate(seat, job, params, {
+          const seat = yield* models.acquire(request.model, caller, n)
+          const result = yield* generate(seat, job, params, n, {
             onPrefilled: (promptTokens, cachedTokens) => {
               Deferred.unsafeDone(started, Exit.void)
               if (kind === "chat") {
-                push(frame({
-                  ...chunk({ role: "assistant", content: "" }),
-                  cortex: { prompt_tokens: promptTokens, cached_tokens: cachedTokens }
-                }))
+                for (let index = 0; index < n; index++) {
+                  push(frame({
+                    ...chunk(index, { role: "assistant", content: "" }),
+                    ...(index === 0 ? { cortex: { prompt_tokens: promptTokens, cached_tokens: cachedTokens } } : {})
+                  }))
+                }
               }
             },
-            onChunk: (type, text) => {
-              if (text.length === 0) return
-              push(frame(chunk(type === "reasoning" ? { reasoning_content: text } : { content: text })))
+            onChunk: (type, text, index, logprobs) => {
+              if (text.length === 0 && (logprobs === undefined || logprobs.length === 0)) return
+              push(frame(
+                type === "reasoning"
+                  ? chunk(index, { reasoning_content: text })
+                  : chunk(index, { content: text }, null, logprobs)
+              ))
             }
           })
-          const toolCalls = toolCallsOf(result)
-          if (toolCalls.length > 0) push(frame(chunk({ tool_calls: toolCalls })))
-          push(frame(chunk({}, finishReason(result))))
+          for (const choice of result.choices) {
+            const toolCalls = toolCallsOf(choice)
+            if (toolCalls.length > 0) push(frame(chunk(choice.index, { tool_calls: toolCalls })))
+            push(frame(chunk(choice.index, {}, choice)))
+          }
           if (includeUsage) {
-            push(
-              frame({ id, object, created, model: request.model, choices: [], usage: usageOf(result, seat.queueMs) })
-            )
+            push(frame({ id, object, created, model: name, choices: [], usage: usageOf(result, seat.queueMs) }))
           }
           push(DONE)
         })).pipe(
@@ -382,14 +501,14 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
         })
       })
 
-    const embed = (request: EmbeddingRequest, caller: Caller) =>
+    const embed = (request: EmbeddingRequest, caller: Caller, name: string = request.model) =>
       Effect.scoped(Effect.gen(function*() {
         const inputs = typeof request.input === "string" ? [request.input] : [...request.input]
         const seat = yield* models.acquire(request.model, caller)
         const result = yield* runOnWorker<EmbedResult>(seat, { _tag: "embed", model: seat.model, inputs })
         return {
           object: "list",
-          model: request.model,
+          model: name,
           data: result.vectors.map((vector, index) => ({
             object: "embedding",
             index,
@@ -401,10 +520,16 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
         }
       }))
 
-    const tokenize = (model: string, job: Job) =>
+    /** The prompt's token count as generation would evaluate it (same template, same tools). */
+    const tokenize = (model: string, job: Job, shape?: PromptShape) =>
       Effect.gen(function*() {
         const seat = yield* models.peek(model)
-        const count = yield* runOnWorker<number>(seat, { _tag: "tokenize", model, job })
+        const count = yield* runOnWorker<number>(seat, {
+          _tag: "tokenize",
+          model,
+          job,
+          ...(shape ? { tools: shape.tools, toolChoice: shape.toolChoice } : {})
+        })
         return { model, tokens: count }
       })
 

@@ -81,6 +81,8 @@ export interface Seat {
   readonly freeMb: number
   readonly device: string
   readonly queueMs: number
+  /** Sequences this request holds (several for a request with n choices). */
+  readonly seats: number
 }
 
 const loadedStatuses: ReadonlySet<ModelStatus> = new Set(["loaded", "loading", "unloading", "recovering"])
@@ -304,7 +306,8 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
           : null),
       train_context: e.loaded?.trainContextSize ?? e.estimate?.trainContextSize ?? null,
       capabilities: capabilities(e),
-      in_flight: e.admission.running.length,
+      // Seats, not requests: a request for n choices holds up to n sequences.
+      in_flight: Admission.seatsInUse(e.admission),
       queue_depth: e.admission.queue.length,
       loaded_at: e.loadedAt ? new Date(e.loadedAt).toISOString() : null,
       last_used_at: e.lastUsedAt ? new Date(e.lastUsedAt).toISOString() : null,
@@ -502,7 +505,7 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
         return e
       })
 
-    const seatOn = (entry: Entry, queueMs: number): Seat => {
+    const seatOn = (entry: Entry, queueMs: number, seats = 1): Seat => {
       const device = devices.find((d) => d.id === entry.device)!
       return {
         model: entry.file.id,
@@ -511,7 +514,8 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
         maxTokenBytes: entry.loaded!.maxTokenBytes,
         freeMb: freeMb(device),
         device: device.id,
-        queueMs
+        queueMs,
+        seats
       }
     }
 
@@ -521,8 +525,9 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
     /**
      * A seat on a loaded model for the life of the current scope. Loads on demand (auto_load),
      * waits in the bounded queue, and gives the seat back on success, failure or interruption.
+     * `seats` > 1 takes several sequences at once (clamped to max_in_flight), for n choices.
      */
-    const acquire = (id: string, caller: Caller): Effect.Effect<
+    const acquire = (id: string, caller: Caller, wanted = 1): Effect.Effect<
       Seat,
       ModelNotFound | ModelUnavailable | Overloaded | ShuttingDown | InsufficientVram | ModelLoadFailed | WorkerCrashed,
       Scope.Scope
@@ -530,7 +535,10 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
       Effect.gen(function*() {
         const arrived = Date.now()
         const e = yield* resident(id, caller.autoLoad ?? config.autoLoad)
-        const ticket: Admission.Ticket = { id: nextTicket++, principal: caller.principal }
+        const seats = Math.max(1, Math.min(wanted, limits.maxInFlight))
+        const ticket: Admission.Ticket = seats === 1
+          ? { id: nextTicket++, principal: caller.principal }
+          : { id: nextTicket++, principal: caller.principal, seats }
         const [decision, next] = Admission.admit(e.admission, limits, ticket)
         if (decision === "queue_full" || decision === "principal_limit") {
           return yield* new Overloaded({ model: id, reason: decision, retry_after_secs: 1 })
@@ -563,7 +571,7 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
           }
         }
         entry.lastUsedAt = Date.now()
-        return seatOn(entry, Date.now() - arrived)
+        return seatOn(entry, Date.now() - arrived, seats)
       })
 
     const loadDefaults = Effect.forEach(config.defaultModels, (id) =>
@@ -615,7 +623,7 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
       let inFlight = 0
       let queued = 0
       for (const e of entries.values()) {
-        inFlight += e.admission.running.length
+        inFlight += Admission.seatsInUse(e.admission)
         queued += e.admission.queue.length
       }
       return { inFlight, queued }

@@ -21,6 +21,8 @@ export const NeuronFile = Schema.Struct({
   prefill_chunk_tokens: opt(PositiveInt.pipe(Schema.between(8, 8192))),
   context_size: opt(PositiveInt.pipe(Schema.between(64, 1 << 20))),
   max_in_flight: opt(PositiveInt.pipe(Schema.between(1, 64))),
+  /** The most choices (OpenAI `n`) one request may ask for. */
+  max_n: opt(PositiveInt.pipe(Schema.between(1, 64))),
   max_queue_depth: opt(Schema.Int.pipe(Schema.between(0, 100_000))),
   max_wait_secs: opt(Schema.Number.pipe(Schema.positive())),
   max_per_principal: opt(PositiveInt),
@@ -44,6 +46,7 @@ export interface NeuronSettings {
   readonly prefillChunkTokens: number
   readonly contextSize: number
   readonly maxInFlight: number
+  readonly maxN: number
   readonly maxQueueDepth: number
   readonly maxWaitSecs: number
   readonly maxPerPrincipal: number | undefined
@@ -88,6 +91,7 @@ const ENV_KEYS: Record<string, keyof NeuronFile> = {
   NEURON_PREFILL_CHUNK_TOKENS: "prefill_chunk_tokens",
   NEURON_CONTEXT_SIZE: "context_size",
   NEURON_MAX_IN_FLIGHT: "max_in_flight",
+  NEURON_MAX_N: "max_n",
   NEURON_MAX_QUEUE_DEPTH: "max_queue_depth",
   NEURON_MAX_WAIT_SECS: "max_wait_secs",
   NEURON_MAX_PER_PRINCIPAL: "max_per_principal",
@@ -185,6 +189,7 @@ export const loadNeuronConfig = (options: {
       prefillChunkTokens: merged.prefill_chunk_tokens ?? 512,
       contextSize: merged.context_size ?? 4096,
       maxInFlight,
+      maxN: merged.max_n ?? 4,
       maxQueueDepth: merged.max_queue_depth ?? 32,
       maxWaitSecs: merged.max_wait_secs ?? 60,
       maxPerPrincipal: merged.max_per_principal,

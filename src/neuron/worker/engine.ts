@@ -20,8 +20,10 @@ import {
   readGgufFileInfo,
   type Token
 } from "node-llama-cpp"
+import { LogprobRecorder } from "./logprobs.js"
 import { minPromptTokens } from "./promptSize.js"
 import type {
+  ChoiceResult,
   EmbedResult,
   EngineInfo,
   FinishReason,
@@ -31,7 +33,9 @@ import type {
   LoadedInfo,
   MemoryState,
   ModelEstimate,
+  PromptShape,
   RequestBudget,
+  TokenLogprob,
   WorkerFailure,
   WorkerMessage
 } from "./protocol.js"
@@ -58,9 +62,32 @@ interface Resident {
 }
 
 export interface StreamSink {
-  readonly chunk: (kind: "content" | "reasoning", text: string) => void
+  readonly chunk: (
+    choice: number,
+    kind: "content" | "reasoning",
+    text: string,
+    logprobs?: ReadonlyArray<TokenLogprob>
+  ) => void
   readonly prefilled: (promptTokens: number, cachedTokens: number) => void
 }
+
+/** What the choices of one request share. */
+interface ChoiceRun {
+  readonly resident: Resident
+  readonly job: Job
+  readonly params: GenerationParams
+  readonly prompt: ReadonlyArray<Token>
+  readonly grammar: LlamaGrammar | undefined
+  readonly forced: boolean
+  readonly sink: StreamSink
+  readonly signal: AbortSignal
+  firstTokenAt: number | undefined
+  completionTokens: number
+}
+
+/** A forced tool call ("required" or a named function) is generated under a JSON grammar. */
+const isForced = (shape: PromptShape) =>
+  shape.tools.length > 0 && shape.toolChoice !== "none" && shape.toolChoice !== "auto"
 
 const MB = 1024 * 1024
 const EMBEDDING_CONTEXT = 2048
@@ -261,23 +288,39 @@ export class Engine {
     return resident
   }
 
-  /** The prompt tokens exactly as the model will see them. */
-  promptTokens(id: string, job: Job, params?: GenerationParams): Array<Token> {
+  /**
+   * The prompt tokens exactly as the model will see them: the same history (with the forced
+   * tool instruction) and the same tool rendering as `generate`. `/tokenize` (and so Anthropic's
+   * count_tokens) counts with this too.
+   */
+  promptTokens(id: string, job: Job, shape?: PromptShape): Array<Token> {
     const { model, slots } = this.resident(id)
     if (job.kind === "completion") {
       const tokens = model.tokenize(job.prompt)
       return model.tokens.bos !== null && model.tokens.shouldPrependBosToken ? [model.tokens.bos, ...tokens] : tokens
     }
     const wrapper = slots[0]!.chat.chatWrapper
-    const functions = params ? this.functionsFor(params) : undefined
+    const functions = shape ? this.functionsFor(shape) : undefined
     const { contextText } = wrapper.generateContextState({
-      chatHistory: [...toHistory(job.messages), { type: "model", response: [] }],
+      chatHistory: [...this.historyFor(job.messages, shape), { type: "model", response: [] }],
       ...(functions ? { availableFunctions: functions, documentFunctionParams: true } : {})
     })
     return contextText.tokenize(model.tokenizer)
   }
 
-  private functionsFor(params: GenerationParams): ChatModelFunctions | undefined {
+  /** The chat history a job generates from; a forced tool call adds its instruction first. */
+  private historyFor(messages: ReadonlyArray<WorkerMessage>, shape: PromptShape | undefined): Array<ChatHistoryItem> {
+    const history = toHistory(messages)
+    if (shape && isForced(shape)) {
+      history.unshift({
+        type: "system",
+        text: `Call exactly one of these tools. Reply with JSON {"name", "arguments"}.\n${JSON.stringify(shape.tools)}`
+      })
+    }
+    return history
+  }
+
+  private functionsFor(params: PromptShape): ChatModelFunctions | undefined {
     if (params.tools.length === 0 || params.toolChoice !== "auto") return undefined
     const functions: Record<string, { description?: string; params?: any }> = {}
     for (const tool of params.tools) {
@@ -302,7 +345,7 @@ export class Engine {
     return grammar
   }
 
-  /** A forced tool call ("required" or a named function) is generated under a JSON grammar. */
+  /** The JSON a forced tool call is generated under: `{"name", "arguments"}` for one of the tools. */
   private forcedToolSchema(params: GenerationParams): unknown {
     const choice = params.toolChoice
     const tools = typeof choice === "object"
@@ -364,17 +407,27 @@ export class Engine {
     return { slot: best, cached }
   }
 
+  /**
+   * Generate `choices` answers to one prompt (OpenAI `n`), on up to `parallel` sequences at once
+   * (the seats the neuron holds for the request). Each choice runs on its own sequence, and the
+   * sequences' decodes are batched together by the context. The prompt is tokenized, checked and
+   * counted once, but each sequence prefills it itself (reusing whatever prefix it already
+   * holds): node-llama-cpp 3.21 exposes no KV copy between sequences (llama.cpp's
+   * `llama_memory_seq_cp`), so the prefill is not shared.
+   */
   async generate(
     id: string,
     job: Job,
     params: GenerationParams,
     budget: RequestBudget,
     signal: AbortSignal,
-    sink: StreamSink
+    sink: StreamSink,
+    choices = 1,
+    parallel = 1
   ): Promise<GenerationResult> {
     const started = performance.now()
     const resident = this.resident(id)
-    const forced = params.tools.length > 0 && params.toolChoice !== "none" && params.toolChoice !== "auto"
+    const forced = isForced(params)
     // The neuron refuses these before admission; this keeps a direct caller from making the
     // worker tokenize megabytes it will refuse anyway.
     const atLeast = minPromptTokens(job, resident.maxTokenBytes)
@@ -392,72 +445,153 @@ export class Engine {
     // Built before the prefill: a schema the grammar compiler rejects is the client's mistake
     // (422), and should cost no prefill.
     const grammar = await this.grammarForRequest(params, forced)
-    const { cached, slot } = this.pickSlot(resident, prompt)
-    slot.busy = true
+    const run: ChoiceRun = {
+      resident,
+      job,
+      params,
+      prompt,
+      grammar,
+      forced,
+      sink,
+      signal,
+      firstTokenAt: undefined,
+      completionTokens: 0
+    }
+    const free = resident.slots.filter((s) => !s.busy).length
+    const lanes = Math.max(1, Math.min(choices, parallel, free))
+    const results: Array<ChoiceResult> = []
+    let cachedTokens = 0
+    let next = 0
+    // One choice failing stops the others: their sequences are free again before the failure is reported.
+    const stop = new AbortController()
+    const onAbort = () => stop.abort()
+    signal.addEventListener("abort", onAbort)
+    const lane = async () => {
+      while (next < choices) {
+        const index = next++
+        if (stop.signal.aborted) {
+          results[index] = abortedChoice(index)
+          continue
+        }
+        const { cached, slot } = this.pickSlot(resident, prompt)
+        slot.busy = true
+        try {
+          if (index === 0) {
+            cachedTokens = cached
+            sink.prefilled(prompt.length, cached)
+          }
+          results[index] = await this.generateChoice(run, slot, cached, index, stop.signal)
+        } catch (e) {
+          stop.abort()
+          throw e
+        } finally {
+          slot.busy = false
+        }
+      }
+    }
     try {
-      sink.prefilled(prompt.length, cached)
-      const room = resident.contextSize - prompt.length
-      const maxTokens = Math.max(1, Math.min(params.maxTokens ?? room, room))
-      let completionTokens = 0
-      let firstTokenAt: number | undefined
-      const onToken = (tokens: Array<Token>) => {
-        if (firstTokenAt === undefined) firstTokenAt = performance.now()
-        completionTokens += tokens.length
+      const settled = await Promise.allSettled(Array.from({ length: lanes }, lane))
+      const failed = settled.find((s): s is PromiseRejectedResult => s.status === "rejected")
+      if (failed) throw failed.reason
+    } finally {
+      signal.removeEventListener("abort", onAbort)
+    }
+    const ended = performance.now()
+    const first = run.firstTokenAt ?? ended
+    return {
+      choices: results,
+      usage: { promptTokens: prompt.length, completionTokens: run.completionTokens, cachedTokens },
+      timing: {
+        prefillMs: round(first - started),
+        ttftMs: round(first - started),
+        decodeMs: round(ended - first)
       }
-      const sampling = {
-        maxTokens,
-        temperature: params.temperature,
-        ...(params.topP !== undefined ? { topP: params.topP } : {}),
-        ...(params.topK !== undefined ? { topK: params.topK } : {}),
-        ...(params.minP !== undefined ? { minP: params.minP } : {}),
-        ...(params.seed !== undefined ? { seed: params.seed } : {}),
-        repeatPenalty: params.repeatPenalty ?? (false as const),
-        customStopTriggers: params.stop,
-        signal,
-        stopOnAbortSignal: true,
-        onToken
-      }
-      if (!(await this.prefill(slot.sequence, prompt, cached, resident.context.batchSize, signal))) {
-        return aborted(prompt.length, cached, started)
-      }
+    }
+  }
 
+  private async generateChoice(
+    run: ChoiceRun,
+    slot: Slot,
+    cached: number,
+    index: number,
+    signal: AbortSignal
+  ): Promise<ChoiceResult> {
+    const { forced, grammar, job, params, prompt, resident, sink } = run
+    const room = resident.contextSize - prompt.length
+    const maxTokens = Math.max(1, Math.min(params.maxTokens ?? room, room))
+    const recorder = params.logprobs !== undefined
+      ? new LogprobRecorder(resident.model, params.logprobs, prompt)
+      : undefined
+    const logprobs: Array<TokenLogprob> | undefined = recorder ? [] : undefined
+    /** Content (with its tokens' log-probabilities when asked) or reasoning, to the stream and the record. */
+    const emit = (kind: "content" | "reasoning", text: string, tokens: ReadonlyArray<Token>) => {
+      if (!recorder) return sink.chunk(index, kind, text)
+      if (kind === "reasoning") {
+        recorder.skip(tokens)
+        return sink.chunk(index, kind, text)
+      }
+      const entries = recorder.take(tokens)
+      logprobs!.push(...entries)
+      sink.chunk(index, kind, text, entries)
+    }
+    let pending: ReadonlyArray<Token> = []
+    const onToken = (tokens: Array<Token>) => {
+      if (run.firstTokenAt === undefined) run.firstTokenAt = performance.now()
+      run.completionTokens += tokens.length
+      pending = tokens
+    }
+    const sampling = {
+      maxTokens,
+      temperature: params.temperature,
+      ...(params.topP !== undefined ? { topP: params.topP } : {}),
+      ...(params.topK !== undefined ? { topK: params.topK } : {}),
+      ...(params.minP !== undefined ? { minP: params.minP } : {}),
+      // Several choices under one seed would all be the same answer.
+      ...(params.seed !== undefined ? { seed: params.seed + index } : {}),
+      repeatPenalty: params.repeatPenalty ?? (false as const),
+      customStopTriggers: params.stop,
+      signal,
+      stopOnAbortSignal: true,
+      onToken
+    }
+    const detach = recorder?.attach(slot.sequence)
+    try {
+      if (!(await this.prefill(slot.sequence, prompt, cached, resident.context.batchSize, signal))) {
+        return abortedChoice(index)
+      }
       let text = ""
       let reasoning = ""
       let toolCalls: Array<{ name: string; arguments: string }> = []
       let stopReason: string
+      let stopSequence: string | null
       if (job.kind === "completion") {
         const completion = new LlamaCompletion({ contextSequence: slot.sequence, autoDisposeSequence: false })
         const res = await completion.generateCompletionWithMeta(job.prompt, {
           ...sampling,
           ...(grammar ? { grammar } : {}),
-          onTextChunk: (chunk) => sink.chunk("content", chunk)
+          // LlamaCompletion calls onToken, then onTextChunk, with the same tokens.
+          onTextChunk: (chunk) => emit("content", chunk, pending)
         })
         text = res.response
         stopReason = res.metadata.stopReason
+        stopSequence = matchedStop(resident.model, res.metadata, params.stop)
       } else {
         const functions = this.functionsFor(params)
-        const history = toHistory(job.messages)
-        if (forced) {
-          history.unshift({
-            type: "system",
-            text: `Call exactly one of these tools. Reply with JSON {"name", "arguments"}.\n${
-              JSON.stringify(params.tools)
-            }`
-          })
-        }
-        const res = await slot.chat.generateResponse(history, {
+        const res = await slot.chat.generateResponse(this.historyFor(job.messages, params), {
           ...sampling,
           ...(grammar ? { grammar } : functions ? { functions, documentFunctionParams: true } : {}),
           onResponseChunk: (chunk) => {
             if (forced) return
             if (chunk.type === "segment") {
-              if (chunk.segmentType === "thought") sink.chunk("reasoning", chunk.text)
+              if (chunk.segmentType === "thought") emit("reasoning", chunk.text, chunk.tokens)
+              else recorder?.skip(chunk.tokens)
             } else {
-              sink.chunk("content", chunk.text)
+              emit("content", chunk.text, chunk.tokens)
             }
           }
         })
         stopReason = res.metadata.stopReason
+        stopSequence = matchedStop(resident.model, res.metadata, params.stop)
         for (const item of res.fullResponse) {
           if (typeof item === "string") text += item
           else if (item.segmentType === "thought") reasoning += item.text
@@ -467,30 +601,28 @@ export class Engine {
           arguments: JSON.stringify(call.params ?? {})
         }))
         if (forced) {
-          const parsed = parseForcedCall(text)
-          if (parsed) {
-            toolCalls = [parsed]
+          // The grammar makes the whole answer the call; cut by max_tokens, it is still the
+          // call (partial, finish_reason "length"), never text the client would take as a reply.
+          const call = parseForcedCall(text) ??
+            (stopReason === "maxTokens" ? partialForcedCall(text, params) : undefined)
+          if (call) {
+            toolCalls = [call]
             text = ""
-            stopReason = "functionCalls"
+            if (stopReason !== "maxTokens") stopReason = "functionCalls"
           }
         }
       }
-      const ended = performance.now()
-      const first = firstTokenAt ?? ended
       return {
+        index,
         text,
         reasoning,
         toolCalls,
         finishReason: mapStopReason(stopReason),
-        usage: { promptTokens: prompt.length, completionTokens, cachedTokens: cached },
-        timing: {
-          prefillMs: round(first - started),
-          ttftMs: round(first - started),
-          decodeMs: round(ended - first)
-        }
+        stopSequence,
+        ...(logprobs ? { logprobs } : {})
       }
     } finally {
-      slot.busy = false
+      detach?.()
     }
   }
 
@@ -553,14 +685,52 @@ export class Engine {
 
 const round = (ms: number) => Math.round(ms * 100) / 100
 
-const aborted = (promptTokens: number, cachedTokens: number, started: number): GenerationResult => ({
+const abortedChoice = (index: number): ChoiceResult => ({
+  index,
   text: "",
   reasoning: "",
   toolCalls: [],
   finishReason: "abort",
-  usage: { promptTokens, completionTokens: 0, cachedTokens },
-  timing: { prefillMs: round(performance.now() - started), ttftMs: 0, decodeMs: 0 }
+  stopSequence: null
 })
+
+/** The request's stop string that ended generation, when a custom stop trigger did. */
+const matchedStop = (
+  model: LlamaModel,
+  metadata: { readonly stopReason: string; readonly customStopTrigger?: ReadonlyArray<string | Token> },
+  stops: ReadonlyArray<string>
+): string | null => {
+  if (metadata.stopReason !== "customStopTrigger" || !metadata.customStopTrigger) return null
+  const text = metadata.customStopTrigger
+    .map((part) => typeof part === "string" ? part : model.detokenize([part], true))
+    .join("")
+  return stops.find((s) => s === text) ?? text
+}
+
+/**
+ * A forced call cut by max_tokens: the name (the one named, or as far as it was written) and
+ * the arguments' JSON as far as it got.
+ */
+const partialForcedCall = (text: string, params: PromptShape): { name: string; arguments: string } => {
+  const choice = params.toolChoice
+  let name = typeof choice === "object" ? choice.name : undefined
+  if (name === undefined) {
+    const whole = /"name"\s*:\s*"((?:[^"\\]|\\.)*)"/.exec(text)
+    if (whole) {
+      try {
+        name = JSON.parse(`"${whole[1]}"`) as string
+      } catch {
+        name = whole[1] ?? ""
+      }
+    } else {
+      const begun = /"name"\s*:\s*"((?:[^"\\]|\\.)*)$/.exec(text)?.[1] ?? ""
+      const candidates = params.tools.filter((t) => t.name.startsWith(begun))
+      name = candidates.length === 1 ? candidates[0]!.name : begun
+    }
+  }
+  const args = /"arguments"\s*:\s*/.exec(text)
+  return { name, arguments: args ? text.slice(args.index + args[0].length) : "" }
+}
 
 const parseForcedCall = (text: string): { name: string; arguments: string } | undefined => {
   try {

@@ -55,10 +55,22 @@ const handle = async (message: ToWorker): Promise<void> => {
           message.budget,
           controller.signal,
           {
-            chunk: message.stream ? (kind, text) => send({ _tag: "chunk", id: message.id, kind, text }) : () => {},
+            chunk: message.stream
+              ? (choice, kind, text, logprobs) =>
+                send({
+                  _tag: "chunk",
+                  id: message.id,
+                  kind,
+                  text,
+                  ...(choice !== 0 ? { choice } : {}),
+                  ...(logprobs ? { logprobs } : {})
+                })
+              : () => {},
             prefilled: (promptTokens, cachedTokens) =>
               send({ _tag: "prefilled", id: message.id, promptTokens, cachedTokens })
-          }
+          },
+          message.choices,
+          message.parallel
         )
         return send({ _tag: "result", id: message.id, value: result })
       } finally {
@@ -68,7 +80,15 @@ const handle = async (message: ToWorker): Promise<void> => {
     case "embed":
       return send({ _tag: "result", id: message.id, value: await engine.embed(message.model, message.inputs) })
     case "tokenize":
-      return send({ _tag: "result", id: message.id, value: engine.promptTokens(message.model, message.job).length })
+      return send({
+        _tag: "result",
+        id: message.id,
+        value: engine.promptTokens(
+          message.model,
+          message.job,
+          message.tools ? { tools: message.tools, toolChoice: message.toolChoice ?? "auto" } : undefined
+        ).length
+      })
     case "cancel":
       running.get(message.id)?.abort()
       return

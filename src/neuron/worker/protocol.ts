@@ -36,9 +36,17 @@ export const GenerationParams = Schema.Struct({
   toolChoice: Schema.Union(
     Schema.Literal("none", "auto", "required"),
     Schema.Struct({ name: Schema.String })
-  )
+  ),
+  /**
+   * Report each generated token's log-probability and this many alternatives (0 to 20).
+   * Absent: no probabilities are computed at all (the per-token path stays as cheap as it was).
+   */
+  logprobs: Schema.optionalWith(Schema.Number, { exact: true })
 })
 export type GenerationParams = typeof GenerationParams.Type
+
+/** What, besides the messages, changes the prompt a chat job renders to: the tools offered. */
+export type PromptShape = Pick<GenerationParams, "tools" | "toolChoice">
 
 /** A chat turn in the worker's own shape (OpenAI messages already flattened by the neuron). */
 export const WorkerMessage = Schema.Union(
@@ -93,10 +101,19 @@ export const ToWorker = Schema.Union(
     params: GenerationParams,
     budget: RequestBudget,
     /** Send `chunk` messages as tokens come; off for non-streaming requests (saves IPC per token). */
-    stream: Schema.Boolean
+    stream: Schema.Boolean,
+    /** How many choices to generate from the prompt (OpenAI `n`), and on how many sequences at once. */
+    choices: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 64)), { exact: true }),
+    parallel: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 64)), { exact: true })
   }),
   Schema.TaggedStruct("embed", { id: Schema.Number, model: Schema.String, inputs: Schema.Array(Schema.String) }),
-  Schema.TaggedStruct("tokenize", { id: Schema.Number, model: Schema.String, job: Job }),
+  Schema.TaggedStruct("tokenize", {
+    id: Schema.Number,
+    model: Schema.String,
+    job: Job,
+    tools: Schema.optionalWith(Schema.Array(ToolSpec), { exact: true }),
+    toolChoice: Schema.optionalWith(GenerationParams.fields.toolChoice, { exact: true })
+  }),
   Schema.TaggedStruct("cancel", { id: Schema.Number }),
   Schema.TaggedStruct("memory", { id: Schema.Number }),
   Schema.TaggedStruct("shutdown", { id: Schema.Number })
@@ -143,11 +160,33 @@ export interface Timing {
 
 export type FinishReason = "stop" | "length" | "tool_calls" | "abort"
 
-export interface GenerationResult {
+/** One alternative for a token position: its text, natural log-probability and UTF-8 bytes. */
+export interface TokenAlternative {
+  readonly token: string
+  readonly logprob: number
+  readonly bytes: ReadonlyArray<number>
+}
+
+/** A generated token with its log-probability and the most likely alternatives (OpenAI chat's shape). */
+export interface TokenLogprob extends TokenAlternative {
+  readonly top_logprobs: ReadonlyArray<TokenAlternative>
+}
+
+export interface ChoiceResult {
+  readonly index: number
   readonly text: string
   readonly reasoning: string
   readonly toolCalls: ReadonlyArray<{ readonly name: string; readonly arguments: string }>
   readonly finishReason: FinishReason
+  /** The request's stop string that ended this choice (finishReason "stop"), else null. */
+  readonly stopSequence: string | null
+  /** The content tokens' log-probabilities, when asked for. */
+  readonly logprobs?: ReadonlyArray<TokenLogprob>
+}
+
+export interface GenerationResult {
+  readonly choices: ReadonlyArray<ChoiceResult>
+  /** The prompt counted once; completion tokens summed over the choices. */
   readonly usage: Usage
   readonly timing: Timing
 }
@@ -174,5 +213,14 @@ export type FromWorker =
   | { readonly _tag: "ready"; readonly info: EngineInfo }
   | { readonly _tag: "result"; readonly id: number; readonly value: unknown }
   | { readonly _tag: "failure"; readonly id: number; readonly failure: WorkerFailure }
-  | { readonly _tag: "chunk"; readonly id: number; readonly kind: "content" | "reasoning"; readonly text: string }
+  | {
+    readonly _tag: "chunk"
+    readonly id: number
+    readonly kind: "content" | "reasoning"
+    readonly text: string
+    /** The choice index; absent for choice 0. */
+    readonly choice?: number
+    /** Present only when log-probabilities were asked for. */
+    readonly logprobs?: ReadonlyArray<TokenLogprob>
+  }
   | { readonly _tag: "prefilled"; readonly id: number; readonly promptTokens: number; readonly cachedTokens: number }
