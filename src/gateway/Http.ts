@@ -82,7 +82,12 @@ export const makeGatewayApp = Effect.gen(function*() {
       })
     )
 
-  /** Counted by the model's own tokenizer, on a node that has it loaded (loading it if needed). */
+  /**
+   * Counted by the model's own tokenizer, on a node that has it loaded (loading it if needed):
+   * the prompt exactly as the same /v1/messages request would render it (system, messages,
+   * tools and tool_choice, through the model's chat template), so `input_tokens` here equals
+   * `input_tokens + cache_read_input_tokens` of that call.
+   */
   const countTokens = guarded(anthropicError, () =>
     Effect.gen(function*() {
       const value = yield* decoded(CountTokensRequest)
@@ -96,7 +101,12 @@ export const makeGatewayApp = Effect.gen(function*() {
         catch: (e) => e as ApiError
       })
       const counted = yield* callNeuron<{ tokens: number }>(route.node.endpoint, "/tokenize", {
-        body: { model: route.model.neuronId, messages: messagesForNeuron },
+        body: {
+          model: route.model.neuronId,
+          messages: messagesForNeuron,
+          ...(chatRequest.tools ? { tools: chatRequest.tools } : {}),
+          ...(chatRequest.tool_choice ? { tool_choice: chatRequest.tool_choice } : {})
+        },
         timeoutMs: 30_000
       }).pipe(
         Effect.mapError((error) =>

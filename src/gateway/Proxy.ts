@@ -14,7 +14,7 @@
 import { Cause, Effect, Exit, FiberId, MetricLabel, Runtime, type Tracer } from "effect"
 import type { ServerResponse } from "node:http"
 import { type ApiError, InternalError, isApiError, ModelUnavailable, UpstreamError } from "../domain/errors.js"
-import { PROGRESS_HEADER } from "../domain/headers.js"
+import { encodeModelName, MODEL_NAME_HEADER, PROGRESS_HEADER } from "../domain/headers.js"
 import type { ChatCompletionChunk, Usage } from "../domain/openai-output.js"
 import { resolveAlias } from "./Catalogue.js"
 import { type Dialect, sendError, sendJson } from "./Dialects.js"
@@ -171,6 +171,8 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
         traceparent,
         // A non-streamed answer's head comes only when it is done: ask for 102s meanwhile.
         ...(request.stream ? {} : { [PROGRESS_HEADER]: progressMs }),
+        // The body names the neuron's id; answers name the model as the client did (an alias).
+        [MODEL_NAME_HEADER]: encodeModelName(request.model),
         ...authHeaders(node.endpoint)
       }
       try {
