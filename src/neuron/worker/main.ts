@@ -57,14 +57,12 @@ const handle = async (message: ToWorker): Promise<void> => {
           {
             chunk: message.stream
               ? (choice, kind, text, logprobs) =>
-                send({
-                  _tag: "chunk",
-                  id: message.id,
-                  kind,
-                  text,
-                  ...(choice !== 0 ? { choice } : {}),
-                  ...(logprobs ? { logprobs } : {})
-                })
+                // The common case (one choice, no logprobs) stays the plain four-field message.
+                send(
+                  choice === 0 && logprobs === undefined
+                    ? { _tag: "chunk", id: message.id, kind, text }
+                    : { _tag: "chunk", id: message.id, kind, text, choice, ...(logprobs ? { logprobs } : {}) }
+                )
               : () => {},
             prefilled: (promptTokens, cachedTokens) =>
               send({ _tag: "prefilled", id: message.id, promptTokens, cachedTokens })
