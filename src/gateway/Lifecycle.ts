@@ -286,9 +286,12 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
             if (placement._tag === "Unavailable") {
               // Models still loading (or unloading) block only for a moment: wait for them, within
               // the load timeout, rather than refuse a request the fleet can serve shortly.
-              const transient = [...reserved.values()].some((m) => m.size > 0) ||
+              // Only on nodes that could take it: another node's long drain is no reason to wait.
+              const candidates = new Set(model.locations.map((l) => l.node))
+              const transient = [...reserved].some(([node, m]) => candidates.has(node) && m.size > 0) ||
                 [...state.values()].some((n) =>
-                  n.healthy && n.models.some((m) => m.status === "loading" || m.status === "unloading")
+                  candidates.has(n.name) && n.healthy &&
+                  n.models.some((m) => m.status === "loading" || m.status === "unloading")
                 )
               if (transient && Date.now() - started < config.loadTimeoutSecs * 1000) {
                 return { _tag: "wait" as const, node: "" }
