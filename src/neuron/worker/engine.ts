@@ -603,12 +603,14 @@ export class Engine {
         if (forced) {
           // The grammar makes the whole answer the call; cut by max_tokens, it is still the
           // call (partial, finish_reason "length"), never text the client would take as a reply.
-          const call = parseForcedCall(text) ??
-            (stopReason === "maxTokens" ? partialForcedCall(text, params) : undefined)
-          if (call) {
-            toolCalls = [call]
+          const whole = parseForcedCall(text)
+          if (whole) {
+            toolCalls = [whole]
             text = ""
-            if (stopReason !== "maxTokens") stopReason = "functionCalls"
+            stopReason = "functionCalls"
+          } else if (stopReason === "maxTokens") {
+            toolCalls = [partialForcedCall(text, params)]
+            text = ""
           }
         }
       }
