@@ -140,6 +140,21 @@ describe("completions logprobs", () => {
     expect(offsets).toEqual(whole.choices[0]!.logprobs!.text_offset)
   })
 
+  it("echo returns the prompt before the text, streamed and not; with logprobs it is refused", async () => {
+    const request = { model: "tiny", prompt: "once upon a time", max_tokens: 4, temperature: 0 }
+    const plain = await openai.completions.create(request)
+    const echoed = await openai.completions.create({ ...request, echo: true })
+    expect(echoed.choices[0]!.text).toBe(request.prompt + plain.choices[0]!.text)
+    let streamed = ""
+    for await (const chunk of await openai.completions.create({ ...request, echo: true, stream: true })) {
+      streamed += chunk.choices[0]?.text ?? ""
+    }
+    expect(streamed).toBe(echoed.choices[0]!.text)
+    const refused = await postJson(`${gateway.url}/v1/completions`, { ...request, echo: true, logprobs: 1 })
+    expect(refused.status).toBe(422)
+    expect(((await refused.json()) as any).error.param).toBe("echo")
+  })
+
   it("refuses logprobs over 5, naming it", async () => {
     const res = await postJson(`${gateway.url}/v1/completions`, { model: "tiny", prompt: "x", logprobs: 6 })
     expect(res.status).toBe(422)

@@ -162,6 +162,12 @@ const completionLogprobs = (entries: ReadonlyArray<TokenLogprob>, startOffset: n
   return { tokens, token_logprobs: tokenLogprobs, top_logprobs: top, text_offset: textOffset }
 }
 
+/** Completions' `echo`: the prompt comes back before the generated text. */
+const echoOf = (request: ChatCompletionRequest | CompletionRequest) => {
+  const r = request as CompletionRequest
+  return r.echo === true && r.prompt !== undefined ? typeof r.prompt === "string" ? r.prompt : r.prompt[0]! : ""
+}
+
 /** The tools a chat request offers, as the worker renders them; also what `/tokenize` counts with. */
 export const promptShapeOf = (
   request: Pick<ChatCompletionRequest, "tools" | "tool_choice">
@@ -244,6 +250,10 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
           const sampling = resolveSampling(request)
           if (kind === "completion") {
             const r = request as CompletionRequest
+            if (r.echo === true && r.logprobs != null) {
+              // The prompt's own token log-probabilities would need a scoring pass the engine does not make.
+              throw new InvalidRequest({ message: "echo cannot be combined with logprobs", param: "echo" })
+            }
             return {
               job: { kind: "completion", prompt: typeof r.prompt === "string" ? r.prompt : r.prompt[0]! },
               params: {
@@ -338,7 +348,7 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
             model: name,
             choices: result.choices.map((choice) => ({
               index: choice.index,
-              text: choice.text,
+              text: echoOf(request) + choice.text,
               finish_reason: finishReason(choice),
               ...stopReasonOf(choice),
               logprobs: choice.logprobs ? completionLogprobs(choice.logprobs, 0) : null
@@ -434,6 +444,8 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
           const result = yield* generate(seat, job, params, n, {
             onPrefilled: (promptTokens, cachedTokens) => {
               Deferred.unsafeDone(started, Exit.void)
+              const echo = echoOf(request)
+              if (echo !== "") { for (let index = 0; index < n; index++) push(frame(chunk(index, { content: echo }))) }
               if (kind === "chat") {
                 for (let index = 0; index < n; index++) {
                   push(frame({
