@@ -213,3 +213,32 @@ describe("Anthropic structured outputs", () => {
     expect(Number.isInteger(parsed.n)).toBe(true)
   })
 })
+
+describe("fields cortex cannot honour are refused by name, never ignored", () => {
+  const refusedParam = async (call: Promise<unknown>) => {
+    const error = await call.then(() => undefined, (e: unknown) => e)
+    expect(error).toBeInstanceOf(OpenAI.APIError)
+    expect((error as InstanceType<typeof OpenAI.APIError>).status).toBe(422)
+    return (error as InstanceType<typeof OpenAI.APIError>).param
+  }
+
+  it("logit_bias, suffix, best_of, a shortened embedding, Responses log-probabilities", async () => {
+    const messages = [{ role: "user" as const, content: "hi" }]
+    expect(await refusedParam(openai.chat.completions.create({ model: "tiny", messages, logit_bias: { "5": 10 } })))
+      .toBe("logit_bias")
+    expect(await refusedParam(openai.completions.create({ model: "tiny", prompt: "a", suffix: "b" }))).toBe("suffix")
+    expect(await refusedParam(openai.completions.create({ model: "tiny", prompt: "a", best_of: 3 }))).toBe("best_of")
+    expect(await refusedParam(openai.embeddings.create({ model: "tiny", input: "a", dimensions: 8 })))
+      .toBe("dimensions")
+    expect(await refusedParam(openai.responses.create({ model: "tiny", input: "hi", top_logprobs: 3 } as any)))
+      .toBe("top_logprobs")
+    expect(
+      await refusedParam(
+        openai.responses.create({ model: "tiny", input: "hi", include: ["message.output_text.logprobs"] })
+      )
+    ).toBe("include[0]")
+    // Defaults that ask for nothing are fine.
+    const ok = await openai.chat.completions.create({ model: "tiny", messages, logit_bias: {}, max_tokens: 1 })
+    expect(ok.choices.length).toBe(1)
+  })
+})

@@ -70,6 +70,17 @@ export const ResponseFormat = Schema.Union(
 )
 export type ResponseFormat = typeof ResponseFormat.Type
 
+/**
+ * A field cortex cannot honour: accepted when absent, null or empty (clients send defaults), and
+ * refused by name otherwise, so a client never believes it got what it asked for.
+ */
+const Unsupported = (why: string) =>
+  Schema.Unknown.pipe(Schema.filter((value) =>
+    value === null || value === false || value === 1 || value === "" ||
+    (typeof value === "object" && Object.keys(value).length === 0) ||
+    `is not supported: ${why}`
+  ))
+
 const Stop = Schema.NullOr(Schema.Union(Schema.String, Schema.Array(Schema.String).pipe(Schema.maxItems(16))))
 const Tokens = Schema.Int.pipe(Schema.positive())
 
@@ -89,7 +100,8 @@ export const SamplingFields = {
   stream_options: opt(Schema.NullOr(Schema.Struct({ include_usage: opt(Schema.Boolean) }))),
   /** Choices per request; the neuron refuses more than its `max_n` (422 naming `n`). */
   n: opt(Schema.NullOr(Schema.Int.pipe(Schema.between(1, 128)))),
-  user: opt(Schema.String)
+  user: opt(Schema.String),
+  logit_bias: opt(Unsupported("token biases are not wired to the engine yet"))
 }
 
 export const ChatCompletionRequest = Schema.Struct({
@@ -111,6 +123,8 @@ export const CompletionRequest = Schema.Struct({
   model: ModelName,
   prompt: Schema.Union(Schema.String, Schema.Array(Schema.String).pipe(Schema.itemsCount(1))),
   echo: opt(Schema.NullOr(Schema.Boolean)),
+  suffix: opt(Unsupported("insertion (fill-in-the-middle) needs a model template cortex does not apply")),
+  best_of: opt(Unsupported("best_of > 1 would rank candidates by log-probability server-side; use n")),
   /** Log-probabilities of the sampled tokens and this many alternatives each. */
   logprobs: opt(Schema.NullOr(Schema.Int.pipe(Schema.between(0, 5)))),
   ...SamplingFields

@@ -161,7 +161,10 @@ const ResponsesRequestFields = Schema.Struct({
   // Stateful features, accepted so the gateway can refuse them by name (see `unservable`).
   previous_response_id: opt(Schema.NullOr(Schema.String)),
   conversation: opt(Schema.NullOr(Schema.Union(Schema.String, Schema.Struct({ id: Schema.String })))),
-  background: opt(Schema.NullOr(Schema.Boolean))
+  background: opt(Schema.NullOr(Schema.Boolean)),
+  // Log-probabilities are not translated to Responses' output_text.logprobs yet: refused by name.
+  top_logprobs: opt(Schema.NullOr(Schema.Int)),
+  include: opt(Schema.NullOr(Schema.Array(Schema.String)))
 })
 
 const forcedToolIssue = (req: typeof ResponsesRequestFields.Type): string | undefined => {

@@ -518,6 +518,14 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
         const inputs = typeof request.input === "string" ? [request.input] : [...request.input]
         const seat = yield* models.acquire(request.model, caller)
         const result = yield* runOnWorker<EmbedResult>(seat, { _tag: "embed", model: seat.model, inputs })
+        // Shortening embeddings is only meaningful for models trained for it: refuse, never ignore.
+        const size = result.vectors[0]?.length
+        if (request.dimensions !== undefined && size !== undefined && request.dimensions !== size) {
+          return yield* new InvalidRequest({
+            message: `dimensions: this model's embeddings have ${size} dimensions and cannot be shortened`,
+            param: "dimensions"
+          })
+        }
         return {
           object: "list",
           model: name,

@@ -43,6 +43,11 @@ export const unservable = (req: ResponsesRequest): Unservable | undefined => {
   }
   if (req.conversation) return { param: "conversation", message: `conversation is not supported: ${stateless}` }
   if (req.background) return { param: "background", message: "background responses are not supported" }
+  if (req.top_logprobs) return { param: "top_logprobs", message: "top_logprobs is not supported on /v1/responses" }
+  const logprobs = req.include?.findIndex((what) => what.includes("logprobs")) ?? -1
+  if (logprobs >= 0) {
+    return { param: `include[${logprobs}]`, message: "log-probabilities are not supported on /v1/responses" }
+  }
   if (typeof req.input === "string") return undefined
   for (const [i, item] of req.input.entries()) {
     if (item.type === "item_reference") {
