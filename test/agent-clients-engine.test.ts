@@ -8,10 +8,11 @@
 import Anthropic from "@anthropic-ai/sdk"
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import OpenAI from "openai"
-import { type GatewayProcess, startGateway } from "./fixtures/gateway.js"
-import { type NeuronProcess, postJson, startNeuron } from "./fixtures/neuron.js"
+import type { GatewayProcess } from "./fixtures/gateway.js"
+import { postJson } from "./fixtures/neuron.js"
+import { type Stack, startStack } from "./fixtures/stack.js"
 
-let neuron: NeuronProcess
+let stack: Stack
 let gateway: GatewayProcess
 let openai: OpenAI
 let anthropic: Anthropic
@@ -21,19 +22,13 @@ const ALIAS = "gpt-tiny-alias"
 const ODD_ALIAS = "org/tiny-é:latest"
 
 beforeAll(async () => {
-  neuron = await startNeuron({ models: ["tiny"], defaultModels: ["tiny"], toml: "max_in_flight = 2\nmax_n = 3\n" })
-  gateway = await startGateway({
-    neurons: [{ name: "local", url: neuron.url }],
+  stack = await startStack({ models: ["tiny"], defaultModels: ["tiny"], toml: "max_in_flight = 2\nmax_n = 3\n" }, {
     modelsToml: ["[[models]]\nid = \"tiny\"", `[aliases]\n"${ALIAS}" = "tiny"\n"${ODD_ALIAS}" = "tiny"`].join("\n")
   })
-  openai = new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: "unused", maxRetries: 0 })
-  anthropic = new Anthropic({ baseURL: gateway.url, apiKey: "unused", maxRetries: 0 })
+  ;({ anthropic, gateway, openai } = stack)
 }, 180_000)
 
-afterAll(async () => {
-  await gateway?.stop()
-  await neuron?.stop()
-})
+afterAll(() => stack?.stop())
 
 const messages = [{ role: "user" as const, content: "tell me a story" }]
 const bytesOf = (text: string) => Array.from(Buffer.from(text, "utf8"))

@@ -7,37 +7,31 @@
 import Anthropic from "@anthropic-ai/sdk"
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import OpenAI from "openai"
-import { type GatewayProcess, startGateway } from "./fixtures/gateway.js"
-import { type NeuronProcess, startNeuron } from "./fixtures/neuron.js"
+import type { GatewayProcess } from "./fixtures/gateway.js"
+import { type Stack, startStack } from "./fixtures/stack.js"
 
-let neuron: NeuronProcess
+let stack: Stack
 let gateway: GatewayProcess
 let openai: OpenAI
 let anthropic: Anthropic
 
 beforeAll(async () => {
   // Loads take 2 s more: a cold load of tiny-b outlasts the stream's head start.
-  neuron = await startNeuron({
+  stack = await startStack({
     models: ["tiny", "tiny-b"],
     defaultModels: ["tiny"],
     env: { NEURON_LOAD_DELAY_MS: "2000" }
-  })
-  gateway = await startGateway({
-    neurons: [{ name: "local", url: neuron.url }],
+  }, {
     modelsToml: [
       "[[models]]\nid = \"tiny\"\nsampling = { temperature = 0 }",
       "[[models]]\nid = \"tiny-b\"",
       "[aliases]\n\"claude-sonnet-5-5\" = \"tiny\""
     ].join("\n")
   })
-  openai = new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: "unused", maxRetries: 0 })
-  anthropic = new Anthropic({ baseURL: gateway.url, apiKey: "unused", maxRetries: 0 })
+  ;({ anthropic, gateway, openai } = stack)
 }, 180_000)
 
-afterAll(async () => {
-  await gateway?.stop()
-  await neuron?.stop()
-})
+afterAll(() => stack?.stop())
 
 const tools = Array.from({ length: 12 }, (_, i) => ({
   name: [

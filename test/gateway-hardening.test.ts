@@ -9,29 +9,24 @@ import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Redacted } from "effect"
 import OpenAI from "openai"
 import { findKey } from "../src/gateway/Auth.js"
-import { type GatewayProcess, startGateway } from "./fixtures/gateway.js"
+import type { GatewayProcess } from "./fixtures/gateway.js"
 import { LEAK } from "./fixtures/hostile.js"
-import { getJson, type NeuronProcess, postJson, startNeuron } from "./fixtures/neuron.js"
+import { getJson, postJson } from "./fixtures/neuron.js"
+import { type Stack, startStack } from "./fixtures/stack.js"
 
-let neuron: NeuronProcess
+let stack: Stack
 let gateway: GatewayProcess
 let openai: OpenAI
 let anthropic: Anthropic
 
 beforeAll(async () => {
-  neuron = await startNeuron({ models: ["tiny"], defaultModels: ["tiny"] })
-  gateway = await startGateway({
-    neurons: [{ name: "local", url: neuron.url }],
+  stack = await startStack({ models: ["tiny"], defaultModels: ["tiny"] }, {
     modelsToml: "[[models]]\nid = \"tiny\"\n[aliases]\n\"gpt-4o-mini\" = \"tiny\"\n"
   })
-  openai = new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: "unused", maxRetries: 0 })
-  anthropic = new Anthropic({ baseURL: gateway.url, apiKey: "unused", maxRetries: 0 })
+  ;({ anthropic, gateway, openai } = stack)
 }, 180_000)
 
-afterAll(async () => {
-  await gateway?.stop()
-  await neuron?.stop()
-})
+afterAll(() => stack?.stop())
 
 const metricsText = async () => {
   const res = await fetch(gateway.metricsUrl)
