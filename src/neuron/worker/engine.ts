@@ -17,6 +17,7 @@ import {
   type LlamaGrammar,
   LlamaLogLevel,
   type LlamaModel,
+  LlamaVocabularyType,
   readGgufFileInfo,
   type Token
 } from "node-llama-cpp"
@@ -296,8 +297,12 @@ export class Engine {
   promptTokens(id: string, job: Job, shape?: PromptShape): Array<Token> {
     const { model, slots } = this.resident(id)
     if (job.kind === "completion") {
-      const tokens = model.tokenize(job.prompt)
-      return model.tokens.bos !== null && model.tokens.shouldPrependBosToken ? [model.tokens.bos, ...tokens] : tokens
+      // Exactly as LlamaCompletion tokenizes a string (its beginning token, and then no leading
+      // space): a different first token made it erase the prefilled sequence and evaluate the
+      // prompt again, and no prefix was ever reused on this route.
+      const bos = beginningToken(model)
+      const tokens = model.tokenize(job.prompt, false, bos !== null ? "trimLeadingSpace" : undefined)
+      return bos !== null ? [bos, ...tokens] : tokens
     }
     const wrapper = slots[0]!.chat.chatWrapper
     const functions = shape ? this.functionsFor(shape) : undefined
@@ -566,7 +571,9 @@ export class Engine {
       let stopSequence: string | null
       if (job.kind === "completion") {
         const completion = new LlamaCompletion({ contextSequence: slot.sequence, autoDisposeSequence: false })
-        const res = await completion.generateCompletionWithMeta(job.prompt, {
+        // The prompt's tokens as prefilled (LlamaCompletion prepends the beginning token itself).
+        const input = prompt.slice(beginningToken(resident.model) !== null ? 1 : 0)
+        const res = await completion.generateCompletionWithMeta(input, {
           ...sampling,
           ...(grammar ? { grammar } : {}),
           // LlamaCompletion calls onToken, then onTextChunk, with the same tokens.
@@ -741,5 +748,18 @@ const parseForcedCall = (text: string): { name: string; arguments: string } | un
     return { name: value.name, arguments: JSON.stringify(value.arguments ?? {}) }
   } catch {
     return undefined
+  }
+}
+
+/** The token LlamaCompletion puts before a prompt (node-llama-cpp's resolveBeginningTokenToPrepend). */
+const beginningToken = (model: LlamaModel): Token | null => {
+  switch (model.vocabularyType) {
+    case LlamaVocabularyType.rwkv:
+    case LlamaVocabularyType.ugm:
+      return null
+    case LlamaVocabularyType.wpm:
+      return model.tokens.bos
+    default:
+      return model.tokens.shouldPrependBosToken ? model.tokens.bos : null
   }
 }
