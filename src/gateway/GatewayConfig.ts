@@ -9,6 +9,7 @@ import { readFile } from "node:fs/promises"
 import * as path from "node:path"
 import { parse as parseToml } from "smol-toml"
 import { ConfigError } from "../neuron/NeuronConfig.js"
+import { GatewayTelemetryTable, resolveTelemetry, type TelemetrySettings } from "../telemetry/TelemetryConfig.js"
 
 const opt = <S extends Schema.Schema.Any>(s: S) => Schema.optionalWith(s, { exact: true })
 const strict = { parseOptions: { onExcessProperty: "error" as const } }
@@ -83,7 +84,9 @@ export const CortexFile = Schema.Struct({
           .annotations(strict)
       ))
     }).annotations(strict)
-  )
+  ),
+  /** Trace export and the per-request log line (src/telemetry/TelemetryConfig.ts; OTEL_* variables win). */
+  telemetry: opt(GatewayTelemetryTable)
 }).annotations(strict)
 export type CortexFile = typeof CortexFile.Type
 
@@ -167,6 +170,7 @@ export interface GatewaySettings {
   readonly keys: ReadonlyArray<{ readonly key: Redacted.Redacted<string>; readonly name: string }>
   readonly models: ReadonlyArray<ModelProfile>
   readonly aliases: Readonly<Record<string, string>>
+  readonly telemetry: TelemetrySettings
 }
 
 export class GatewayConfig extends Context.Tag("cortex/GatewayConfig")<GatewayConfig, GatewaySettings>() {}
@@ -285,6 +289,12 @@ export const loadGatewayConfig = (options: {
       }
       names.add(n.name)
     }
+    const telemetry = yield* resolveTelemetry({
+      file: file ?? "cortex.toml",
+      table: cortex.telemetry,
+      env,
+      defaultServiceName: "cortex-gateway"
+    }).pipe(Effect.mapError((issue) => new ConfigError({ file: issue.file, key: issue.key, reason: issue.reason })))
     return {
       configFile: file,
       modelsFile,
@@ -308,6 +318,7 @@ export const loadGatewayConfig = (options: {
       requireAuth: envAuth !== undefined ? envAuth === "true" || envAuth === "1" : cortex.auth?.require_auth ?? false,
       keys: (cortex.auth?.keys ?? []).map((k) => ({ key: Redacted.make(k.key), name: k.name })),
       models: models.models ?? [],
-      aliases: models.aliases ?? {}
+      aliases: models.aliases ?? {},
+      telemetry
     } satisfies GatewaySettings
   })

@@ -163,3 +163,19 @@ export const upstreamRetries = Metric.counter("cortex_upstream_retries_total", {
     "Upstream calls tried again before any byte reached the client, by the node that failed and the reason (connect, reset, timeout, an HTTP status, reused_socket)",
   incremental: true
 })
+
+export const upstreamErrors = Metric.counter("cortex_upstream_errors_total", {
+  description:
+    "Upstream calls that failed, by node and reason (connect, reset, timeout, an HTTP status of 429 or 5xx, or mid-stream: upstream_timeout, truncated, stream_error)",
+  incremental: true
+})
+export const nodeHealthy = Metric.gauge("cortex_node_healthy", {
+  description: "1 while the poller reaches the node (3 missed polls make it 0)"
+})
+
+/** Statuses that count as the upstream failing (a 4xx other than 408/429 is the request's own fault). */
+export const isUpstreamFailureStatus = (status: number) => status >= 500 || status === 429 || status === 408
+
+/** One failed upstream call; `reason` comes from a fixed set or is a 3-digit status, so labels stay bounded. */
+export const countUpstreamError = (node: string, reason: string) =>
+  upstreamErrors.unsafeUpdate(1, [MetricLabel.make("node", node), MetricLabel.make("reason", reason)])

@@ -18,6 +18,7 @@ const fleetGauges = Effect.gen(function*() {
   const fleet = yield* Fleet
   const state = yield* fleet.get
   for (const node of state.values()) {
+    yield* Metric.set(Metric.tagged(M.nodeHealthy, "node", node.name), node.healthy ? 1 : 0)
     for (const m of node.models) {
       if (m.status === "available") continue
       const labels = [MetricLabel.make("model", m.id), MetricLabel.make("node", node.name)]
@@ -60,5 +61,5 @@ export const GatewayLive = (settings: GatewaySettings) =>
     Layer.provideMerge(Lifecycle.Default),
     Layer.provideMerge(Fleet.Default),
     Layer.provide(Layer.succeed(GatewayConfig, settings)),
-    Layer.provide(TelemetryLive(settings.metricsListen))
+    Layer.provide(TelemetryLive({ metrics: settings.metricsListen, telemetry: settings.telemetry }))
   )

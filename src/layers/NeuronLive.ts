@@ -1,21 +1,30 @@
-/** The live neuron: config → model manager (device workers) → inference → HTTP server. */
+/** The live neuron: config → model manager (device workers) → inference → HTTP server, with telemetry. */
 import { HttpServer } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
-import { Effect, Layer } from "effect"
+import { Effect, Layer, Schedule } from "effect"
 import { createServer } from "node:http"
 import { makeApp } from "../neuron/Http.js"
 import { Inference } from "../neuron/Inference.js"
+import { makeStateGauges } from "../neuron/Metrics.js"
 import { ModelManager } from "../neuron/ModelManager.js"
 import { NeuronConfig, type NeuronSettings } from "../neuron/NeuronConfig.js"
+import { TelemetryLive } from "./TelemetryLive.js"
 
 const Serve = Layer.scopedDiscard(Effect.gen(function*() {
   const models = yield* ModelManager
+  const config = yield* NeuronConfig
   yield* HttpServer.serveEffect(yield* makeApp)
   // Finalizers run last-added first: drain before the server stops taking requests.
   yield* Effect.addFinalizer(() => models.drain.pipe(Effect.zipRight(Effect.logInfo("neuron stopping"))))
   yield* HttpServer.addressFormattedWith((address) => Effect.logInfo(`neuron listening on ${address}`))
   // Default models load in the background once the port is bound.
   yield* Effect.forkScoped(models.loadDefaults)
+  if (config.metricsPort !== undefined) {
+    yield* Effect.logInfo(`neuron metrics on ${config.host}:${config.metricsPort}/metrics`)
+    yield* Effect.forkScoped(
+      makeStateGauges(models, config.maxInFlight).pipe(Effect.repeat(Schedule.spaced("1 second")))
+    )
+  }
 }))
 
 export const NeuronLive = (settings: NeuronSettings) =>
@@ -26,5 +35,9 @@ export const NeuronLive = (settings: NeuronSettings) =>
     })),
     Layer.provide(Inference.Default),
     Layer.provideMerge(ModelManager.Default),
-    Layer.provide(Layer.succeed(NeuronConfig, settings))
+    Layer.provide(Layer.succeed(NeuronConfig, settings)),
+    Layer.provide(TelemetryLive({
+      metrics: settings.metricsPort !== undefined ? { host: settings.host, port: settings.metricsPort } : undefined,
+      telemetry: settings.telemetry
+    }))
   )

@@ -7,6 +7,7 @@ import { readFile } from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
 import { parse as parseToml } from "smol-toml"
+import { NeuronTelemetryTable, resolveTelemetry, type TelemetrySettings } from "../telemetry/TelemetryConfig.js"
 
 const Port = Schema.Int.pipe(Schema.between(0, 65535))
 const PositiveInt = Schema.Int.pipe(Schema.positive())
@@ -32,7 +33,11 @@ export const NeuronFile = Schema.Struct({
   drain_secs: opt(Schema.Number.pipe(Schema.nonNegative())),
   auto_load: opt(Schema.Boolean),
   /** Testing aid: hold every load this long (to exercise clients waiting on a slow load). */
-  load_delay_ms: opt(Schema.Int.pipe(Schema.nonNegative()))
+  load_delay_ms: opt(Schema.Int.pipe(Schema.nonNegative())),
+  /** Prometheus metrics on this port (at /metrics, on `host`); off when unset. */
+  metrics_port: opt(Port),
+  /** Trace export (src/telemetry/TelemetryConfig.ts; OTEL_* variables win). */
+  telemetry: opt(NeuronTelemetryTable)
 }).annotations({ parseOptions: { onExcessProperty: "error" } })
 export type NeuronFile = typeof NeuronFile.Type
 
@@ -58,6 +63,8 @@ export interface NeuronSettings {
   readonly loadDelayMs: number
   readonly prefillBaseMb: number
   readonly prefillMbPer1kTokens: number
+  readonly metricsPort: number | undefined
+  readonly telemetry: TelemetrySettings
 }
 
 export class NeuronConfig extends Context.Tag("cortex/NeuronConfig")<NeuronConfig, NeuronSettings>() {}
@@ -100,7 +107,8 @@ const ENV_KEYS: Record<string, keyof NeuronFile> = {
   NEURON_GPU: "gpu",
   NEURON_DRAIN_SECS: "drain_secs",
   NEURON_AUTO_LOAD: "auto_load",
-  NEURON_LOAD_DELAY_MS: "load_delay_ms"
+  NEURON_LOAD_DELAY_MS: "load_delay_ms",
+  NEURON_METRICS_PORT: "metrics_port"
 }
 
 const envValue = (key: keyof NeuronFile, raw: string): unknown => {
@@ -179,6 +187,12 @@ export const loadNeuronConfig = (options: {
     const merged: NeuronFile = { ...fromFile, ...fromEnv }
     const base = file ? path.dirname(file) : process.cwd()
     const maxInFlight = merged.max_in_flight ?? 2
+    const telemetry = yield* resolveTelemetry({
+      file: file ?? "neuron.toml",
+      table: merged.telemetry,
+      env,
+      defaultServiceName: "cortex-neuron"
+    }).pipe(Effect.mapError((issue) => new ConfigError({ file: issue.file, key: issue.key, reason: issue.reason })))
     return {
       configFile: file,
       host: merged.host ?? "0.0.0.0",
@@ -200,6 +214,8 @@ export const loadNeuronConfig = (options: {
       autoLoad: merged.auto_load ?? true,
       loadDelayMs: merged.load_delay_ms ?? 0,
       prefillBaseMb: yield* envNumber(env, "NEURON_PREFILL_BASE_MB", 4),
-      prefillMbPer1kTokens: yield* envNumber(env, "NEURON_PREFILL_MB_PER_1K_TOKENS", 8)
+      prefillMbPer1kTokens: yield* envNumber(env, "NEURON_PREFILL_MB_PER_1K_TOKENS", 8),
+      metricsPort: merged.metrics_port,
+      telemetry
     } satisfies NeuronSettings
   })
