@@ -2,9 +2,10 @@
  * Neuron benchmark: node-llama-cpp called directly in this process versus the same model served
  * by a real neuron process over HTTP (streaming SSE), on the generated `bench` model.
  *
- *   npx tsx bench/neuron/run.ts [--model PATH] [--runs N] [--decode-tokens N] [--prefill-words N]
+ *   npx tsx bench/neuron/run.ts [--quick] [--model PATH] [--runs N] [--decode-tokens N] [--prefill-words N]
  *
- * Not part of the test suite: it takes a minute or two and wants the CPU to itself.
+ * Not part of the test suite: it takes a minute or two (about 30 s with --quick) and wants the
+ * CPU to itself.
  */
 import { type ChatHistoryItem, getLlama, LlamaChat, LlamaLogLevel, type Token } from "node-llama-cpp"
 import { type ChildProcess, spawn } from "node:child_process"
@@ -22,15 +23,46 @@ import { freePort } from "../lib.js"
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..")
 
-const { values: args } = parseArgs({
-  options: {
-    model: { type: "string" },
-    runs: { type: "string", default: "3" },
-    "decode-tokens": { type: "string", default: "256" },
-    "prefill-words": { type: "string", default: "1500" },
-    verbose: { type: "boolean", default: false }
+const USAGE = `usage: npx tsx bench/neuron/run.ts [options]
+
+  --quick              1 run, 64 decode tokens, 300 prefill words (a smoke run, not a figure to quote)
+  --model PATH         benchmark this .gguf instead of the generated bench model
+  --runs N             runs per measurement (default 3)
+  --decode-tokens N    tokens generated in the decode runs (default 256)
+  --prefill-words N    words in the prefill prompt (default 1500)
+  --verbose            show the neuron's log
+  --help               this text`
+
+const parsed = (() => {
+  try {
+    return parseArgs({
+      options: {
+        help: { type: "boolean", short: "h", default: false },
+        quick: { type: "boolean", default: false },
+        model: { type: "string" },
+        runs: { type: "string" },
+        "decode-tokens": { type: "string" },
+        "prefill-words": { type: "string" },
+        verbose: { type: "boolean", default: false }
+      }
+    })
+  } catch (error) {
+    // An unknown flag or a missing value: say which, show the usage, exit 2 (not a stack trace).
+    console.error(`${(error as Error).message}\n\n${USAGE}`)
+    process.exit(2)
   }
-})
+})()
+if (parsed.values.help) {
+  console.log(USAGE)
+  process.exit(0)
+}
+const quick = parsed.values.quick
+const args = {
+  ...parsed.values,
+  runs: parsed.values.runs ?? (quick ? "1" : "3"),
+  "decode-tokens": parsed.values["decode-tokens"] ?? (quick ? "64" : "256"),
+  "prefill-words": parsed.values["prefill-words"] ?? (quick ? "300" : "1500")
+}
 
 const positiveInt = (name: string, raw: string | undefined): number => {
   const n = Number(raw)
