@@ -236,3 +236,17 @@ describe("fields cortex cannot honour are refused by name, never ignored", () =>
     expect(ok.choices.length).toBe(1)
   })
 })
+
+describe("count_tokens refuses what the model cannot take, as the messages call would", () => {
+  it("an image on a text-only model is invalid_request_error", async () => {
+    const error = await anthropic.messages.countTokens({
+      model: "tiny",
+      messages: [{
+        role: "user",
+        content: [{ type: "image", source: { type: "base64", media_type: "image/png", data: "iVBORw0KGgo=" } }]
+      }]
+    }).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(Anthropic.BadRequestError)
+    expect(JSON.stringify((error as InstanceType<typeof Anthropic.APIError>).error)).toContain("invalid_request_error")
+  })
+})

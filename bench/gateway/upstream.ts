@@ -10,6 +10,7 @@
  */
 import * as http from "node:http"
 import { parseArgs } from "node:util"
+import { controlPlane } from "../../test/fixtures/control-plane.js"
 import { serveAsChild } from "../lib.js"
 
 const { values: args } = parseArgs({
@@ -47,28 +48,11 @@ const usage = {
   timing: { queue_ms: 0, prefill_ms: 1, decode_ms: FRAMES * FRAME_GAP_MS, ttft_ms: LATENCY_MS + 1 }
 }
 
-const device = { id: "cpu", kind: "cpu", index: 0, name: "cpu", totalMb: 1000, freeMb: 900, usedMb: 100 }
-const modelEntry = {
-  id: MODEL,
-  status: "loaded",
-  error: null,
-  device: "cpu",
-  size_bytes: 1,
-  memory_estimate_mb: 1,
-  context_limit: 4096,
-  train_context: 4096,
-  capabilities: ["chat"],
-  in_flight: 0,
-  queue_depth: 0,
-  loaded_at: null,
-  last_used_at: null,
-  load_ms: 1
-}
-
+const plane = controlPlane(MODEL)
 const json = (value: unknown) => Buffer.from(JSON.stringify(value))
-const HEALTH = json({ status: "ok", devices: [device], in_flight: 0, queued: 0, models: [modelEntry] })
-const MODELS = json({ object: "list", data: [modelEntry], devices: [device] })
-const DISCOVERY = json({ name: "bench-upstream", version: "0.0.0" })
+const HEALTH = json(plane.health)
+const MODELS = json(plane.models)
+const DISCOVERY = json(plane.discovery)
 const COMPLETION = json({
   id: ID,
   object: "chat.completion",

@@ -1,6 +1,7 @@
 /** Operator commands that talk to a running gateway: status, models, load, unload. */
 import { Args, Command, Options } from "@effect/cli"
-import { Console, Effect, Option } from "effect"
+import { Console, Effect, Either, Option, ParseResult, Schema } from "effect"
+import { AdminLifecycleAnswer, AdminStatus, CatalogueList } from "../domain/admin.js"
 
 const endpointOption = Options.text("endpoint").pipe(
   Options.withDescription("The gateway's URL (default $CORTEX_ENDPOINT or http://127.0.0.1:31313)"),
@@ -12,7 +13,8 @@ const nodeOption = Options.text("node").pipe(Options.withDescription("The neuron
 const base = (endpoint: Option.Option<string>) =>
   Option.getOrElse(endpoint, () => process.env.CORTEX_ENDPOINT ?? "http://127.0.0.1:31313").replace(/\/+$/, "")
 
-const call = (endpoint: Option.Option<string>, path: string, body?: unknown) =>
+/** Call the gateway and decode its answer: another version's answer names the field it lacks. */
+const call = <A, I>(endpoint: Option.Option<string>, path: string, schema: Schema.Schema<A, I>, body?: unknown) =>
   Effect.tryPromise({
     try: async () => {
       const key = process.env.CORTEX_API_KEY
@@ -24,9 +26,15 @@ const call = (endpoint: Option.Option<string>, path: string, body?: unknown) =>
         },
         ...(body === undefined ? {} : { body: JSON.stringify(body) })
       })
-      const json = await res.json() as any
-      if (!res.ok) throw new Error(json?.error?.message ?? `HTTP ${res.status}`)
-      return json
+      const json: unknown = await res.json()
+      if (!res.ok) {
+        const message = (json as { error?: { message?: unknown } } | null)?.error?.message
+        throw new Error(typeof message === "string" ? message : `HTTP ${res.status}`)
+      }
+      const decoded = Schema.decodeUnknownEither(schema, { errors: "first" })(json)
+      if (Either.isRight(decoded)) return decoded.right
+      const issue = ParseResult.ArrayFormatter.formatErrorSync(decoded.left)[0]
+      throw new Error(`unexpected answer (another cortex version?): ${issue?.path.join(".")}: ${issue?.message}`)
     },
     catch: (e) => new Error(`${base(endpoint)}${path}: ${(e as Error).message}`)
   })
@@ -46,29 +54,29 @@ const status = Command.make(
   { endpoint: endpointOption, json: jsonOption },
   ({ endpoint, json }) =>
     Effect.gen(function*() {
-      const s = yield* call(endpoint, "/admin/status")
+      const s = yield* call(endpoint, "/admin/status", AdminStatus)
       if (json) return yield* Console.log(JSON.stringify(s, null, 2))
       const nodes = table(
         ["NODE", "HEALTH", "ENDPOINT", "DEVICES (free/total MB)", "MODELS"],
-        s.nodes.map((n: any) => [
+        s.nodes.map((n) => [
           n.name,
           n.healthy ? n.status : `down (${n.error ?? "?"})`,
           n.endpoint,
-          n.devices.map((d: any) => `${d.id} ${d.free_mb}/${d.total_mb}`).join(", ") || "-",
-          n.models.map((m: any) => `${m.id}:${m.status}`).join(", ") || "-"
+          n.devices.map((d) => `${d.id} ${d.free_mb}/${d.total_mb}`).join(", ") || "-",
+          n.models.map((m) => `${m.id}:${m.status}`).join(", ") || "-"
         ])
       )
       const models = table(
         ["MODEL", "LOADED", "LOCATIONS"],
-        s.models.map((m: any) => [
+        s.models.map((m) => [
           m.alias_of ? `${m.id} -> ${m.alias_of}` : m.id,
           m.loaded ? "yes" : "no",
-          m.locations.map((l: any) => `${l.node}:${l.status}${l.healthy ? "" : "(down)"}`).join(", ") || "-"
+          m.locations.map((l) => `${l.node}:${l.status}${l.healthy ? "" : "(down)"}`).join(", ") || "-"
         ])
       )
       const loads = s.loads_in_progress.length > 0
         ? `\n\nloading: ${
-          s.loads_in_progress.map((l: any) => `${l.model} on ${l.node ?? "?"} (${l.waiters} waiting)`).join(", ")
+          s.loads_in_progress.map((l) => `${l.model} on ${l.node ?? "?"} (${l.waiters} waiting)`).join(", ")
         }`
         : ""
       yield* Console.log(`cortex ${s.version}\n\n${nodes}\n\n${models}${loads}`)
@@ -80,16 +88,16 @@ const models = Command.make(
   { endpoint: endpointOption, json: jsonOption },
   ({ endpoint, json }) =>
     Effect.gen(function*() {
-      const list = yield* call(endpoint, "/v1/models")
+      const list = yield* call(endpoint, "/v1/models", CatalogueList)
       if (json) return yield* Console.log(JSON.stringify(list, null, 2))
       yield* Console.log(table(
         ["MODEL", "LOADED", "CONTEXT", "CAPABILITIES", "FEASIBLE ON"],
-        list.data.map((m: any) => [
+        list.data.map((m) => [
           m.alias_of ? `${m.id} -> ${m.alias_of}` : m.id,
           m.loaded ? "yes" : "no",
-          String(m.limit?.context ?? "-"),
-          (m.capabilities ?? []).join(","),
-          (m.feasible_on ?? []).join(",") || "-"
+          String(m.limit.context ?? "-"),
+          m.capabilities.join(","),
+          m.feasible_on.join(",") || "-"
         ])
       ))
     }).pipe(Effect.catchAll(fail))
@@ -106,11 +114,11 @@ const lifecycle = (action: "load" | "unload") =>
       yield* Console.log(
         `${action === "load" ? "loading" : "unloading"} ${model}${Option.isSome(node) ? ` on ${node.value}` : ""}…`
       )
-      const res = yield* call(endpoint, `/admin/${action}`, {
+      const res = yield* call(endpoint, `/admin/${action}`, AdminLifecycleAnswer, {
         model,
         ...(Option.isSome(node) ? { node: node.value } : {})
       })
-      const where = res.node ? [`${res.node}: ${res.status}`] : res.results.map((r: any) => `${r.node}: ${r.status}`)
+      const where = "node" in res ? [`${res.node}: ${res.status}`] : res.results.map((r) => `${r.node}: ${r.status}`)
       yield* Console.log(`${model}: ${where.join(", ") || "nothing to do"} (${Date.now() - started} ms)`)
     }).pipe(Effect.catchAll(fail))).pipe(
       Command.withDescription(

@@ -8,7 +8,7 @@ import { loadGatewayConfig } from "../gateway/GatewayConfig.js"
 import { type ModelShape, writeModel } from "../gguf/ModelGenerator.js"
 import { GatewayLive } from "../layers/GatewayLive.js"
 import { NeuronLive } from "../layers/NeuronLive.js"
-import { VERSION } from "../neuron/Http.js"
+import { VERSION } from "../domain/contract.js"
 import { scanModels } from "../neuron/ModelStore.js"
 import { type ConfigError, loadNeuronConfig } from "../neuron/NeuronConfig.js"
 

@@ -3,6 +3,7 @@
  * aliases. Models a neuron serves that no profile names are listed too, under their own id.
  * Pure: rebuilt from the fleet state whenever it is read.
  */
+import type { CatalogueList } from "../domain/admin.js"
 import type { FleetState, NeuronModel } from "./Fleet.js"
 import type { ModelProfile } from "./GatewayConfig.js"
 
@@ -86,7 +87,7 @@ export const catalogueList = (
   catalogue: ReadonlyMap<string, CatalogueModel>,
   aliases: Readonly<Record<string, string>>,
   created: number
-) => {
+): CatalogueList => {
   const model = (m: CatalogueModel, id = m.id) => ({
     id,
     object: "model" as const,

@@ -4,34 +4,13 @@
  * unhealthy again after 3 consecutive misses (one slow poll does not take it out).
  */
 import { Effect, Schedule } from "effect"
+import { type NeuronDevice, NeuronDiscovery, NeuronHealth, type NeuronModel, NeuronModels } from "../domain/contract.js"
 import { GatewayConfig, type NeuronEndpoint } from "./GatewayConfig.js"
-import { callNeuron } from "./NeuronClient.js"
+import { callNeuron, describeNeuronError } from "./NeuronClient.js"
 
 export const MISSES_BEFORE_UNHEALTHY = 3
 
-export interface NeuronModel {
-  readonly id: string
-  readonly status: "available" | "loading" | "loaded" | "unloading" | "recovering" | "failed"
-  readonly error: string | null
-  readonly device: string | null
-  readonly size_bytes: number
-  readonly memory_estimate_mb: number | null
-  readonly context_limit: number | null
-  readonly capabilities: ReadonlyArray<string>
-  readonly in_flight: number
-  readonly queue_depth: number
-  readonly last_used_at: string | null
-  readonly loaded_at: string | null
-}
-
-export interface NeuronDevice {
-  readonly id: string
-  readonly kind: string
-  readonly name: string
-  readonly totalMb: number
-  readonly freeMb: number
-  readonly usedMb: number
-}
+export type { NeuronDevice, NeuronModel } from "../domain/contract.js"
 
 export interface NodeState {
   readonly name: string
@@ -41,7 +20,7 @@ export interface NodeState {
   readonly status: string
   readonly lastSeen: number | undefined
   readonly lastError: string | undefined
-  readonly discovery: unknown
+  readonly discovery: NeuronDiscovery | undefined
   readonly models: ReadonlyArray<NeuronModel>
   readonly devices: ReadonlyArray<NeuronDevice>
 }
@@ -60,11 +39,6 @@ const initial = (endpoint: NeuronEndpoint): NodeState => ({
   models: [],
   devices: []
 })
-
-interface Snapshot {
-  readonly health: { readonly status: string }
-  readonly models: { readonly data: ReadonlyArray<NeuronModel>; readonly devices: ReadonlyArray<NeuronDevice> }
-}
 
 export class Fleet extends Effect.Service<Fleet>()("cortex/Fleet", {
   scoped: Effect.gen(function*() {
@@ -87,8 +61,8 @@ export class Fleet extends Effect.Service<Fleet>()("cortex/Fleet", {
     const pollNode = (endpoint: NeuronEndpoint) =>
       Effect.gen(function*() {
         const polled = yield* Effect.either(Effect.all({
-          health: callNeuron<Snapshot["health"]>(endpoint, "/health", { timeoutMs }),
-          models: callNeuron<Snapshot["models"]>(endpoint, "/models", { timeoutMs })
+          health: callNeuron(endpoint, "/health", NeuronHealth, { timeoutMs }),
+          models: callNeuron(endpoint, "/models", NeuronModels, { timeoutMs })
         }, { concurrency: 2 }))
         const before = (yield* get).get(endpoint.name)
         if (!before) return
@@ -109,7 +83,7 @@ export class Fleet extends Effect.Service<Fleet>()("cortex/Fleet", {
           const error = polled.left
           const misses = before.misses + 1
           const healthy = before.healthy && misses < MISSES_BEFORE_UNHEALTHY
-          const detail = error._tag === "NeuronUnreachable" ? error.detail : `HTTP ${error.status}`
+          const detail = describeNeuronError(error)
           after = { ...before, misses, healthy, lastError: detail, status: healthy ? before.status : "unreachable" }
         }
         yield* update(endpoint.name, () => after)
@@ -126,7 +100,10 @@ export class Fleet extends Effect.Service<Fleet>()("cortex/Fleet", {
       Effect.gen(function*() {
         const node = (yield* get).get(endpoint.name)
         if (!node || node.discovery !== undefined || !node.healthy) return
-        const discovery = yield* callNeuron<unknown>(endpoint, "/discovery", { timeoutMs }).pipe(Effect.option)
+        const discovery = yield* callNeuron(endpoint, "/discovery", NeuronDiscovery, { timeoutMs }).pipe(
+          Effect.tapError((error) => Effect.logWarning(`neuron ${endpoint.name}: ${describeNeuronError(error)}`)),
+          Effect.option
+        )
         if (discovery._tag === "Some") yield* update(endpoint.name, (n) => ({ ...n, discovery: discovery.value }))
       })
 

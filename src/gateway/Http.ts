@@ -5,7 +5,9 @@
  */
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Effect, Schema } from "effect"
+import type { AdminLifecycleAnswer, AdminStatus, NodeView } from "../domain/admin.js"
 import { CountTokensRequest, MessagesRequest } from "../domain/anthropic.js"
+import { NeuronModel, TokenizeAnswer, VERSION } from "../domain/contract.js"
 import {
   type ApiError,
   InternalError,
@@ -17,7 +19,6 @@ import {
   UpstreamError
 } from "../domain/errors.js"
 import { decodeBody } from "../domain/openai.js"
-import { toWorkerMessages } from "../neuron/ChatMessages.js"
 import { principalFor } from "./Auth.js"
 import { catalogueList } from "./Catalogue.js"
 import * as Dialects from "./Dialects.js"
@@ -28,7 +29,6 @@ import { callNeuron } from "./NeuronClient.js"
 import { Router } from "./Router.js"
 import * as Anthropic from "./translate/Anthropic.js"
 
-export const VERSION = "0.1.0"
 const startedAt = Math.floor(Date.now() / 1000)
 
 const respond = (answer: DialectError) =>
@@ -93,17 +93,11 @@ export const makeGatewayApp = Effect.gen(function*() {
       const value = yield* decoded(CountTokensRequest)
       const chatRequest = Anthropic.anthropicToChat({ ...value, max_tokens: 1 } as MessagesRequest)
       const route = yield* router.route(value.model)
-      const messagesForNeuron = yield* Effect.try({
-        try: () => {
-          toWorkerMessages(chatRequest.messages)
-          return chatRequest.messages
-        },
-        catch: (e) => e as ApiError
-      })
-      const counted = yield* callNeuron<{ tokens: number }>(route.node.endpoint, "/tokenize", {
+      // What the model cannot take (an image on a text-only model) the neuron refuses, as it would the call.
+      const counted = yield* callNeuron(route.node.endpoint, "/tokenize", TokenizeAnswer, {
         body: {
           model: route.model.neuronId,
-          messages: messagesForNeuron,
+          messages: chatRequest.messages,
           ...(chatRequest.tools ? { tools: chatRequest.tools } : {}),
           ...(chatRequest.tool_choice ? { tool_choice: chatRequest.tool_choice } : {})
         },
@@ -162,7 +156,7 @@ export const makeGatewayApp = Effect.gen(function*() {
     })
   )
 
-  const nodeView = (node: NodeState) => ({
+  const nodeView = (node: NodeState): NodeView => ({
     name: node.name,
     endpoint: node.endpoint.endpoint,
     healthy: node.healthy,
@@ -196,13 +190,15 @@ export const makeGatewayApp = Effect.gen(function*() {
     Effect.gen(function*() {
       const state = yield* fleet.get
       const catalogue = yield* router.catalogue
-      return HttpServerResponse.unsafeJson({
-        version: VERSION,
-        nodes: [...state.values()].map(nodeView),
-        models: catalogueList(catalogue, config.aliases, startedAt).data,
-        loads_in_progress: router.loadsInProgress(),
-        recent_loads: router.history()
-      })
+      return HttpServerResponse.unsafeJson(
+        {
+          version: VERSION,
+          nodes: [...state.values()].map(nodeView),
+          models: catalogueList(catalogue, config.aliases, startedAt).data,
+          loads_in_progress: router.loadsInProgress(),
+          recent_loads: router.history()
+        } satisfies AdminStatus
+      )
     }))
 
   /** Admin load/unload on a named node, or (load) the best node, (unload) every node. */
@@ -214,7 +210,9 @@ export const makeGatewayApp = Effect.gen(function*() {
         const state = yield* fleet.get
         if (action === "load" && value.node === undefined) {
           const route = yield* router.route(value.model)
-          return HttpServerResponse.unsafeJson({ model: model.id, node: route.node.name, status: "loaded" })
+          return HttpServerResponse.unsafeJson(
+            { model: model.id, node: route.node.name, status: "loaded" } satisfies AdminLifecycleAnswer
+          )
         }
         const targets = value.node !== undefined
           ? [state.get(value.node)].filter((n): n is NodeState => n !== undefined)
@@ -225,7 +223,7 @@ export const makeGatewayApp = Effect.gen(function*() {
           return yield* new InvalidRequest({ message: `no neuron named '${value.node}'`, param: "node" })
         }
         const results = yield* Effect.forEach(targets, (node) =>
-          callNeuron<{ status: string }>(node.endpoint, `/models/${action}`, {
+          callNeuron(node.endpoint, `/models/${action}`, NeuronModel, {
             body: { model: model.neuronId },
             timeoutMs: config.loadTimeoutSecs * 1000
           }).pipe(
@@ -241,7 +239,7 @@ export const makeGatewayApp = Effect.gen(function*() {
                 : new InternalError({ detail: `${node.name}: ${error.detail}` })
             )
           ), { concurrency: "unbounded" })
-        return HttpServerResponse.unsafeJson({ model: model.id, results })
+        return HttpServerResponse.unsafeJson({ model: model.id, results } satisfies AdminLifecycleAnswer)
       }))
 
   const app = HttpRouter.empty.pipe(

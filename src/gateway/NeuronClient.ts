@@ -1,5 +1,9 @@
-/** HTTP calls from the gateway to one neuron's control plane (short timeouts; JSON). */
-import { Data, Effect, Redacted } from "effect"
+/**
+ * HTTP calls from the gateway to one neuron's control plane (short timeouts; JSON). Every answer
+ * is decoded with its schema from the contract (src/domain/contract.ts): a neuron that answers
+ * something else fails here, naming the field, instead of three calls later.
+ */
+import { Data, Effect, Either, ParseResult, Redacted, Schema } from "effect"
 import type { NeuronEndpoint } from "./GatewayConfig.js"
 
 export class NeuronUnreachable extends Data.TaggedError("NeuronUnreachable")<{
@@ -15,14 +19,30 @@ export class NeuronRefused extends Data.TaggedError("NeuronRefused")<{
   readonly retryAfter: string | null
 }> {}
 
+/** A neuron answered 2xx with a body the contract does not allow (another version, a bug). */
+export class NeuronAnswerInvalid extends Data.TaggedError("NeuronAnswerInvalid")<{
+  readonly node: string
+  readonly detail: string
+}> {}
+
+export type NeuronError = NeuronUnreachable | NeuronRefused | NeuronAnswerInvalid
+
 export const authHeaders = (neuron: NeuronEndpoint): Record<string, string> =>
   neuron.token ? { authorization: `Bearer ${Redacted.value(neuron.token)}` } : {}
 
-export const callNeuron = <A>(
+/** Why `body` is not an `A`: the first issue, with its path. */
+const mismatch = <A, I>(schema: Schema.Schema<A, I>, body: unknown): Either.Either<A, string> =>
+  Either.mapLeft(Schema.decodeUnknownEither(schema, { errors: "first" })(body), (error) => {
+    const issue = ParseResult.ArrayFormatter.formatErrorSync(error)[0]
+    return issue ? `${issue.path.length > 0 ? `${issue.path.join(".")}: ` : ""}${issue.message}` : "invalid"
+  })
+
+export const callNeuron = <A, I>(
   neuron: NeuronEndpoint,
   path: string,
+  schema: Schema.Schema<A, I>,
   options: { readonly body?: unknown; readonly timeoutMs: number; readonly headers?: Record<string, string> }
-) =>
+): Effect.Effect<A, NeuronError> =>
   Effect.tryPromise({
     try: async (signal) => {
       const timeout = AbortSignal.timeout(options.timeoutMs)
@@ -47,11 +67,24 @@ export const callNeuron = <A>(
     },
     catch: (e) => new NeuronUnreachable({ node: neuron.name, detail: (e as Error).message })
   }).pipe(
-    Effect.flatMap((res) =>
-      res.status >= 200 && res.status < 300
-        ? Effect.succeed(res.body as A)
-        : Effect.fail(
+    Effect.flatMap((res): Effect.Effect<A, NeuronError> => {
+      if (res.status < 200 || res.status >= 300) {
+        return Effect.fail(
           new NeuronRefused({ node: neuron.name, status: res.status, body: res.body, retryAfter: res.retryAfter })
         )
-    )
+      }
+      const decoded = mismatch(schema, res.body)
+      return Either.isRight(decoded)
+        ? Effect.succeed(decoded.right)
+        : Effect.fail(
+          new NeuronAnswerInvalid({
+            node: neuron.name,
+            detail: `${path} answered outside the contract: ${decoded.left}`
+          })
+        )
+    })
   )
+
+/** A one-line description of a failed call, for logs and node state. */
+export const describeNeuronError = (error: NeuronError): string =>
+  error._tag === "NeuronRefused" ? `HTTP ${error.status}` : error.detail
