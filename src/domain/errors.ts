@@ -277,11 +277,18 @@ export class NotFoundRoute extends Schema.TaggedError<NotFoundRoute>()("NotFound
  * What a client may read of an internal failure: its first line, without the runtime's wrapper,
  * stack frames or file paths (those go to the log, under the error's id).
  */
+/**
+ * A file on the server: under a usual root, or a source, module or model file (with a line and
+ * column). URL paths such as `/v1/models` are not files and stay.
+ */
+const SERVER_PATH =
+  /(?:file:\/\/)?(?:[A-Za-z]:\\[^\s:]+|\/(?:home|root|usr|opt|var|tmp|work|srv|app|etc|mnt|Users|private)(?:\/[\w.@+~-]+)+|(?:[\w.@+~-]*\/)+[\w.@+~-]+\.(?:[cm]?[jt]s|gguf|node))(?::\d+)*/g
+
 export const publicDetail = (detail: string): string =>
   clip(
     (detail.split("\n")[0] ?? "")
       .replace(/^\(FiberFailure\)\s*/, "")
-      .replace(/(?:file:\/\/)?(?:[A-Za-z]:)?(?:[\\/][\w.@+~-]+){2,}(?::\d+)*/g, "<path>"),
+      .replace(SERVER_PATH, "<path>"),
     200
   )
 
