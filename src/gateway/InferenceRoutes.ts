@@ -20,6 +20,7 @@ import {
 } from "../domain/errors.js"
 import { ChatCompletionRequest, CompletionRequest, EmbeddingRequest, parseBody } from "../domain/openai.js"
 import { ResponsesRequest } from "../domain/responses.js"
+import { formatRequestLine, nextRequestId, RequestSummary } from "../telemetry/RequestLog.js"
 import { principalFor } from "./Auth.js"
 import {
   anthropicDialect,
@@ -44,7 +45,9 @@ interface InferenceRoute {
   readonly name: string
   readonly error: (error: ApiError) => ReturnType<Dialect["error"]>
   /** Throws an ApiError for a body the route cannot serve. */
-  readonly prepare: (text: string) => Omit<ProxyRequest, "principal" | "received" | "span">
+  readonly prepare: (text: string) => Omit<ProxyRequest, "principal" | "received" | "span" | "summary">
+  /** gen_ai.operation.name */
+  readonly operation: string
 }
 
 /** Decode the body or throw the dialect-neutral ApiError (InvalidJson 400, InvalidRequest 422). */
@@ -58,11 +61,13 @@ const decode = <A, I>(schema: Schema.Schema<A, I>, text: string) => {
 const openaiRoute = <A extends { readonly model: string; readonly stream?: boolean | null }, I>(
   schema: Schema.Schema<A, I>,
   path: ProxyRequest["path"],
-  name: string
+  name: string,
+  operation: string
 ): InferenceRoute => {
   const dialect = openaiDialect(name)
   return {
     name,
+    operation,
     error: openaiError,
     prepare: (text) => {
       const { json, value } = decode(schema, text)
@@ -88,6 +93,7 @@ const translatedRoute = <A extends { readonly model: string; readonly stream?: b
   refuse: (request: A) => InvalidRequest | undefined = () => undefined
 ): InferenceRoute => ({
   name,
+  operation: "chat",
   error,
   prepare: (text) => {
     const { value } = decode(schema, text)
@@ -110,9 +116,9 @@ const translatedRoute = <A extends { readonly model: string; readonly stream?: b
 })
 
 const ROUTES = new Map<string, InferenceRoute>([
-  ["/v1/chat/completions", openaiRoute(ChatCompletionRequest, "/v1/chat/completions", "chat")],
-  ["/v1/completions", openaiRoute(CompletionRequest, "/v1/completions", "completions")],
-  ["/v1/embeddings", openaiRoute(EmbeddingRequest, "/v1/embeddings", "embeddings")],
+  ["/v1/chat/completions", openaiRoute(ChatCompletionRequest, "/v1/chat/completions", "chat", "chat")],
+  ["/v1/completions", openaiRoute(CompletionRequest, "/v1/completions", "completions", "text_completion")],
+  ["/v1/embeddings", openaiRoute(EmbeddingRequest, "/v1/embeddings", "embeddings", "embeddings")],
   [
     "/v1/responses",
     translatedRoute("responses", openaiError, ResponsesRequest, Responses.responsesToChat, responsesDialect, (r) => {
@@ -133,6 +139,44 @@ export class InferenceRoutes extends Effect.Service<InferenceRoutes>()("cortex/I
     const tracer = yield* Effect.tracer
     const clock = yield* Effect.clock
 
+    const logFormat = config.telemetry.logFormat
+    const captureContent = config.telemetry.captureContent
+
+    /** The end of a request: its span's attributes and end, and its log line. */
+    const finish = (
+      span: Tracer.Span,
+      route: InferenceRoute,
+      summary: RequestSummary,
+      model: string,
+      principal: string,
+      received: number
+    ) => {
+      span.attribute("http.response.status_code", summary.status)
+      span.attribute("cortex.node", summary.node)
+      if (summary.promptTokens !== undefined) span.attribute("gen_ai.usage.input_tokens", summary.promptTokens)
+      if (summary.completionTokens !== undefined) span.attribute("gen_ai.usage.output_tokens", summary.completionTokens)
+      if (summary.cachedTokens !== undefined) {
+        span.attribute("gen_ai.usage.cache_read.input_tokens", summary.cachedTokens)
+      }
+      if (summary.ttftMs !== undefined) span.attribute("cortex.ttft_ms", summary.ttftMs)
+      if (summary.clientGone) span.attribute("cortex.client_gone", true)
+      if (summary.error !== undefined) span.attribute("error.type", summary.error)
+      span.end(
+        clock.unsafeCurrentTimeNanos(),
+        summary.error !== undefined && !summary.clientGone ? Exit.fail(summary.error) : Exit.void
+      )
+      const line = formatRequestLine(logFormat, {
+        requestId: summary.requestId,
+        traceId: span.traceId,
+        route: route.name,
+        model,
+        principal,
+        durationMs: Date.now() - received,
+        summary
+      })
+      if (line !== undefined) process.stdout.write(line)
+    }
+
     const serve = async (route: InferenceRoute, path: string, req: IncomingMessage, res: ServerResponse) => {
       const received = Date.now()
       // One span per request, continuing the client's trace when it sent one.
@@ -147,33 +191,60 @@ export class InferenceRoutes extends Effect.Service<InferenceRoutes>()("cortex/I
       span.attribute("http.request.method", "POST")
       span.attribute("url.path", path)
       span.attribute("cortex.route", route.name)
+      span.attribute("gen_ai.operation.name", route.operation)
+      const summary = new RequestSummary(nextRequestId())
+      res.setHeader("x-request-id", summary.requestId)
+      span.attribute("cortex.request_id", summary.requestId)
+      let model = ""
+      let principal = "none"
+      // The request ends when both the response closed and the proxy said how it went (a client
+      // that hangs up closes first, and the proxy records after it stopped the upstream).
+      let closed = false
+      const end = () => finish(span, route, summary, model, principal, received)
+      summary.onRecorded = () => {
+        if (closed) end()
+      }
       res.once("close", () => {
-        span.attribute("http.response.status_code", res.statusCode)
-        span.end(clock.unsafeCurrentTimeNanos(), Exit.void)
+        closed = true
+        if (summary.recorded) end()
       })
+      /** A refusal before the proxy: the route answers and records it. */
+      const refuse = (error: ApiError) => {
+        summary.status = error.status
+        summary.error = error._tag
+        summary.markRecorded()
+        return sendError(res, route, error)
+      }
       try {
-        const principal = principalFor(
+        const who = principalFor(
           config,
           req.headers as Record<string, string | undefined>,
           req.socket.remoteAddress ?? "unknown"
         )
-        if (principal === undefined) {
+        if (who === undefined) {
           req.resume()
-          return sendError(res, route, new Unauthorized())
+          return refuse(new Unauthorized())
         }
+        principal = who
+        span.attribute("cortex.principal", principal)
         const body = await readAll(req, MAX_BODY_BYTES).catch((e: unknown) => {
           throw e instanceof BodyTooLarge
             ? new PayloadTooLarge({ limitBytes: MAX_BODY_BYTES })
             : new InvalidRequest({ message: `could not read the request body: ${(e as Error).message}`, param: null })
         })
         const prepared = route.prepare(body.toString("utf8"))
-        span.attribute("cortex.model", prepared.model)
+        model = prepared.model
+        span.attribute("gen_ai.request.model", prepared.model)
         span.attribute("cortex.stream", prepared.stream)
-        await proxy.serve({ ...prepared, principal, received, span }, res)
+        if (captureContent) {
+          const input = prepared.body.messages ?? prepared.body.prompt ?? prepared.body.input ?? null
+          span.attribute("gen_ai.input.messages", JSON.stringify(input))
+        }
+        await proxy.serve({ ...prepared, principal, received, span, summary }, res)
       } catch (e) {
-        if (isApiError(e)) return sendError(res, route, e)
+        if (isApiError(e)) return refuse(e)
         // sendError logs the detail (with the stack) under the error's id; the client gets neither.
-        sendError(res, route, new InternalError({ detail: e instanceof Error && e.stack ? e.stack : String(e) }))
+        refuse(new InternalError({ detail: e instanceof Error && e.stack ? e.stack : String(e) }))
       }
     }
 

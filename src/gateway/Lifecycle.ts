@@ -10,12 +10,14 @@
  * load on another node never queues behind a victim's long stream.
  */
 import { Deferred, Effect, Fiber, Metric, MetricLabel, Schedule } from "effect"
+import { NeuronModel, RestartWorkerAnswer } from "../domain/contract.js"
 import { type ApiError, ModelInfeasible, ModelUnavailable, UpstreamError } from "../domain/errors.js"
+import { traceHeaders } from "../telemetry/TraceHeaders.js"
 import { buildCatalogue, type CatalogueModel } from "./Catalogue.js"
 import { Fleet, type NodeState } from "./Fleet.js"
 import { GatewayConfig, type ModelProfile } from "./GatewayConfig.js"
 import * as M from "./Metrics.js"
-import { callNeuron, type NeuronRefused, type NeuronUnreachable } from "./NeuronClient.js"
+import { callNeuron, describeNeuronError, type NeuronError } from "./NeuronClient.js"
 import { place, type PlacementNode, residencyPriority, swapOrWait } from "./Placement.js"
 
 export type LoadReason = "first_load" | "after_eviction" | "after_idle_unload" | "after_unload"
@@ -96,10 +98,10 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
       }
     }
 
-    const neuronError = (model: string) => (error: NeuronRefused | NeuronUnreachable): ApiError =>
+    const neuronError = (model: string) => (error: NeuronError): ApiError =>
       error._tag === "NeuronRefused"
         ? new UpstreamError({ upstreamStatus: error.status, upstreamBody: error.body, retryAfter: error.retryAfter })
-        : new ModelUnavailable({ model, state: "unavailable", detail: `${error.node}: ${error.detail}` })
+        : new ModelUnavailable({ model, state: "unavailable", detail: `${error.node}: ${describeNeuronError(error)}` })
 
     const placementNodes = (model: CatalogueModel, state: ReadonlyMap<string, NodeState>): Array<PlacementNode> =>
       [...state.values()].map((node) => ({
@@ -162,9 +164,10 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
         const deadline = Date.now() + config.loadTimeoutSecs * 1000
         while (busy(node.name, model) > 0 && Date.now() < deadline) yield* Effect.sleep("50 millis")
         yield* Effect.logInfo(`evicting ${model} from ${node.name} (${reason})`)
-        yield* callNeuron(node.endpoint, "/models/unload", {
+        yield* callNeuron(node.endpoint, "/models/unload", NeuronModel, {
           body: { model },
-          timeoutMs: config.loadTimeoutSecs * 1000
+          timeoutMs: config.loadTimeoutSecs * 1000,
+          headers: yield* traceHeaders
         })
         yield* Metric.increment(
           Metric.taggedWithLabels(M.evictions, [...labels(model, node.name), MetricLabel.make("reason", reason)])
@@ -172,7 +175,11 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
         unloadedBecause.set(model, reason === "idle" ? "after_idle_unload" : "after_eviction")
         cycles.set(node.name, (cycles.get(node.name) ?? 0) + 1)
         yield* fleet.refresh(node.name)
-      })
+      }).pipe(Effect.withSpan("gateway.eviction", {
+        kind: "client",
+        captureStackTrace: false,
+        attributes: { "gen_ai.request.model": model, "cortex.node": node.name, "cortex.eviction_reason": reason }
+      }))
 
     /** Let go of a plan's victims that are still claimed (those not unloaded serve again). */
     const releaseVictims = (hold: Hold) =>
@@ -213,17 +220,30 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
             evicted.length > 0 ? `, evicted ${evicted.join(", ")}` : ""
           })`
         )
-        yield* callNeuron(node.endpoint, "/models/load", {
-          body: {
-            model: model.neuronId,
-            ...(profile?.context_size !== undefined ? { context_size: profile.context_size } : {})
-          },
-          timeoutMs: config.loadTimeoutSecs * 1000
-        }).pipe(
-          Effect.mapError(neuronError(model.id)),
-          // The reservation (released by the caller) ends after this, once the poll can see the model.
-          Effect.ensuring(fleet.refresh(node.name))
-        )
+        yield* Effect.flatMap(traceHeaders, (headers) =>
+          callNeuron(node.endpoint, "/models/load", NeuronModel, {
+            body: {
+              model: model.neuronId,
+              ...(profile?.context_size !== undefined ? { context_size: profile.context_size } : {})
+            },
+            timeoutMs: config.loadTimeoutSecs * 1000,
+            headers
+          })).pipe(
+            // The neuron's load span continues this one (traceparent): one trace from request to load.
+            Effect.withSpan("gateway.model_load", {
+              kind: "client",
+              captureStackTrace: false,
+              attributes: {
+                "gen_ai.request.model": model.id,
+                "cortex.node": node.name,
+                "cortex.load_reason": reason,
+                "cortex.evicted": evicted.join(",")
+              }
+            }),
+            Effect.mapError(neuronError(model.id)),
+            // The reservation (released by the caller) ends after this, once the poll can see the model.
+            Effect.ensuring(fleet.refresh(node.name))
+          )
         const loadMs = Date.now() - loadStarted
         yield* Metric.update(Metric.taggedWithLabels(M.modelLoad, labels(model.id, node.name)), loadMs / 1000)
         yield* Metric.update(
@@ -417,7 +437,7 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
         if ((cycles.get(node.name) ?? 0) < threshold || !node.healthy) continue
         const idle = node.models.every((m) => m.in_flight + m.queue_depth === 0 && busy(node.name, m.id) === 0)
         if (!idle || [...loads.values()].some((l) => l.node === node.name)) continue
-        const result = yield* callNeuron<{ restarted: boolean }>(node.endpoint, "/admin/restart-worker", {
+        const result = yield* callNeuron(node.endpoint, "/admin/restart-worker", RestartWorkerAnswer, {
           body: {},
           timeoutMs: 180_000
         }).pipe(Effect.option)

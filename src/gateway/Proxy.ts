@@ -11,11 +11,12 @@
  * upstream request (and a cold load it was waiting for). Another replica is tried only before
  * the first upstream byte.
  */
-import { Cause, Effect, Exit, FiberId, MetricLabel, Runtime, type Tracer } from "effect"
+import { Cause, Context, Effect, Exit, FiberId, MetricLabel, Option, Runtime, type Tracer } from "effect"
 import type { ServerResponse } from "node:http"
 import { type ApiError, InternalError, isApiError, ModelUnavailable, UpstreamError } from "../domain/errors.js"
 import { encodeModelName, MODEL_NAME_HEADER, PROGRESS_HEADER } from "../domain/headers.js"
 import type { ChatCompletionChunk, Usage } from "../domain/openai-output.js"
+import type { RequestSummary } from "../telemetry/RequestLog.js"
 import { resolveAlias } from "./Catalogue.js"
 import { type Dialect, sendError, sendJson } from "./Dialects.js"
 import { Fleet } from "./Fleet.js"
@@ -47,14 +48,19 @@ export interface ProxyRequest {
   readonly received: number
   /** The request's span: the parent of any routing work, and the neuron's traceparent. */
   readonly span: Tracer.Span
+  /** How the request ended, for its span and log line (InferenceRoutes writes them). */
+  readonly summary: RequestSummary
 }
 
 interface Attempt {
   readonly response: UpstreamResponse
   readonly route: Route
   readonly nodeName: string
+  /** Gives the seat back and ends the upstream call's span; once. */
   readonly release: () => void
   readonly upstreamStarted: number
+  /** The upstream call's span (the neuron's traceparent names it). */
+  readonly span: Tracer.Span
 }
 
 /** The client went away while we were still routing or connecting. */
@@ -95,6 +101,8 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
     const fleet = yield* Fleet
     const lifecycle = yield* Lifecycle
     const runtime = yield* Effect.runtime<never>()
+    const tracer = yield* Effect.tracer
+    const clock = yield* Effect.clock
     const runFork = Runtime.runFork(runtime)
     const idleMs = config.idleTimeoutSecs * 1000
     const progressMs = String(Math.max(250, Math.floor(idleMs / 3)))
@@ -124,12 +132,63 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
       const id = resolveAlias(config.aliases, name)
       return lifecycle.catalogueNow().has(id) ? id : M.UNKNOWN_MODEL
     })
-    const record = (request: ProxyRequest, node: string, outcome: M.Outcome) =>
+    const record = (request: ProxyRequest, node: string, outcome: M.Outcome) => {
       recorder.record(request.model, node, request.dialect.route, request.received, outcome)
+      const s = request.summary
+      s.node = node
+      s.status = outcome.status
+      s.error = outcome.error
+      s.clientGone = outcome.status === 499 || outcome.error === "client_disconnected"
+      s.ttftMs = outcome.ttftMs
+      const usage = outcome.usage
+      if (usage) {
+        s.promptTokens = usage.prompt_tokens
+        s.completionTokens = usage.completion_tokens
+        s.cachedTokens = usage.prompt_tokens_details?.cached_tokens
+      }
+      s.markRecorded()
+    }
+
+    /** One call to a node, a child of the request's span; the neuron continues it. */
+    const upstreamSpan = (request: ProxyRequest, node: Route["node"], attempt: number) => {
+      const span = tracer.span(
+        "gateway.upstream",
+        Option.some(request.span),
+        Context.empty(),
+        [],
+        clock.unsafeCurrentTimeNanos(),
+        "client"
+      )
+      span.attribute("cortex.node", node.name)
+      span.attribute("url.full", node.endpoint.endpoint + request.path)
+      span.attribute("cortex.attempt", attempt)
+      return span
+    }
+    const endSpan = (span: Tracer.Span, status: number | undefined, error?: string) => {
+      if (status !== undefined) span.attribute("http.response.status_code", status)
+      if (error !== undefined) span.attribute("error.type", error)
+      span.end(clock.unsafeCurrentTimeNanos(), error !== undefined ? Exit.fail(error) : Exit.void)
+    }
 
     /** Routing that needs the full router (cold load, recovering, unknown): a fiber. */
     const routeSlowly = async (request: ProxyRequest, cancel: Cancel): Promise<Route> => {
-      const route = await run(router.route(request.model), request.span, cancel)
+      const route = await run(
+        router.route(request.model).pipe(
+          Effect.tap((route) =>
+            Effect.annotateCurrentSpan({
+              "cortex.cold_load": route.coldLoad,
+              "cortex.node": route.node.name,
+              "gen_ai.response.model": route.model.id
+            })
+          ),
+          Effect.withSpan("gateway.route", {
+            captureStackTrace: false,
+            attributes: { "gen_ai.request.model": request.model }
+          })
+        ),
+        request.span,
+        cancel
+      )
       if (route.coldLoad) {
         M.coldStarts.unsafeUpdate(1, [
           MetricLabel.make("model", route.model.id),
@@ -198,21 +257,27 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
           Object.keys(defaults).length === 0
         ? request.text
         : JSON.stringify({ ...defaults, ...request.body, model: route.model.neuronId })
-      const traceparent = `00-${request.span.traceId}-${request.span.spanId}-01`
       let last: ApiError | undefined
       for (let i = 0; i < nodes.length; i++) {
         const node = nodes[i]!
         tries.n++
         const more = i < nodes.length - 1 && tries.n < config.retry.maxAttempts
-        const release = router.track(node.name, route.model.neuronId)
+        const seat = router.track(node.name, route.model.neuronId)
         const upstreamStarted = Date.now()
+        const span = upstreamSpan(request, node, tries.n)
+        const traceparent = `00-${span.traceId}-${span.spanId}-${span.sampled ? "01" : "00"}`
         let response: UpstreamResponse
         try {
           response = await call(node, request, body, traceparent, cancel)
         } catch (e) {
-          release()
-          if (cancel.aborted) throw new Aborted()
+          seat()
+          if (cancel.aborted) {
+            endSpan(span, undefined, "client_disconnected")
+            throw new Aborted()
+          }
           const reason = e instanceof UpstreamFailure ? e.reason : "reset"
+          endSpan(span, undefined, reason)
+          M.countUpstreamError(node.name, reason)
           const message = (e as Error).message
           last = reason === "timeout"
             ? upstreamTimeout(`${node.name}: ${message}`)
@@ -222,6 +287,15 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
           countRetry(node.name, reason)
           continue
         }
+        if (M.isUpstreamFailureStatus(response.status)) M.countUpstreamError(node.name, String(response.status))
+        let released = false
+        const status = response.status
+        const release = () => {
+          if (released) return
+          released = true
+          seat()
+          endSpan(span, status, status === 200 ? undefined : String(status))
+        }
         // Nothing reached the client yet: a status in retry_on moves on to the next replica.
         if (more && retryStatuses.has(response.status)) {
           response.body.resume()
@@ -229,7 +303,7 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
           countRetry(node.name, String(response.status))
           continue
         }
-        return { response, route, nodeName: node.name, release, upstreamStarted }
+        return { response, route, nodeName: node.name, release, upstreamStarted, span }
       }
       throw last ?? new InternalError({ detail: "no replica answered" })
     }
@@ -310,6 +384,8 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
       } catch (e) {
         if (cancel.aborted) return record(request, a.nodeName, { status: 499, error: "client_disconnected" })
         if (a.response.timedOut) {
+          M.countUpstreamError(a.nodeName, "upstream_timeout")
+          a.span.attribute("error.type", "upstream_timeout")
           const error = upstreamTimeout(`the upstream sent nothing for ${config.idleTimeoutSecs} s`)
           return refuse(request, res, a.nodeName, error, "upstream_timeout")
         }
@@ -482,6 +558,12 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
           }
         }
       } finally {
+        if (failed !== undefined && failed !== "client_disconnected" && a.response.status === 200) {
+          // A stream that broke after its head: the node's failure, counted once, on its span too.
+          const reason = M.reasonLabel(failed)
+          M.countUpstreamError(a.nodeName, reason)
+          a.span.attribute("error.type", reason)
+        }
         a.release()
         finished = true
         clearInterval(keepAlive)

@@ -29,6 +29,7 @@ import { tokenMatches } from "./ApiToken.js"
 import { toWorkerMessages } from "./ChatMessages.js"
 import { hostInfo } from "./Discovery.js"
 import { errorResponse, Inference, newRequestId, promptShapeOf, reportInternal } from "./Inference.js"
+import * as NM from "./Metrics.js"
 import { type Caller, ModelManager } from "./ModelManager.js"
 import { NeuronConfig } from "./NeuronConfig.js"
 
@@ -173,14 +174,40 @@ export const makeRouter = Effect.gen(function*() {
     })
   )
 
+  /** A load (the gateway's cold loads come here, in the request's trace), failures counted. */
   const load = Effect.gen(function*() {
     const request = yield* body(LoadRequest)
-    return json(yield* models.load(request.model, request.context_size))
+    const view = yield* models.load(request.model, request.context_size).pipe(
+      Effect.tapError((error) =>
+        Effect.sync(() =>
+          NM.recordLoadFailure(
+            error._tag === "ModelNotFound" ? "unknown" : request.model,
+            NM.reasonLabel(error.body.error.code ?? error._tag)
+          )
+        )
+      ),
+      Effect.tap((view) =>
+        Effect.annotateCurrentSpan({ "cortex.device": view.device ?? "none", "cortex.load_ms": view.load_ms ?? 0 })
+      ),
+      Effect.withSpan("neuron.model_load", {
+        captureStackTrace: false,
+        attributes: { "gen_ai.request.model": request.model }
+      })
+    )
+    return json(view)
   })
 
   const unload = Effect.gen(function*() {
     const request = yield* body(UnloadRequest)
-    return json(yield* models.unload(request.model))
+    const started = Date.now()
+    const view = yield* models.unload(request.model).pipe(
+      Effect.withSpan("neuron.model_unload", {
+        captureStackTrace: false,
+        attributes: { "gen_ai.request.model": request.model }
+      })
+    )
+    NM.recordUnload(view.id, (Date.now() - started) / 1000)
+    return json(view)
   })
 
   /** The model as the client named it: the gateway's header, else the body's `model`. */

@@ -3,8 +3,9 @@
  * as one JSON body or as an SSE stream with keep-alives, a usage chunk carrying timing, and an
  * in-band error event (never `[DONE]`) when a started stream fails.
  */
+import { Tracer as OtelTracer } from "@effect/opentelemetry"
 import { HttpServerResponse } from "@effect/platform"
-import { Cause, Deferred, Effect, Exit, Fiber, Option, Queue, Schedule, Stream } from "effect"
+import { Cause, Clock, Context, Deferred, Effect, Exit, Fiber, Option, Queue, Schedule, Stream } from "effect"
 import { randomBytes } from "node:crypto"
 import {
   type ApiError,
@@ -20,6 +21,7 @@ import {
 import type { ChatCompletionRequest, CompletionRequest, EmbeddingRequest } from "../domain/openai.js"
 import { toWorkerMessages } from "./ChatMessages.js"
 import { WorkerCrash, WorkerFailed } from "./DeviceWorker.js"
+import * as NM from "./Metrics.js"
 import { type Caller, ModelManager, type Seat } from "./ModelManager.js"
 import { NeuronConfig } from "./NeuronConfig.js"
 import { resolveSampling } from "./Sampling.js"
@@ -232,10 +234,119 @@ export const errorResponse = (error: ApiError, requestId = newRequestId()) =>
 
 type Kind = "chat" | "completion"
 
+const operationOf = (kind: Kind) => kind === "chat" ? "chat" : "text_completion"
+
+/** The request's span: a child of the platform's server span, which continued the gateway's traceparent. */
+const requestSpan = (request: ChatCompletionRequest | CompletionRequest, kind: Kind) =>
+  Effect.withSpan(`neuron.${operationOf(kind)}`, {
+    kind: "internal",
+    captureStackTrace: false,
+    attributes: {
+      "gen_ai.operation.name": operationOf(kind),
+      "gen_ai.request.model": request.model,
+      "gen_ai.request.stream": request.stream === true,
+      ...(request.max_tokens != null ? { "gen_ai.request.max_tokens": request.max_tokens } : {}),
+      ...(request.temperature != null ? { "gen_ai.request.temperature": request.temperature } : {}),
+      ...(request.n != null && request.n > 1 ? { "gen_ai.request.choice.count": request.n } : {})
+    }
+  })
+
 export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
   effect: Effect.gen(function*() {
     const models = yield* ModelManager
     const config = yield* NeuronConfig
+    const tracer = yield* Effect.tracer
+
+    /** Refusals before generation, counted by model and reason (admission, memory, availability, size). */
+    const countRefusal = (model: string) => <A, E extends ApiError, R>(self: Effect.Effect<A, E, R>) =>
+      Effect.tapError(self, (error) =>
+        Effect.sync(() =>
+          NM.recordRejection(
+            error._tag === "ModelNotFound" ? "unknown" : model,
+            NM.reasonLabel(error._tag === "Overloaded" ? error.reason : error.body.error.code ?? error._tag)
+          )
+        ))
+    const seatFor = (model: string, caller: Caller, n = 1) => models.acquire(model, caller, n).pipe(countRefusal(model))
+
+    /**
+     * After a generation: the request span's GenAI attributes, its queue, prefill and decode
+     * child spans made after the fact from the worker's own timing (nothing on the per-token
+     * path), and the per-request metrics.
+     */
+    const observe = (
+      request: ChatCompletionRequest | CompletionRequest,
+      seat: Seat,
+      result: GenerationResult,
+      startedNs: bigint,
+      responseId: string
+    ) =>
+      Effect.gen(function*() {
+        const u = result.usage
+        const t = result.timing
+        NM.recordGeneration(seat.model, {
+          promptTokens: u.promptTokens,
+          cachedTokens: u.cachedTokens,
+          completionTokens: u.completionTokens,
+          prefillMs: t.prefillMs,
+          decodeMs: t.decodeMs
+        })
+        const parent = yield* Effect.option(Effect.currentSpan)
+        if (Option.isNone(parent)) return
+        const span = parent.value
+        span.attribute("gen_ai.response.model", seat.model)
+        span.attribute("gen_ai.response.id", responseId)
+        span.attribute("gen_ai.usage.input_tokens", u.promptTokens)
+        span.attribute("gen_ai.usage.output_tokens", u.completionTokens)
+        span.attribute("gen_ai.usage.cache_read.input_tokens", u.cachedTokens)
+        // A string array, as the convention has it (Effect's span.attribute would JSON-encode it).
+        const reasons = result.choices.map(finishReason)
+        yield* OtelTracer.currentOtelSpan.pipe(
+          Effect.map((otel) => otel.setAttribute("gen_ai.response.finish_reasons", reasons)),
+          Effect.orElse(() => Effect.sync(() => span.attribute("gen_ai.response.finish_reasons", reasons.join(","))))
+        )
+        span.attribute("cortex.device", seat.device)
+        span.attribute("cortex.queue_ms", seat.queueMs)
+        span.attribute("cortex.ttft_ms", Math.round((seat.queueMs + t.ttftMs) * 100) / 100)
+        if (config.telemetry.captureContent) {
+          const r = request as Partial<ChatCompletionRequest & CompletionRequest>
+          span.attribute("gen_ai.input.messages", JSON.stringify(r.messages ?? r.prompt ?? null))
+          span.attribute(
+            "gen_ai.output.messages",
+            JSON.stringify(result.choices.map((c) => ({
+              role: "assistant",
+              content: c.text,
+              finish_reason: finishReason(c),
+              ...(c.toolCalls.length > 0 ? { tool_calls: c.toolCalls } : {})
+            })))
+          )
+        }
+        if (!span.sampled) return
+        const ms = (x: number) => BigInt(Math.round(x * 1e6))
+        const endNs = yield* Clock.currentTimeNanos
+        const child = (name: string, start: bigint, end: bigint, attributes: Record<string, unknown>) => {
+          const c = tracer.span(name, Option.some(span), Context.empty(), [], start, "internal")
+          for (const key in attributes) c.attribute(key, attributes[key])
+          c.end(end < start ? start : end, Exit.void)
+        }
+        const queueEnd = startedNs + ms(seat.queueMs)
+        const prefillEnd = queueEnd + ms(t.prefillMs)
+        const decodeStart = endNs - ms(t.decodeMs) > prefillEnd ? endNs - ms(t.decodeMs) : prefillEnd
+        const prefilled = u.promptTokens - u.cachedTokens
+        child("neuron.queue", startedNs, queueEnd, { "cortex.queue_ms": seat.queueMs })
+        child("neuron.prefill", queueEnd, prefillEnd, {
+          "gen_ai.usage.input_tokens": u.promptTokens,
+          "gen_ai.usage.cache_read.input_tokens": u.cachedTokens,
+          "cortex.prefill.tokens": prefilled,
+          "cortex.prefill.chunks": Math.ceil(Math.max(0, prefilled) / config.prefillChunkTokens),
+          "cortex.prefill.tokens_per_second": t.prefillMs > 0 ? Math.round(prefilled / t.prefillMs * 1e5) / 100 : 0
+        })
+        child("neuron.decode", decodeStart, decodeStart + ms(t.decodeMs), {
+          "gen_ai.usage.output_tokens": u.completionTokens,
+          "cortex.decode.tokens_per_second": t.decodeMs > 0 && u.completionTokens > 1
+            ? Math.round((u.completionTokens - 1) / t.decodeMs * 1e5) / 100
+            : 0
+        })
+      })
 
     const prepare = (request: ChatCompletionRequest | CompletionRequest, kind: Kind) =>
       Effect.try({
@@ -333,52 +444,57 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
       caller: Caller,
       name: string = request.model
     ) =>
-      Effect.scoped(Effect.gen(function*() {
-        const { job, n, params } = yield* prepare(request, kind)
-        yield* refuseOversized(request.model, job, caller)
-        const seat = yield* models.acquire(request.model, caller, n)
-        const result = yield* generate(seat, job, params, n, {})
-        const usage = usageOf(result, seat.queueMs)
-        yield* Effect.logDebug(`${kind} ${request.model}: ${result.usage.completionTokens} tokens`)
-        if (kind === "completion") {
+      Effect.scoped(
+        Effect.gen(function*() {
+          const { job, n, params } = yield* prepare(request, kind)
+          yield* refuseOversized(request.model, job, caller).pipe(countRefusal(request.model))
+          const startedNs = yield* Clock.currentTimeNanos
+          const seat = yield* seatFor(request.model, caller, n)
+          const result = yield* generate(seat, job, params, n, {})
+          const usage = usageOf(result, seat.queueMs)
+          const responseId = newId(kind === "chat" ? "chatcmpl" : "cmpl")
+          yield* observe(request, seat, result, startedNs, responseId)
+          yield* Effect.logDebug(`${kind} ${request.model}: ${result.usage.completionTokens} tokens`)
+          if (kind === "completion") {
+            return {
+              id: responseId,
+              object: "text_completion",
+              created: now(),
+              model: name,
+              choices: result.choices.map((choice) => ({
+                index: choice.index,
+                text: echoOf(request) + choice.text,
+                finish_reason: finishReason(choice),
+                ...stopReasonOf(choice),
+                logprobs: choice.logprobs ? completionLogprobs(choice.logprobs, 0) : null
+              })),
+              usage
+            }
+          }
           return {
-            id: newId("cmpl"),
-            object: "text_completion",
+            id: responseId,
+            object: "chat.completion",
             created: now(),
             model: name,
-            choices: result.choices.map((choice) => ({
-              index: choice.index,
-              text: echoOf(request) + choice.text,
-              finish_reason: finishReason(choice),
-              ...stopReasonOf(choice),
-              logprobs: choice.logprobs ? completionLogprobs(choice.logprobs, 0) : null
-            })),
+            choices: result.choices.map((choice) => {
+              const toolCalls = toolCallsOf(choice)
+              return {
+                index: choice.index,
+                message: {
+                  role: "assistant",
+                  content: toolCalls.length > 0 && choice.text === "" ? null : choice.text,
+                  ...(choice.reasoning ? { reasoning_content: choice.reasoning } : {}),
+                  ...(toolCalls.length > 0 ? { tool_calls: toolCalls } : {})
+                },
+                finish_reason: finishReason(choice),
+                ...stopReasonOf(choice),
+                logprobs: chatLogprobs(choice.logprobs)
+              }
+            }),
             usage
           }
-        }
-        return {
-          id: newId("chatcmpl"),
-          object: "chat.completion",
-          created: now(),
-          model: name,
-          choices: result.choices.map((choice) => {
-            const toolCalls = toolCallsOf(choice)
-            return {
-              index: choice.index,
-              message: {
-                role: "assistant",
-                content: toolCalls.length > 0 && choice.text === "" ? null : choice.text,
-                ...(choice.reasoning ? { reasoning_content: choice.reasoning } : {}),
-                ...(toolCalls.length > 0 ? { tool_calls: toolCalls } : {})
-              },
-              finish_reason: finishReason(choice),
-              ...stopReasonOf(choice),
-              logprobs: chatLogprobs(choice.logprobs)
-            }
-          }),
-          usage
-        }
-      }))
+        }).pipe(requestSpan(request, kind))
+      )
 
     /**
      * A streamed chat or text completion. Errors found before anything was generated (unknown
@@ -395,7 +511,7 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
     ) =>
       Effect.gen(function*() {
         const { job, n, params } = yield* prepare(request, kind)
-        yield* refuseOversized(request.model, job, caller)
+        yield* refuseOversized(request.model, job, caller).pipe(countRefusal(request.model))
         const id = newId(kind === "chat" ? "chatcmpl" : "cmpl")
         const requestId = newRequestId()
         const created = now()
@@ -440,7 +556,8 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
         const push = (bytes: Uint8Array) => Queue.unsafeOffer(queue, bytes)
 
         const run = Effect.scoped(Effect.gen(function*() {
-          const seat = yield* models.acquire(request.model, caller, n)
+          const startedNs = yield* Clock.currentTimeNanos
+          const seat = yield* seatFor(request.model, caller, n)
           const result = yield* generate(seat, job, params, n, {
             onPrefilled: (promptTokens, cachedTokens) => {
               Deferred.unsafeDone(started, Exit.void)
@@ -473,7 +590,9 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
             push(frame({ id, object, created, model: name, choices: [], usage: usageOf(result, seat.queueMs) }))
           }
           push(DONE)
+          yield* observe(request, seat, result, startedNs, id)
         })).pipe(
+          requestSpan(request, kind),
           Effect.catchAllCause((cause) => {
             if (Cause.isInterruptedOnly(cause)) return Effect.void
             const failure = Cause.failureOption(cause)
@@ -516,7 +635,7 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
     const embed = (request: EmbeddingRequest, caller: Caller, name: string = request.model) =>
       Effect.scoped(Effect.gen(function*() {
         const inputs = typeof request.input === "string" ? [request.input] : [...request.input]
-        const seat = yield* models.acquire(request.model, caller)
+        const seat = yield* seatFor(request.model, caller)
         const result = yield* runOnWorker<EmbedResult>(seat, { _tag: "embed", model: seat.model, inputs })
         // Shortening embeddings is only meaningful for models trained for it: refuse, never ignore.
         const size = result.vectors[0]?.length
