@@ -581,8 +581,11 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
     const serve = (request: ProxyRequest, res: ServerResponse): Promise<void> =>
       (request.stream ? streamed(request, res) : unary(request, res)).catch((e: unknown) => {
         logWarning(`proxy failed: ${String(e)}`)
-        if (!res.headersSent) refuse(request, res, "none", asApiError(e))
-        else res.destroy()
+        if (!res.headersSent) return refuse(request, res, "none", asApiError(e))
+        // The request's span and log line end with it, whatever was recorded before.
+        request.summary.error ??= "proxy_failed"
+        request.summary.markRecorded()
+        res.destroy()
       })
 
     return { serve } as const
