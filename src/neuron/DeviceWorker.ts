@@ -1,25 +1,39 @@
 /**
- * One device worker: a child process that owns node-llama-cpp for one device (or the CPU).
- * The neuron talks to it with typed IPC messages. When the child dies unexpectedly (a native
- * abort, an OOM kill), every pending call fails with WorkerCrashed, crash listeners run, and the
- * worker restarts itself with backoff; restart listeners then reload what was resident.
+ * One device worker: a child process that owns node-llama-cpp for a group of devices (one GPU
+ * today, several once models span GPUs; or the CPU), as a scoped resource. `make` spawns the
+ * child and waits for it to be ready; closing the scope shuts it down gracefully, bounded, then
+ * kills it. Inside the scope a supervisor restarts a child that died, with backoff from a
+ * `Schedule`, and publishes `Crashed` / `Restarted` on the events `PubSub`. Every pending job of
+ * a dead child fails with `WorkerError` (reason "Crashed"); a job the worker refuses fails with
+ * `WorkerError` and the worker's reason. Control messages from the child are Schema-decoded;
+ * per-token chunks are type-guarded only (the hot path uses no Effect and no Schema).
  */
+import {
+  Deferred,
+  type Duration,
+  Effect,
+  Exit,
+  ParseResult,
+  PubSub,
+  Runtime,
+  Schedule,
+  Schema,
+  type Scope
+} from "effect"
 import { type ChildProcess, fork } from "node:child_process"
 import { fileURLToPath } from "node:url"
 import type { Device } from "./Discovery.js"
-import type { EngineInfo, FromWorker, TokenLogprob, ToWorker, WorkerFailure } from "./worker/protocol.js"
+import {
+  type EngineInfo,
+  isChunk,
+  type TokenLogprob,
+  type ToWorker,
+  WorkerControl,
+  WorkerError,
+  type WorkerFailure
+} from "./worker/protocol.js"
 
-export class WorkerCrash extends Error {
-  constructor(readonly device: string, readonly detail: string) {
-    super(`worker for ${device} crashed: ${detail}`)
-  }
-}
-
-export class WorkerFailed extends Error {
-  constructor(readonly failure: WorkerFailure) {
-    super(failure.tag === "Failed" || failure.tag === "InvalidRequest" ? failure.message : failure.tag)
-  }
-}
+export { WorkerError } from "./worker/protocol.js"
 
 export interface StreamHandlers {
   readonly onChunk?: (
@@ -31,195 +45,318 @@ export interface StreamHandlers {
   readonly onPrefilled?: (promptTokens: number, cachedTokens: number) => void
 }
 
-interface Pending extends StreamHandlers {
-  readonly resolve: (value: unknown) => void
-  readonly reject: (error: Error) => void
-}
-
 type Distribute<T> = T extends unknown ? Omit<T, "id"> : never
 export type WorkerCall = Distribute<ToWorker>
 
-const workerEntry = fileURLToPath(new URL("./worker/main.ts", import.meta.url))
-const tsxLoader = import.meta.resolve("tsx")
+/** What the model side hears about a worker: it died (its jobs failed), or a fresh child is ready. */
+export type WorkerEvent =
+  | { readonly _tag: "Crashed"; readonly worker: string; readonly error: WorkerError }
+  | { readonly _tag: "Restarted"; readonly worker: string }
 
-export interface WorkerOptions {
-  readonly threads: number
-  readonly log: (message: string) => void
-  readonly readyTimeoutMs?: number
+export interface DeviceWorker {
+  /** The group's name: its device ids joined by "+" ("cpu", "cuda:0", "cuda:0+cuda:1"). */
+  readonly id: string
+  readonly devices: ReadonlyArray<Device>
+  readonly alive: boolean
+  readonly pid: number | undefined
+  /** Children started after the first (crash restarts and planned ones). */
+  readonly restarts: number
+  readonly info: EngineInfo | undefined
+  /** Why the child is down (set the moment it exits, before any job is failed); cleared once a new one is ready. */
+  readonly down: WorkerError | undefined
+  /**
+   * Send one job; the promise settles with the worker's result or a `WorkerError`. Plain
+   * promise and callbacks: this is the per-token path (Inference wraps it once per request).
+   */
+  readonly call: <A>(
+    message: WorkerCall,
+    handlers?: StreamHandlers
+  ) => { readonly id: number; readonly promise: Promise<A> }
+  readonly cancel: (id: number) => void
+  /** A control job whose result is decoded with `schema`. */
+  readonly request: <A, I>(message: WorkerCall, schema: Schema.Schema<A, I>) => Effect.Effect<A, WorkerError>
+  /** A planned restart (defragmentation): graceful stop, a fresh child, `Restarted`. Not a crash. */
+  readonly restart: Effect.Effect<void>
+  /** Kill the child as a native crash would (tests). */
+  readonly kill: (signal?: NodeJS.Signals) => void
 }
 
-export class DeviceWorker {
-  private child: ChildProcess | undefined
-  private readonly pending = new Map<number, Pending>()
-  private nextId = 1
-  private stopping = false
-  private crashes: Array<number> = []
-  private readonly crashListeners: Array<(error: WorkerCrash) => void> = []
-  private readonly restartListeners: Array<() => void> = []
-  private ready: Promise<EngineInfo> | undefined
-  info: EngineInfo | undefined
-  restarts = 0
+export interface Options {
+  readonly threads: number
+  readonly events: PubSub.PubSub<WorkerEvent>
+  /** How long a graceful shutdown may take before SIGKILL. */
+  readonly stopTimeout: Duration.DurationInput
+  readonly readyTimeout?: Duration.DurationInput
+}
 
-  constructor(readonly device: Device, private readonly options: WorkerOptions) {}
+/** Backoff between a crash and the next child: 100 ms doubling to 10 s, reset after a quiet minute. */
+export const restartSchedule = Schedule.exponential("100 millis").pipe(
+  Schedule.union(Schedule.spaced("10 seconds")),
+  Schedule.resetAfter("1 minute")
+)
 
-  get alive() {
-    return this.child !== undefined && this.child.exitCode === null && this.child.signalCode === null
-  }
+const workerEntry = fileURLToPath(new URL("./worker/main.ts", import.meta.url))
+const tsxLoader = import.meta.resolve("tsx")
+const decodeControl = Schema.decodeUnknownEither(WorkerControl)
 
-  get pid() {
-    return this.child?.pid
-  }
+interface Pending extends StreamHandlers {
+  readonly resolve: (value: unknown) => void
+  readonly reject: (error: WorkerError) => void
+}
 
-  onCrash(listener: (error: WorkerCrash) => void) {
-    this.crashListeners.push(listener)
-  }
+interface Life {
+  readonly child: ChildProcess
+  /** Completed with "signal SIGABRT" / "exit code 1" when the child is gone. */
+  readonly exited: Deferred.Deferred<string>
+}
 
-  onRestart(listener: () => void) {
-    this.restartListeners.push(listener)
-  }
+export const make = (
+  devices: ReadonlyArray<Device>,
+  options: Options
+): Effect.Effect<DeviceWorker, WorkerError, Scope.Scope> =>
+  Effect.gen(function*() {
+    const id = devices.map((d) => d.id).join("+")
+    const cuda = devices.filter((d) => d.kind === "cuda")
+    const crashed = (detail: string) => new WorkerError({ reason: { tag: "Crashed", device: id, detail } })
+    const failed = (failure: WorkerFailure) => new WorkerError({ reason: failure })
+    // Node callbacks log through this scope's runtime (its logger and services).
+    const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+    const pending = new Map<number, Pending>()
+    let nextId = 1
+    let life: Life | undefined
+    let ready = false
+    let info: EngineInfo | undefined
+    let down: WorkerError | undefined
+    let restarts = 0
+    let stopping = false
+    let planned: Deferred.Deferred<void> | undefined
 
-  start(): Promise<EngineInfo> {
-    const child = fork(workerEntry, [], {
-      execArgv: ["--import", tsxLoader],
-      env: {
-        ...process.env,
-        CORTEX_WORKER_THREADS: String(this.options.threads),
-        CORTEX_WORKER_GPU: this.device.kind === "cuda" ? "1" : "0",
-        ...(this.device.kind === "cuda" ? { CUDA_VISIBLE_DEVICES: String(this.device.index) } : {})
-      },
-      stdio: ["ignore", "inherit", "inherit", "ipc"],
-      // Its own process group: a Ctrl-C or a group-wide SIGTERM meant for the neuron must not
-      // kill the worker before the neuron has drained. It exits on its own if the IPC channel closes.
-      detached: true
-    })
-    this.child = child
-    this.ready = new Promise<EngineInfo>((resolve, reject) => {
-      const timer = setTimeout(
-        () => reject(new WorkerCrash(this.device.id, "did not become ready in time")),
-        this.options.readyTimeoutMs ?? 120_000
-      )
-      const onReady = (message: FromWorker) => {
-        if (message._tag !== "ready") return
-        clearTimeout(timer)
-        child.off("message", onReady)
-        this.info = message.info
-        resolve(message.info)
+    const isAlive = () => ready && life !== undefined && life.child.exitCode === null && life.child.signalCode === null
+
+    const onMessage = (raw: unknown, started: Deferred.Deferred<EngineInfo, WorkerError>) => {
+      if (isChunk(raw)) {
+        pending.get(raw.id)?.onChunk?.(raw.kind, raw.text, raw.choice ?? 0, raw.logprobs)
+        return
       }
-      child.on("message", onReady)
-      child.once("exit", () => {
-        clearTimeout(timer)
-        reject(new WorkerCrash(this.device.id, "exited before it was ready"))
-      })
-    })
-    child.on("message", (message: FromWorker) => this.dispatch(message))
-    child.once("exit", (code, signal) => this.exited(child, code, signal))
-    return this.ready
-  }
-
-  private dispatch(message: FromWorker) {
-    switch (message._tag) {
-      case "chunk":
-        return this.pending.get(message.id)?.onChunk?.(
-          message.kind,
-          message.text,
-          message.choice ?? 0,
-          message.logprobs
-        )
-      case "prefilled":
-        return this.pending.get(message.id)?.onPrefilled?.(message.promptTokens, message.cachedTokens)
-      case "result": {
-        const p = this.pending.get(message.id)
-        this.pending.delete(message.id)
-        return p?.resolve(message.value)
+      const decoded = decodeControl(raw)
+      if (decoded._tag === "Left") {
+        const job = (raw as { id?: unknown } | null)?.id
+        const p = typeof job === "number" ? pending.get(job) : undefined
+        const detail = ParseResult.TreeFormatter.formatErrorSync(decoded.left)
+        if (p) {
+          pending.delete(job as number)
+          p.reject(failed({ tag: "Failed", message: `malformed reply from the worker: ${detail}` }))
+        }
+        runFork(Effect.logWarning(`worker ${id} sent a malformed message: ${detail}`))
+        return
       }
-      case "failure": {
-        const p = this.pending.get(message.id)
-        this.pending.delete(message.id)
-        return p?.reject(new WorkerFailed(message.failure))
+      const message = decoded.right
+      switch (message._tag) {
+        case "ready":
+          Deferred.unsafeDone(started, Exit.succeed(message.info))
+          return
+        case "prefilled":
+          pending.get(message.id)?.onPrefilled?.(message.promptTokens, message.cachedTokens)
+          return
+        case "result":
+        case "failure": {
+          const p = pending.get(message.id)
+          pending.delete(message.id)
+          if (message._tag === "result") p?.resolve(message.value)
+          else p?.reject(failed(message.failure))
+        }
       }
     }
-  }
 
-  private exited(child: ChildProcess, code: number | null, signal: NodeJS.Signals | null) {
-    if (this.child !== child) return
-    this.child = undefined
-    const detail = signal ? `signal ${signal}` : `exit code ${code}`
-    const crash = new WorkerCrash(this.device.id, detail)
-    for (const p of this.pending.values()) p.reject(crash)
-    this.pending.clear()
-    if (this.stopping) return
-    this.options.log(`worker ${this.device.id} died (${detail}); restarting`)
-    for (const listener of this.crashListeners) listener(crash)
-    const now = Date.now()
-    this.crashes = [...this.crashes.filter((t) => now - t < 60_000), now]
-    const delay = Math.min(10_000, 100 * 2 ** (this.crashes.length - 1))
-    setTimeout(() => {
-      if (this.stopping) return
-      this.restarts++
-      this.start().then(
-        () => {
-          this.options.log(`worker ${this.device.id} restarted (pid ${this.child?.pid})`)
-          for (const listener of this.restartListeners) listener()
+    /** Fork a child and wait until it is ready; a child that never gets there is killed. */
+    const spawn = Effect.gen(function*() {
+      const started = yield* Deferred.make<EngineInfo, WorkerError>()
+      const exited = yield* Deferred.make<string>()
+      const child = fork(workerEntry, [], {
+        execArgv: ["--import", tsxLoader],
+        env: {
+          ...process.env,
+          CORTEX_WORKER_THREADS: String(options.threads),
+          CORTEX_WORKER_GPU: cuda.length > 0 ? "1" : "0",
+          ...(cuda.length > 0 ? { CUDA_VISIBLE_DEVICES: cuda.map((d) => d.index).join(",") } : {})
         },
-        (e) => this.options.log(`worker ${this.device.id} failed to restart: ${(e as Error).message}`)
-      )
-    }, delay)
-  }
-
-  /** Send one request; resolves with the worker's result, rejects with WorkerFailed or WorkerCrash. */
-  call<A>(message: WorkerCall, handlers: StreamHandlers = {}): { promise: Promise<A>; id: number } {
-    const id = this.nextId++
-    const promise = new Promise<A>((resolve, reject) => {
-      const child = this.child
-      if (!child || !this.alive) {
-        return reject(new WorkerCrash(this.device.id, "worker is not running"))
-      }
-      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, ...handlers })
-      child.send({ ...message, id } as ToWorker, (error) => {
-        if (error && this.pending.delete(id)) reject(new WorkerCrash(this.device.id, error.message))
+        stdio: ["ignore", "inherit", "inherit", "ipc"],
+        // Its own process group: a Ctrl-C or a group-wide SIGTERM meant for the neuron must not
+        // kill the worker before the neuron has drained. It exits on its own if the IPC channel closes.
+        detached: true
       })
+      const gone = (detail: string) => {
+        if (life?.child === child) {
+          ready = false
+          const error = crashed(detail)
+          down = error
+          for (const p of pending.values()) p.reject(error)
+          pending.clear()
+        }
+        Deferred.unsafeDone(started, Exit.fail(crashed("exited before it was ready")))
+        Deferred.unsafeDone(exited, Exit.succeed(detail))
+      }
+      child.on("message", (raw) => onMessage(raw, started))
+      child.once("exit", (code, signal) => gone(signal ? `signal ${signal}` : `exit code ${code}`))
+      child.once("error", (error) => gone(error.message))
+      life = { child, exited }
+      const engine = yield* Deferred.await(started).pipe(
+        Effect.timeoutFail({
+          duration: options.readyTimeout ?? "120 seconds",
+          onTimeout: () => crashed("did not become ready in time")
+        }),
+        Effect.tapError(() => Effect.sync(() => child.kill("SIGKILL")))
+      )
+      info = engine
+      down = undefined
+      ready = true
+      return life
     })
-    return { promise, id }
-  }
 
-  request<A>(message: WorkerCall): Promise<A> {
-    return this.call<A>(message).promise
-  }
+    /** Ask the child to stop, wait (bounded), then SIGKILL it; returns once it has exited. */
+    const shutdown = Effect.suspend(() => {
+      const current = life
+      if (!current || current.child.exitCode !== null || current.child.signalCode !== null) return Effect.void
+      sendRaw(current.child, { _tag: "shutdown", id: nextId++ })
+      return Deferred.await(current.exited).pipe(
+        Effect.timeoutTo({
+          duration: options.stopTimeout,
+          onSuccess: () => Effect.void,
+          onTimeout: () =>
+            Effect.sync(() => current.child.kill("SIGKILL")).pipe(Effect.zipRight(Deferred.await(current.exited)))
+        }),
+        Effect.flatten,
+        Effect.asVoid
+      )
+    })
 
-  cancel(id: number) {
-    if (this.pending.has(id) && this.alive) this.child?.send({ _tag: "cancel", id } satisfies ToWorker)
-  }
+    const sendRaw = (child: ChildProcess, message: ToWorker) => {
+      try {
+        child.send(message, () => {})
+      } catch {
+        // The channel closed under us: the exit handler fails what is pending.
+      }
+    }
 
-  /** Kill the process as a native crash would (tests, and the last resort of stop()). */
-  kill(signal: NodeJS.Signals = "SIGKILL") {
-    this.child?.kill(signal)
-  }
+    /**
+     * One child after another for the life of the scope: wait for the running child's exit; a
+     * crash is published and waits out the backoff, a planned restart starts the next at once.
+     */
+    const supervise = (first: Life) =>
+      Effect.gen(function*() {
+        const backoff = yield* Schedule.driver(restartSchedule)
+        let current = first
+        while (true) {
+          const detail = yield* Deferred.await(current.exited)
+          if (stopping) return
+          const restart = planned
+          planned = undefined
+          if (!restart) {
+            yield* Effect.logWarning(`worker ${id} died (${detail}); restarting`)
+            yield* PubSub.publish(options.events, { _tag: "Crashed", worker: id, error: crashed(detail) })
+            yield* backoff.next(undefined).pipe(Effect.ignore)
+          }
+          while (true) {
+            const next = yield* Effect.exit(spawn)
+            if (stopping) return
+            if (Exit.isSuccess(next)) {
+              current = next.value
+              break
+            }
+            yield* Effect.logWarning(`worker ${id} failed to restart: ${Exit.isFailure(next) ? next.cause : ""}`)
+            yield* backoff.next(undefined).pipe(Effect.ignore)
+          }
+          restarts++
+          yield* Effect.logInfo(`worker ${id} restarted (pid ${current.child.pid})`)
+          if (restart) yield* Deferred.succeed(restart, undefined)
+          yield* PubSub.publish(options.events, { _tag: "Restarted", worker: id })
+        }
+      })
 
-  async stop(timeoutMs = 10_000) {
-    this.stopping = true
-    await this.shutdownChild(timeoutMs)
-  }
+    const first = yield* spawn
+    yield* Effect.forkScoped(supervise(first))
+    // Added after the supervisor's fork, so it runs first: stop restarting, then stop the child.
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(() => {
+        stopping = true
+      }).pipe(Effect.zipRight(shutdown))
+    )
 
-  /**
-   * A planned restart (defragmentation): the process ends gracefully and a fresh one starts;
-   * restart listeners then reload what was resident. Not counted as a crash.
-   */
-  async restart(timeoutMs = 10_000) {
-    this.stopping = true
-    await this.shutdownChild(timeoutMs)
-    this.stopping = false
-    this.restarts++
-    await this.start()
-    for (const listener of this.restartListeners) listener()
-  }
+    const call = <A>(message: WorkerCall, handlers: StreamHandlers = {}) => {
+      const id = nextId++
+      const promise = new Promise<A>((resolve, reject) => {
+        const child = life?.child
+        if (!child || !isAlive()) return reject(crashed("worker is not running"))
+        pending.set(id, { resolve: resolve as (v: unknown) => void, reject, ...handlers })
+        child.send({ ...message, id } as ToWorker, (error) => {
+          if (error && pending.delete(id)) reject(crashed(error.message))
+        })
+      })
+      return { id, promise }
+    }
 
-  private async shutdownChild(timeoutMs: number) {
-    const child = this.child
-    if (!child || !this.alive) return
-    const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()))
-    this.request({ _tag: "shutdown" }).catch(() => undefined)
-    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs)
-    await exited
-    clearTimeout(timer)
-  }
+    const worker: DeviceWorker = {
+      id,
+      devices,
+      get alive() {
+        return isAlive()
+      },
+      get pid() {
+        return isAlive() ? life?.child.pid : undefined
+      },
+      get restarts() {
+        return restarts
+      },
+      get info() {
+        return info
+      },
+      get down() {
+        return down
+      },
+      call,
+      cancel: (job) => {
+        const child = life?.child
+        if (child && pending.has(job) && isAlive()) sendRaw(child, { _tag: "cancel", id: job })
+      },
+      request: <A, I>(message: WorkerCall, schema: Schema.Schema<A, I>) =>
+        Effect.tryPromise({
+          try: () => call<unknown>(message).promise,
+          catch: (error) => error instanceof WorkerError ? error : failed({ tag: "Failed", message: String(error) })
+        }).pipe(
+          Effect.flatMap((value) =>
+            Schema.decodeUnknown(schema)(value).pipe(
+              Effect.mapError((e) =>
+                failed({ tag: "Failed", message: `malformed ${message._tag} reply: ${e.message}` })
+              )
+            )
+          )
+        ),
+      restart: Effect.gen(function*() {
+        if (!isAlive()) return
+        const done = yield* Deferred.make<void>()
+        planned = done
+        yield* shutdown
+        yield* Deferred.await(done)
+      }),
+      kill: (signal = "SIGKILL") => {
+        life?.child.kill(signal)
+      }
+    }
+    return worker
+  })
+
+/**
+ * Old names for `WorkerError`, kept while src/neuron/Inference.ts still matches on them
+ * (`instanceof` with `Symbol.hasInstance`); they match a `WorkerError` by its reason.
+ * @deprecated match `WorkerError` and its `reason.tag` instead.
+ */
+export const WorkerCrash = {
+  [Symbol.hasInstance]: (u: unknown): u is WorkerError & { readonly device: string; readonly detail: string } =>
+    u instanceof WorkerError && u.reason.tag === "Crashed"
+}
+
+/** @deprecated match `WorkerError` and its `reason.tag` instead. */
+export const WorkerFailed = {
+  [Symbol.hasInstance]: (u: unknown): u is WorkerError & { readonly failure: WorkerFailure } =>
+    u instanceof WorkerError && u.reason.tag !== "Crashed"
 }

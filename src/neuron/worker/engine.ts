@@ -40,12 +40,10 @@ import type {
   WorkerFailure,
   WorkerMessage
 } from "./protocol.js"
+import { WorkerError } from "./protocol.js"
 
-export class Failure extends Error {
-  constructor(readonly failure: WorkerFailure) {
-    super(failure.tag)
-  }
-}
+/** A job failure, thrown inside the engine and sent to the neuron as its `reason`. */
+const fail = (reason: WorkerFailure) => new WorkerError({ reason })
 
 interface Slot {
   readonly sequence: LlamaContextSequence
@@ -219,10 +217,12 @@ export class Engine {
     contextSize: number,
     sequences: number,
     batchSize: number,
-    gpuLayers?: number
+    gpuLayers?: number,
+    preflight?: ModelEstimate
   ): Promise<LoadedInfo> {
     const started = performance.now()
-    const estimate = await this.estimate(path, contextSize, sequences, batchSize, gpuLayers)
+    // The neuron's pre-flight estimated this very load already: reuse it rather than read the GGUF again.
+    const estimate = preflight ?? await this.estimate(path, contextSize, sequences, batchSize, gpuLayers)
     const model = await this.llama.loadModel({
       modelPath: path,
       ...(this.llama.gpu === false ? { gpuLayers: 0 } : gpuLayers !== undefined ? { gpuLayers } : {})
@@ -285,7 +285,7 @@ export class Engine {
 
   private resident(id: string): Resident {
     const resident = this.models.get(id)
-    if (!resident) throw new Failure({ tag: "NotLoaded", model: id })
+    if (!resident) throw fail({ tag: "NotLoaded", model: id })
     return resident
   }
 
@@ -357,7 +357,7 @@ export class Engine {
       ? params.tools.filter((t) => t.name === choice.name)
       : params.tools
     if (tools.length === 0) {
-      throw new Failure({
+      throw fail({
         tag: "InvalidRequest",
         message: `tool_choice names a function that is not in tools`,
         param: "tool_choice"
@@ -386,7 +386,7 @@ export class Engine {
     try {
       return await this.grammarFor(schema)
     } catch (e) {
-      throw new Failure({
+      throw fail({
         tag: "InvalidRequest",
         message: `The ${forced ? "tool parameters" : "response_format"} JSON schema cannot be used: ${
           (e as Error)?.message ?? String(e)
@@ -408,7 +408,7 @@ export class Engine {
         cached = shared
       }
     }
-    if (!best) throw new Failure({ tag: "Failed", message: "no free sequence (admission out of step)" })
+    if (!best) throw fail({ tag: "Failed", message: "no free sequence (admission out of step)" })
     return { slot: best, cached }
   }
 
@@ -437,15 +437,15 @@ export class Engine {
     // worker tokenize megabytes it will refuse anyway.
     const atLeast = minPromptTokens(job, resident.maxTokenBytes)
     if (atLeast >= resident.contextSize) {
-      throw new Failure({ tag: "ContextLengthExceeded", limit: resident.contextSize, requested: atLeast })
+      throw fail({ tag: "ContextLengthExceeded", limit: resident.contextSize, requested: atLeast })
     }
     const prompt = this.promptTokens(id, job, params)
     if (prompt.length >= resident.contextSize) {
-      throw new Failure({ tag: "ContextLengthExceeded", limit: resident.contextSize, requested: prompt.length })
+      throw fail({ tag: "ContextLengthExceeded", limit: resident.contextSize, requested: prompt.length })
     }
     const requiredMb = Math.ceil(budget.prefillBaseMb + (budget.prefillMbPer1kTokens * prompt.length) / 1000)
     if (requiredMb > budget.freeMb) {
-      throw new Failure({ tag: "InsufficientVram", required_mb: requiredMb, free_mb: Math.floor(budget.freeMb) })
+      throw fail({ tag: "InsufficientVram", required_mb: requiredMb, free_mb: Math.floor(budget.freeMb) })
     }
     // Built before the prefill: a schema the grammar compiler rejects is the client's mistake
     // (422), and should cost no prefill.
@@ -674,11 +674,11 @@ export class Engine {
     let promptTokens = 0
     for (const input of inputs) {
       const atLeast = minPromptTokens({ kind: "completion", prompt: input }, resident.maxTokenBytes)
-      if (atLeast > limit) throw new Failure({ tag: "ContextLengthExceeded", limit, requested: atLeast })
+      if (atLeast > limit) throw fail({ tag: "ContextLengthExceeded", limit, requested: atLeast })
       const tokens = resident.model.tokenize(input)
       promptTokens += tokens.length
       if (tokens.length > limit) {
-        throw new Failure({ tag: "ContextLengthExceeded", limit, requested: tokens.length })
+        throw fail({ tag: "ContextLengthExceeded", limit, requested: tokens.length })
       }
       const embedding = await context.getEmbeddingFor(input)
       vectors.push(Array.from(embedding.vector))

@@ -4,8 +4,8 @@
  * dies; the neuron sees the exit and recovers.
  */
 import { Schema } from "effect"
-import { Engine, Failure } from "./engine.js"
-import { type FromWorker, ToWorker } from "./protocol.js"
+import { Engine } from "./engine.js"
+import { type FromWorker, ToWorker, WorkerError, type WorkerFailure } from "./protocol.js"
 
 const send = (message: FromWorker) => {
   process.send?.(message)
@@ -19,8 +19,10 @@ const engine = await Engine.create({ gpu, threads })
 const running = new Map<number, AbortController>()
 
 const fail = (id: number, error: unknown) => {
-  if (error instanceof Failure) send({ _tag: "failure", id, failure: error.failure })
-  else send({ _tag: "failure", id, failure: { tag: "Failed", message: (error as Error)?.message ?? String(error) } })
+  const failure: WorkerFailure = error instanceof WorkerError && error.failure
+    ? error.failure
+    : { tag: "Failed", message: (error as Error)?.message ?? String(error) }
+  send({ _tag: "failure", id, failure })
 }
 
 const handle = async (message: ToWorker): Promise<void> => {
@@ -32,7 +34,8 @@ const handle = async (message: ToWorker): Promise<void> => {
         message.contextSize,
         message.sequences,
         message.batchSize,
-        message.gpuLayers
+        message.gpuLayers,
+        message.estimate
       )
       return send({ _tag: "result", id: message.id, value: info })
     }
@@ -106,7 +109,7 @@ process.on("message", (raw) => {
     message = decode(raw)
   } catch (e) {
     const id = typeof (raw as { id?: unknown })?.id === "number" ? (raw as { id: number }).id : -1
-    return fail(id, new Failure({ tag: "Failed", message: `bad IPC message: ${(e as Error).message}` }))
+    return fail(id, new Error(`bad IPC message: ${(e as Error).message}`))
   }
   handle(message).catch((e) => fail(message.id, e))
 })

@@ -1,7 +1,8 @@
 /**
  * The typed IPC protocol between the neuron and a device worker (a child process).
- * Control messages are validated on arrival in the worker; per-token `chunk` messages are
- * plain objects (no Schema on the hot path).
+ * Every message is Schema-validated on arrival, both ways, except the worker's per-token
+ * `chunk` messages: those are plain objects checked by a type guard (no Schema on the hot path).
+ * The one failure vocabulary of a worker is `WorkerError` with its `reason` (below).
  */
 import { Schema } from "effect"
 
@@ -76,6 +77,14 @@ export const Job = Schema.Union(
 )
 export type Job = typeof Job.Type
 
+export const ModelEstimate = Schema.Struct({
+  ramMb: Schema.Number,
+  vramMb: Schema.Number,
+  trainContextSize: Schema.NullOr(Schema.Number),
+  embeddingSize: Schema.NullOr(Schema.Number)
+})
+export type ModelEstimate = typeof ModelEstimate.Type
+
 export const ToWorker = Schema.Union(
   Schema.TaggedStruct("load", {
     id: Schema.Number,
@@ -84,7 +93,9 @@ export const ToWorker = Schema.Union(
     contextSize: Schema.Number,
     sequences: Schema.Number,
     batchSize: Schema.Number,
-    gpuLayers: Schema.optionalWith(Schema.Number, { exact: true })
+    gpuLayers: Schema.optionalWith(Schema.Number, { exact: true }),
+    /** The pre-flight's estimate for exactly this load: the worker then does not compute it again. */
+    estimate: Schema.optionalWith(ModelEstimate, { exact: true })
   }),
   Schema.TaggedStruct("unload", { id: Schema.Number, model: Schema.String }),
   Schema.TaggedStruct("estimate", {
@@ -120,31 +131,74 @@ export const ToWorker = Schema.Union(
 )
 export type ToWorker = typeof ToWorker.Type
 
-/** Errors a worker reports for one request; the neuron maps them to its tagged API errors. */
-export type WorkerFailure =
-  | { readonly tag: "ContextLengthExceeded"; readonly limit: number; readonly requested: number }
-  | { readonly tag: "InsufficientVram"; readonly required_mb: number; readonly free_mb: number }
-  | { readonly tag: "NotLoaded"; readonly model: string }
-  | { readonly tag: "InvalidRequest"; readonly message: string; readonly param: string | null }
-  | { readonly tag: "Failed"; readonly message: string }
+/**
+ * Why a worker failed one job, as it reports it (the neuron maps each to its tagged API error).
+ * `tag`, not `_tag`: these are plain wire values inside a `WorkerError`, not errors themselves.
+ */
+export const WorkerFailure = Schema.Union(
+  Schema.Struct({ tag: Schema.Literal("ContextLengthExceeded"), limit: Schema.Number, requested: Schema.Number }),
+  Schema.Struct({ tag: Schema.Literal("InsufficientVram"), required_mb: Schema.Number, free_mb: Schema.Number }),
+  Schema.Struct({ tag: Schema.Literal("NotLoaded"), model: Schema.String }),
+  Schema.Struct({ tag: Schema.Literal("InvalidRequest"), message: Schema.String, param: Schema.NullOr(Schema.String) }),
+  Schema.Struct({ tag: Schema.Literal("Failed"), message: Schema.String })
+)
+export type WorkerFailure = typeof WorkerFailure.Type
 
-export interface ModelEstimate {
-  readonly ramMb: number
-  readonly vramMb: number
-  readonly trainContextSize: number | null
-  readonly embeddingSize: number | null
+/** The worker process died (or was not running) with the job still open: seen only by the neuron. */
+export const WorkerCrashReason = Schema.Struct({
+  tag: Schema.Literal("Crashed"),
+  device: Schema.String,
+  detail: Schema.String
+})
+export type WorkerCrashReason = typeof WorkerCrashReason.Type
+
+/**
+ * The one error of a device worker: it died with the job (`reason.tag` "Crashed") or it failed
+ * the job for one of the `WorkerFailure` reasons. The worker throws it; the neuron rebuilds it
+ * from the decoded `failure` message, or from the child's exit.
+ */
+export class WorkerError extends Schema.TaggedError<WorkerError>()("WorkerError", {
+  reason: Schema.Union(WorkerCrashReason, WorkerFailure)
+}) {
+  override get message(): string {
+    const r = this.reason
+    switch (r.tag) {
+      case "Crashed":
+        return `worker for ${r.device} crashed: ${r.detail}`
+      case "Failed":
+      case "InvalidRequest":
+        return r.message
+      default:
+        return r.tag
+    }
+  }
+
+  /** The job failure, absent when the worker crashed. */
+  get failure(): WorkerFailure | undefined {
+    return this.reason.tag === "Crashed" ? undefined : this.reason
+  }
+
+  /** The crash's device and detail ("signal SIGABRT", "exit code 1"), absent for a job failure. */
+  get device(): string | undefined {
+    return this.reason.tag === "Crashed" ? this.reason.device : undefined
+  }
+
+  get detail(): string | undefined {
+    return this.reason.tag === "Crashed" ? this.reason.detail : undefined
+  }
 }
 
-export interface LoadedInfo {
-  readonly contextSize: number
+export const LoadedInfo = Schema.Struct({
+  contextSize: Schema.Number,
   /** The most input bytes one token covers: a prompt of n bytes is at least n / this tokens. */
-  readonly maxTokenBytes: number
-  readonly trainContextSize: number | null
-  readonly embeddingSize: number | null
-  readonly estimate: ModelEstimate
-  readonly gpuLayers: number
-  readonly loadMs: number
-}
+  maxTokenBytes: Schema.Number,
+  trainContextSize: Schema.NullOr(Schema.Number),
+  embeddingSize: Schema.NullOr(Schema.Number),
+  estimate: ModelEstimate,
+  gpuLayers: Schema.Number,
+  loadMs: Schema.Number
+})
+export type LoadedInfo = typeof LoadedInfo.Type
 
 export interface Usage {
   readonly promptTokens: number
@@ -196,31 +250,50 @@ export interface EmbedResult {
   readonly promptTokens: number
 }
 
-export interface MemoryState {
-  readonly ram: { readonly total: number; readonly free: number }
-  readonly vram: { readonly total: number; readonly used: number; readonly free: number }
-  readonly gpu: string | false
-  readonly gpuNames: ReadonlyArray<string>
+export const MemoryState = Schema.Struct({
+  ram: Schema.Struct({ total: Schema.Number, free: Schema.Number }),
+  vram: Schema.Struct({ total: Schema.Number, used: Schema.Number, free: Schema.Number }),
+  gpu: Schema.Union(Schema.String, Schema.Literal(false)),
+  gpuNames: Schema.Array(Schema.String)
+})
+export type MemoryState = typeof MemoryState.Type
+
+export const EngineInfo = Schema.Struct({
+  engine: Schema.String,
+  version: Schema.String,
+  memory: MemoryState
+})
+export type EngineInfo = typeof EngineInfo.Type
+
+/** One streamed piece of text: the only worker → neuron message not decoded by Schema (see `isChunk`). */
+export interface ChunkMessage {
+  readonly _tag: "chunk"
+  readonly id: number
+  readonly kind: "content" | "reasoning"
+  readonly text: string
+  /** The choice index; absent for choice 0. */
+  readonly choice?: number
+  /** Present only when log-probabilities were asked for. */
+  readonly logprobs?: ReadonlyArray<TokenLogprob>
 }
 
-export interface EngineInfo {
-  readonly engine: string
-  readonly version: string
-  readonly memory: MemoryState
-}
+/**
+ * Worker → neuron control messages, decoded on arrival. A `result`'s value is decoded by the
+ * caller that knows its shape (load, estimate, memory); generation results pass as they are.
+ */
+export const WorkerControl = Schema.Union(
+  Schema.TaggedStruct("ready", { info: EngineInfo }),
+  Schema.TaggedStruct("result", { id: Schema.Number, value: Schema.Unknown }),
+  Schema.TaggedStruct("failure", { id: Schema.Number, failure: WorkerFailure }),
+  Schema.TaggedStruct("prefilled", { id: Schema.Number, promptTokens: Schema.Number, cachedTokens: Schema.Number })
+)
+export type WorkerControl = typeof WorkerControl.Type
 
-export type FromWorker =
-  | { readonly _tag: "ready"; readonly info: EngineInfo }
-  | { readonly _tag: "result"; readonly id: number; readonly value: unknown }
-  | { readonly _tag: "failure"; readonly id: number; readonly failure: WorkerFailure }
-  | {
-    readonly _tag: "chunk"
-    readonly id: number
-    readonly kind: "content" | "reasoning"
-    readonly text: string
-    /** The choice index; absent for choice 0. */
-    readonly choice?: number
-    /** Present only when log-probabilities were asked for. */
-    readonly logprobs?: ReadonlyArray<TokenLogprob>
-  }
-  | { readonly _tag: "prefilled"; readonly id: number; readonly promptTokens: number; readonly cachedTokens: number }
+export type FromWorker = WorkerControl | ChunkMessage
+
+/** The per-token check: the fields the neuron reads, by `typeof` (a Schema decode here costs per token). */
+export const isChunk = (message: unknown): message is ChunkMessage => {
+  const m = message as Partial<ChunkMessage> | null
+  return typeof m === "object" && m !== null && m._tag === "chunk" && typeof m.id === "number" &&
+    typeof m.text === "string" && (m.kind === "content" || m.kind === "reasoning")
+}

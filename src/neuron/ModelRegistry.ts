@@ -1,0 +1,265 @@
+/**
+ * The neuron's model table: what is in models_dir (scanned at start, every few seconds, and once
+ * more for a name not seen yet), each model's state (status, device, admission), GGUF memory
+ * estimates (cached per file, context and device kind, so a load estimates once), memory
+ * accounting per device, and the cached views `/health` and `/models` answer from (synchronous
+ * reads: never behind inference). Every state change is signalled on `changed`, so waiters use
+ * `waitUntil` instead of polling.
+ */
+import { type Deferred, type Duration, Effect, Option, Schedule, Stream, SubscriptionRef } from "effect"
+import { ModelNotFound } from "../domain/errors.js"
+import * as Admission from "./Admission.js"
+import type { DeviceWorker, WorkerError } from "./DeviceWorker.js"
+import { DeviceWorkers } from "./DeviceWorkers.js"
+import type { Device } from "./Discovery.js"
+import { isModelId, type ModelFile, scanModels } from "./ModelStore.js"
+import { NeuronConfig } from "./NeuronConfig.js"
+import { type LoadedInfo, ModelEstimate } from "./worker/protocol.js"
+
+export type ModelStatus = "available" | "loading" | "loaded" | "unloading" | "recovering" | "failed"
+
+export interface Entry {
+  file: ModelFile
+  status: ModelStatus
+  error: string | undefined
+  device: string | undefined
+  requestedContext: number | undefined
+  loaded: LoadedInfo | undefined
+  /** The estimate at the default context on the first worker, for `/models` before a load. */
+  estimate: ModelEstimate | undefined
+  /** Whether the background estimate was tried for this version of the file (once: it may fail). */
+  estimateTried: boolean
+  /** Estimates by `context:deviceKind` for this version of the file; cleared when it changes. */
+  readonly estimates: Map<string, ModelEstimate>
+  /** Memory held for a load in progress, so a concurrent load cannot count it as free. */
+  reservedMb: number | undefined
+  loadedAt: number | undefined
+  lastUsedAt: number | undefined
+  admission: Admission.State
+  readonly waiters: Map<number, Deferred.Deferred<void>>
+}
+
+export interface ModelView {
+  readonly id: string
+  readonly status: ModelStatus
+  readonly error: string | null
+  readonly device: string | null
+  readonly size_bytes: number
+  readonly memory_estimate_mb: number | null
+  readonly context_limit: number | null
+  readonly train_context: number | null
+  readonly capabilities: ReadonlyArray<string>
+  readonly in_flight: number
+  readonly queue_depth: number
+  readonly loaded_at: string | null
+  readonly last_used_at: string | null
+  readonly load_ms: number | null
+}
+
+export interface DeviceView extends Device {
+  readonly usedMb: number
+  readonly budgetMb: number | null
+  readonly worker: { readonly pid: number | null; readonly alive: boolean; readonly restarts: number }
+}
+
+/** Statuses whose model holds (or is about to hold) memory on its device. */
+export const residentStatuses: ReadonlySet<ModelStatus> = new Set(["loaded", "loading", "unloading", "recovering"])
+
+export const memoryOf = (estimate: ModelEstimate, deviceId: string | undefined) =>
+  deviceId?.startsWith("cuda") ? estimate.vramMb : estimate.ramMb
+
+const fileKey = (file: ModelFile) => `${file.path}:${file.mtimeMs}`
+
+const newEntry = (file: ModelFile): Entry => ({
+  file,
+  status: "available",
+  error: undefined,
+  device: undefined,
+  requestedContext: undefined,
+  loaded: undefined,
+  estimate: undefined,
+  estimateTried: false,
+  estimates: new Map(),
+  reservedMb: undefined,
+  loadedAt: undefined,
+  lastUsedAt: undefined,
+  admission: Admission.empty,
+  waiters: new Map()
+})
+
+export class ModelRegistry extends Effect.Service<ModelRegistry>()("cortex/ModelRegistry", {
+  scoped: Effect.gen(function*() {
+    const config = yield* NeuronConfig
+    const workers = yield* DeviceWorkers
+    const entries = new Map<string, Entry>()
+    const version = yield* SubscriptionRef.make(0)
+
+    /** Signal that some model's state changed (status, admission, memory). */
+    const changed = SubscriptionRef.update(version, (n) => n + 1)
+
+    /** Wait until `done()` holds, re-checked on every change; false when `timeout` passes first. */
+    const waitUntil = (done: () => boolean, timeout: Duration.DurationInput) =>
+      version.changes.pipe(
+        Stream.filter(() => done()),
+        Stream.runHead,
+        Effect.timeoutTo({ duration: timeout, onSuccess: Option.isSome, onTimeout: () => false })
+      )
+
+    // ---- the models directory -----------------------------------------------------------
+    const rescan = Effect.promise(() => scanModels(config.modelsDir)).pipe(
+      Effect.map((files) => {
+        const seen = new Set<string>()
+        for (const file of files) {
+          seen.add(file.id)
+          const e = entries.get(file.id)
+          if (!e) entries.set(file.id, newEntry(file))
+          else if (fileKey(e.file) !== fileKey(file)) {
+            e.file = file
+            e.estimates.clear()
+            e.estimate = undefined
+            e.estimateTried = false
+          }
+        }
+        for (const [id, e] of entries) {
+          if (!seen.has(id) && (e.status === "available" || e.status === "failed")) entries.delete(id)
+        }
+      })
+    )
+
+    const find = (id: string) =>
+      Effect.suspend(() => {
+        const e = entries.get(id)
+        if (e) return Effect.succeed(e)
+        if (!isModelId(id)) return Effect.fail(new ModelNotFound({ model: id }))
+        // A file copied in since the last scan: look once more before saying 404.
+        return rescan.pipe(
+          Effect.flatMap(() => {
+            const again = entries.get(id)
+            return again ? Effect.succeed(again) : Effect.fail(new ModelNotFound({ model: id }))
+          })
+        )
+      })
+
+    // ---- estimates ----------------------------------------------------------------------
+    const estimateKey = (contextSize: number, worker: DeviceWorker) =>
+      `${contextSize}:${worker.devices.some((d) => d.kind === "cuda") ? "cuda" : "cpu"}`
+
+    /** Weights + KV cache of `e` at `contextSize` on `worker`'s kind of device, asked of the worker once. */
+    const estimate = (e: Entry, contextSize: number, worker: DeviceWorker): Effect.Effect<ModelEstimate, WorkerError> =>
+      Effect.suspend(() => {
+        const key = estimateKey(contextSize, worker)
+        const cached = e.estimates.get(key)
+        if (cached) return Effect.succeed(cached)
+        const file = e.file
+        return worker.request({
+          _tag: "estimate",
+          path: file.path,
+          contextSize,
+          sequences: config.maxInFlight,
+          batchSize: config.prefillChunkTokens
+        }, ModelEstimate).pipe(
+          Effect.tap((value) =>
+            Effect.sync(() => {
+              if (e.file === file) e.estimates.set(key, value)
+            })
+          )
+        )
+      })
+
+    /** The cached estimate, without asking a worker (a reload after a crash). */
+    const cachedEstimate = (e: Entry, contextSize: number, worker: DeviceWorker) =>
+      e.estimates.get(estimateKey(contextSize, worker))
+
+    /** Fill in memory estimates for models on disk (default context), off the request path. */
+    const refreshEstimates = Effect.gen(function*() {
+      const worker = workers.workers().find((w) => w.alive)
+      if (!worker) return
+      for (const e of entries.values()) {
+        if (e.estimateTried) continue
+        e.estimateTried = true
+        const found = yield* Effect.option(estimate(e, config.contextSize, worker))
+        if (Option.isSome(found)) e.estimate = found.value
+      }
+    })
+
+    yield* rescan
+    yield* Effect.forkScoped(
+      Effect.all([rescan, refreshEstimates], { discard: true }).pipe(
+        Effect.catchAllCause((cause) => Effect.logWarning("background refresh failed", cause)),
+        Effect.repeat(Schedule.spaced("5 seconds"))
+      )
+    )
+
+    // ---- memory -------------------------------------------------------------------------
+    const footprint = (e: Entry) => e.loaded ? memoryOf(e.loaded.estimate, e.device) : e.reservedMb ?? 0
+    const usedMb = (deviceId: string) => {
+      let used = 0
+      for (const e of entries.values()) {
+        if (e.device === deviceId && residentStatuses.has(e.status)) used += footprint(e)
+      }
+      return used
+    }
+    const freeMb = (device: Device) =>
+      config.memoryBudgetMb !== undefined ? Math.max(0, config.memoryBudgetMb - usedMb(device.id)) : device.freeMb
+
+    // ---- views --------------------------------------------------------------------------
+    const capabilities = (e: Entry) => {
+      const caps = ["chat", "completion", "tools", "json_schema"]
+      if ((e.loaded?.embeddingSize ?? e.estimate?.embeddingSize) != null) caps.push("embeddings")
+      return caps
+    }
+
+    const view = (e: Entry): ModelView => ({
+      id: e.file.id,
+      status: e.status,
+      error: e.error ?? null,
+      device: e.device ?? null,
+      size_bytes: e.file.sizeBytes,
+      memory_estimate_mb: e.loaded
+        ? memoryOf(e.loaded.estimate, e.device)
+        : e.estimate
+        ? memoryOf(e.estimate, workers.devices()[0]?.id)
+        : null,
+      context_limit: e.loaded?.contextSize ??
+        (e.estimate?.trainContextSize != null
+          ? Math.min(config.contextSize, e.estimate.trainContextSize)
+          : null),
+      train_context: e.loaded?.trainContextSize ?? e.estimate?.trainContextSize ?? null,
+      capabilities: capabilities(e),
+      // Seats, not requests: a request for n choices holds up to n sequences.
+      in_flight: Admission.seatsInUse(e.admission),
+      queue_depth: e.admission.queue.length,
+      loaded_at: e.loadedAt ? new Date(e.loadedAt).toISOString() : null,
+      last_used_at: e.lastUsedAt ? new Date(e.lastUsedAt).toISOString() : null,
+      load_ms: e.loaded?.loadMs ?? null
+    })
+
+    const deviceViews = (): Array<DeviceView> =>
+      workers.devices().map((d) => {
+        const w = workers.worker(d.id)
+        return {
+          ...d,
+          ...(config.memoryBudgetMb !== undefined ? { totalMb: config.memoryBudgetMb } : {}),
+          freeMb: freeMb(d),
+          usedMb: usedMb(d.id),
+          budgetMb: config.memoryBudgetMb ?? null,
+          worker: { pid: w?.pid ?? null, alive: w?.alive ?? false, restarts: w?.restarts ?? 0 }
+        }
+      })
+
+    return {
+      find,
+      entries: (): Iterable<Entry> => entries.values(),
+      estimate,
+      cachedEstimate,
+      footprint,
+      freeMb,
+      view,
+      snapshot: () => [...entries.values()].map(view),
+      deviceViews,
+      changed,
+      waitUntil
+    } as const
+  }),
+  dependencies: [DeviceWorkers.Default]
+}) {}
