@@ -4,13 +4,13 @@ import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Console, Effect, Layer, Option } from "effect"
 import { existsSync } from "node:fs"
 import * as path from "node:path"
+import { type ConfigError, VERSION } from "../domain/contract.js"
 import { loadGatewayConfig } from "../gateway/GatewayConfig.js"
 import { type ModelShape, writeModel } from "../gguf/ModelGenerator.js"
 import { GatewayLive } from "../layers/GatewayLive.js"
 import { NeuronLive } from "../layers/NeuronLive.js"
-import { VERSION } from "../domain/contract.js"
 import { scanModels } from "../neuron/ModelStore.js"
-import { type ConfigError, loadNeuronConfig } from "../neuron/NeuronConfig.js"
+import { loadNeuronConfig } from "../neuron/NeuronConfig.js"
 
 const configOption = Options.file("config").pipe(
   Options.withAlias("c"),

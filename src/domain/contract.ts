@@ -65,6 +65,7 @@ export const NeuronDevice = Schema.Struct({
 export type NeuronDevice = typeof NeuronDevice.Type
 
 export const NeuronModels = Schema.Struct({
+  object: opt(Schema.Literal("list")),
   data: Schema.Array(NeuronModel),
   devices: Schema.Array(NeuronDevice)
 })
@@ -102,7 +103,12 @@ export const NeuronDiscovery = Schema.Struct({
     cpus: Schema.Number,
     totalMemoryMb: Schema.Number
   }),
-  neuron: Schema.Struct({ version: Schema.String, port: Schema.Number, threads: opt(Schema.Number) }),
+  neuron: Schema.Struct({
+    version: Schema.String,
+    port: Schema.Number,
+    models_dir: opt(Schema.String),
+    threads: opt(Schema.Number)
+  }),
   engine: Schema.NullOr(Schema.Struct({
     name: Schema.String,
     version: Schema.String,

@@ -284,13 +284,12 @@ export class NotFoundRoute extends Schema.TaggedError<NotFoundRoute>()("NotFound
 const SERVER_PATH =
   /(?:file:\/\/)?(?:[A-Za-z]:\\[^\s:]+|\/(?:home|root|usr|opt|var|tmp|work|srv|app|etc|mnt|Users|private)(?:\/[\w.@+~-]+)+|(?:[\w.@+~-]*\/)+[\w.@+~-]+\.(?:[cm]?[jt]s|gguf|node))(?::\d+)*/g
 
+/** A message fit for a client: no stack frames, no server files, bounded (it may quote the client). */
+export const scrubMessage = (message: string, max?: number): string =>
+  clip(message.replace(/\n\s*at\s[\s\S]*$/, "").replace(SERVER_PATH, "<path>"), max)
+
 export const publicDetail = (detail: string): string =>
-  clip(
-    (detail.split("\n")[0] ?? "")
-      .replace(/^\(FiberFailure\)\s*/, "")
-      .replace(SERVER_PATH, "<path>"),
-    200
-  )
+  scrubMessage((detail.split("\n")[0] ?? "").replace(/^\(FiberFailure\)\s*/, ""), 200)
 
 export class InternalError extends Schema.TaggedError<InternalError>()("InternalError", {
   detail: Schema.String

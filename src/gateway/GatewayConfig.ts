@@ -8,7 +8,7 @@ import { existsSync } from "node:fs"
 import { readFile } from "node:fs/promises"
 import * as path from "node:path"
 import { parse as parseToml } from "smol-toml"
-import { ConfigError } from "../neuron/NeuronConfig.js"
+import { ConfigError } from "../domain/contract.js"
 import { GatewayTelemetryTable, resolveTelemetry, type TelemetrySettings } from "../telemetry/TelemetryConfig.js"
 
 const opt = <S extends Schema.Schema.Any>(s: S) => Schema.optionalWith(s, { exact: true })

@@ -5,6 +5,7 @@
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { NodeHttpServerRequest } from "@effect/platform-node"
 import { Effect, Redacted, Schema } from "effect"
+import { type NeuronDiscovery, type NeuronHealth, type NeuronModels, VERSION } from "../domain/contract.js"
 import {
   type ApiError,
   InternalError,
@@ -32,8 +33,6 @@ import { errorResponse, Inference, newRequestId, promptShapeOf, reportInternal }
 import * as NM from "./Metrics.js"
 import { type Caller, ModelManager } from "./ModelManager.js"
 import { NeuronConfig } from "./NeuronConfig.js"
-
-export const VERSION = "0.1.0"
 
 const RestartWorkerRequest = Schema.Struct({ device: Schema.optionalWith(Schema.String, { exact: true }) })
 /** The gateway names the principal for fair share; a direct client is its remote address. */
@@ -114,51 +113,57 @@ export const makeRouter = Effect.gen(function*() {
   const health = Effect.sync(() => {
     const totals = models.totals()
     const devices = models.deviceViews()
-    return json({
-      status: models.isDraining() ? "draining" : devices.every((d) => d.worker.alive) ? "ok" : "degraded",
-      version: VERSION,
-      uptime_s: Math.round((Date.now() - startedAt) / 1000),
-      devices: devices.map((d) => ({
-        id: d.id,
-        name: d.name,
-        total_mb: d.totalMb,
-        free_mb: d.freeMb,
-        used_mb: d.usedMb,
-        worker_alive: d.worker.alive,
-        worker_restarts: d.worker.restarts
-      })),
-      in_flight: totals.inFlight,
-      queued: totals.queued,
-      models: models.snapshot().filter((m) => m.status !== "available").map((m) => ({
-        id: m.id,
-        status: m.status,
-        in_flight: m.in_flight,
-        queue_depth: m.queue_depth
-      }))
-    })
+    return json(
+      {
+        status: models.isDraining() ? "draining" : devices.every((d) => d.worker.alive) ? "ok" : "degraded",
+        version: VERSION,
+        uptime_s: Math.round((Date.now() - startedAt) / 1000),
+        devices: devices.map((d) => ({
+          id: d.id,
+          name: d.name,
+          total_mb: d.totalMb,
+          free_mb: d.freeMb,
+          used_mb: d.usedMb,
+          worker_alive: d.worker.alive,
+          worker_restarts: d.worker.restarts
+        })),
+        in_flight: totals.inFlight,
+        queued: totals.queued,
+        models: models.snapshot().filter((m) => m.status !== "available").map((m) => ({
+          id: m.id,
+          status: m.status,
+          in_flight: m.in_flight,
+          queue_depth: m.queue_depth
+        }))
+      } satisfies NeuronHealth
+    )
   })
 
   const discovery = Effect.sync(() => {
     const engine = models.engine()
-    return json({
-      host: hostInfo(),
-      neuron: { version: VERSION, port: config.port, models_dir: config.modelsDir, threads: config.threads },
-      engine: engine
-        ? { name: engine.engine, version: engine.version, gpu: engine.memory.gpu, gpu_names: engine.memory.gpuNames }
-        : null,
-      memory_budget_mb: config.memoryBudgetMb ?? null,
-      devices: models.deviceViews().map((d) => ({
-        id: d.id,
-        kind: d.kind,
-        index: d.index,
-        name: d.name,
-        total_mb: d.totalMb,
-        free_mb: d.freeMb
-      }))
-    })
+    return json(
+      {
+        host: hostInfo(),
+        neuron: { version: VERSION, port: config.port, models_dir: config.modelsDir, threads: config.threads },
+        engine: engine
+          ? { name: engine.engine, version: engine.version, gpu: engine.memory.gpu, gpu_names: engine.memory.gpuNames }
+          : null,
+        memory_budget_mb: config.memoryBudgetMb ?? null,
+        devices: models.deviceViews().map((d) => ({
+          id: d.id,
+          kind: d.kind,
+          index: d.index,
+          name: d.name,
+          total_mb: d.totalMb,
+          free_mb: d.freeMb
+        }))
+      } satisfies NeuronDiscovery
+    )
   })
 
-  const listModels = Effect.sync(() => json({ object: "list", data: models.snapshot(), devices: models.deviceViews() }))
+  const listModels = Effect.sync(() =>
+    json({ object: "list", data: models.snapshot(), devices: models.deviceViews() } satisfies NeuronModels)
+  )
 
   const openaiModels = Effect.sync(() =>
     json({

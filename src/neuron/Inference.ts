@@ -16,6 +16,7 @@ import {
   isApiError,
   ModelUnavailable,
   type OpenAIErrorBody,
+  scrubMessage,
   WorkerCrashed
 } from "../domain/errors.js"
 import type { ChatCompletionRequest, CompletionRequest, EmbeddingRequest } from "../domain/openai.js"
@@ -190,17 +191,6 @@ export const promptShapeOf = (
   return { tools, toolChoice: tools.length === 0 ? "none" : toolChoice }
 }
 
-/** Stack frames, and absolute paths (not a model id such as `org/model` or `../x`). */
-const STACK = /\n\s*at\s[\s\S]*$/
-const PATH = /(?<![\w.~-])(?:file:\/\/)?(?:[A-Za-z]:)?(?:[\\/][\w.@+~-]+){2,}/g
-const MAX_MESSAGE = 400
-
-/** A message fit for a client: no stack trace, no server path, bounded (it may quote the client). */
-export const scrub = (message: string) => {
-  const text = message.replace(STACK, "").replace(PATH, "<path>")
-  return text.length > MAX_MESSAGE ? `${text.slice(0, MAX_MESSAGE)}…` : text
-}
-
 /** A short id that ties an answer to its log line. */
 export const newRequestId = () => randomBytes(4).toString("hex")
 
@@ -220,7 +210,7 @@ export const publicBody = (error: ApiError, requestId: string): OpenAIErrorBody 
     }
   }
   const body = error.body
-  return { error: { ...body.error, message: scrub(body.error.message) } }
+  return { error: { ...body.error, message: scrubMessage(body.error.message) } }
 }
 
 /** Log what the client will not see of an error. */

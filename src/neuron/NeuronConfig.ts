@@ -2,11 +2,12 @@
  * neuron.toml: parsed with smol-toml, decoded with Schema, overridden by NEURON_* variables.
  * A bad file or value stops the process before any port is bound, naming file, key and reason.
  */
-import { Context, Data, Effect, ParseResult, Redacted, Schema } from "effect"
+import { Context, Effect, ParseResult, Redacted, Schema } from "effect"
 import { readFile } from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
 import { parse as parseToml } from "smol-toml"
+import { ConfigError } from "../domain/contract.js"
 import { NeuronTelemetryTable, resolveTelemetry, type TelemetrySettings } from "../telemetry/TelemetryConfig.js"
 
 const Port = Schema.Int.pipe(Schema.between(0, 65535))
@@ -69,15 +70,7 @@ export interface NeuronSettings {
 
 export class NeuronConfig extends Context.Tag("cortex/NeuronConfig")<NeuronConfig, NeuronSettings>() {}
 
-export class ConfigError extends Data.TaggedError("ConfigError")<{
-  readonly file: string
-  readonly key: string | undefined
-  readonly reason: string
-}> {
-  override get message() {
-    return `${this.file}${this.key ? `: ${this.key}` : ""}: ${this.reason}`
-  }
-}
+export { ConfigError }
 
 /**
  * Default worker threads: the physical cores (logical / 2 where SMT is likely). On small hosts
