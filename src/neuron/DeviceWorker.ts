@@ -96,7 +96,8 @@ export const restartSchedule = Schedule.exponential("100 millis").pipe(
 )
 
 const workerEntry = fileURLToPath(new URL("./worker/main.ts", import.meta.url))
-const tsxLoader = import.meta.resolve("tsx")
+// Resolved when a child is forked, not at import (vitest's module runner has no import.meta.resolve).
+const tsxLoader = () => import.meta.resolve("tsx")
 const decodeControl = Schema.decodeUnknownEither(WorkerControl)
 
 interface Pending extends StreamHandlers {
@@ -173,7 +174,7 @@ export const make = (
       const started = yield* Deferred.make<EngineInfo, WorkerError>()
       const exited = yield* Deferred.make<string>()
       const child = fork(workerEntry, [], {
-        execArgv: ["--import", tsxLoader],
+        execArgv: ["--import", tsxLoader()],
         env: {
           ...process.env,
           CORTEX_WORKER_THREADS: String(options.threads),
