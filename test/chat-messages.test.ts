@@ -190,12 +190,23 @@ describe("decodeBody", () => {
       const request = yield* decodeChat({
         model: "m",
         messages: [{ role: "user", content: "hi", some_vendor_field: true }],
-        logit_bias: { "50256": -100 },
+        logit_bias: {},
         metadata: { team: "x" },
         store: false
       })
       expect(request.model).toBe("m")
       expect(request.messages).toHaveLength(1)
+    }))
+
+  it.effect("refuses a field it cannot honour, by name, instead of ignoring it", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(decodeChat({
+        model: "m",
+        messages: [{ role: "user", content: "hi" }],
+        logit_bias: { "50256": -100 }
+      }))
+      expect(error._tag).toBe("InvalidRequest")
+      expect((error as { param: string | null }).param).toBe("logit_bias")
     }))
 
   it.effect("accepts max_completion_tokens and a stop string", () =>
