@@ -4,8 +4,8 @@
  * Pure: rebuilt from the fleet state whenever it is read.
  */
 import type { CatalogueList } from "../domain/admin.js"
-import type { FleetState, NeuronModel } from "./Fleet.js"
 import type { ModelProfile } from "./GatewayConfig.js"
+import type { FleetState, NeuronModel } from "./Poller.js"
 
 export interface Location {
   readonly node: string

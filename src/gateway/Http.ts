@@ -23,9 +23,9 @@ import { principalFor } from "./Auth.js"
 import { catalogueList } from "./Catalogue.js"
 import * as Dialects from "./Dialects.js"
 import type { DialectError } from "./Dialects.js"
-import { Fleet, type NodeState } from "./Fleet.js"
 import { GatewayConfig } from "./GatewayConfig.js"
 import { callNeuron } from "./NeuronClient.js"
+import { type NodeState, Poller } from "./Poller.js"
 import { Router } from "./Router.js"
 import * as Anthropic from "./translate/Anthropic.js"
 
@@ -50,7 +50,7 @@ const decoded = <A, I>(schema: Schema.Schema<A, I>) => Effect.flatMap(bodyText, 
 
 export const makeGatewayApp = Effect.gen(function*() {
   const config = yield* GatewayConfig
-  const fleet = yield* Fleet
+  const poller = yield* Poller
   const router = yield* Router
 
   const principal = Effect.map(HttpServerRequest.HttpServerRequest, (request) =>
@@ -174,7 +174,7 @@ export const makeGatewayApp = Effect.gen(function*() {
   })
 
   const health = Effect.gen(function*() {
-    const state = yield* fleet.get
+    const state = yield* poller.get
     const nodes = [...state.values()]
     const healthy = nodes.filter((n) => n.healthy).length
     const status = nodes.length > 0 && healthy === nodes.length ? "ok" : healthy > 0 ? "degraded" : "impaired"
@@ -188,7 +188,7 @@ export const makeGatewayApp = Effect.gen(function*() {
 
   const adminStatus = guarded(openaiError, () =>
     Effect.gen(function*() {
-      const state = yield* fleet.get
+      const state = yield* poller.get
       const catalogue = yield* router.catalogue
       return HttpServerResponse.unsafeJson(
         {
@@ -207,7 +207,7 @@ export const makeGatewayApp = Effect.gen(function*() {
       Effect.gen(function*() {
         const value = yield* decoded(AdminLifecycle)
         const model = yield* router.lookup(value.model)
-        const state = yield* fleet.get
+        const state = yield* poller.get
         if (action === "load" && value.node === undefined) {
           const route = yield* router.route(value.model)
           return HttpServerResponse.unsafeJson(
@@ -228,7 +228,7 @@ export const makeGatewayApp = Effect.gen(function*() {
             timeoutMs: config.loadTimeoutSecs * 1000
           }).pipe(
             Effect.map((r) => ({ node: node.name, status: r.status })),
-            Effect.tap(() => fleet.refresh(node.name)),
+            Effect.tap(() => poller.refresh(node.name)),
             Effect.mapError((error) =>
               error._tag === "NeuronRefused"
                 ? new UpstreamError({

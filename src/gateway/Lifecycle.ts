@@ -14,11 +14,11 @@ import { NeuronModel, RestartWorkerAnswer } from "../domain/contract.js"
 import { type ApiError, ModelInfeasible, ModelUnavailable, UpstreamError } from "../domain/errors.js"
 import { traceHeaders } from "../telemetry/TraceHeaders.js"
 import { buildCatalogue, type CatalogueModel } from "./Catalogue.js"
-import { Fleet, type NodeState } from "./Fleet.js"
 import { GatewayConfig, type ModelProfile } from "./GatewayConfig.js"
 import * as M from "./Metrics.js"
 import { callNeuron, describeNeuronError, type NeuronError } from "./NeuronClient.js"
 import { place, type PlacementNode, residencyPriority, swapOrWait } from "./Placement.js"
+import { type NodeState, Poller } from "./Poller.js"
 
 export type LoadReason = "first_load" | "after_eviction" | "after_idle_unload" | "after_unload"
 
@@ -51,7 +51,7 @@ const residentStatuses = new Set(["loaded", "loading", "recovering", "unloading"
 export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
   scoped: Effect.gen(function*() {
     const config = yield* GatewayConfig
-    const fleet = yield* Fleet
+    const poller = yield* Poller
     const key = (node: string, model: string) => `${node}\u0000${model}`
     const inFlight = new Map<string, number>()
     const lastUse = new Map<string, number>()
@@ -174,7 +174,7 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
         )
         unloadedBecause.set(model, reason === "idle" ? "after_idle_unload" : "after_eviction")
         cycles.set(node.name, (cycles.get(node.name) ?? 0) + 1)
-        yield* fleet.refresh(node.name)
+        yield* poller.refresh(node.name)
       }).pipe(Effect.withSpan("gateway.eviction", {
         kind: "client",
         captureStackTrace: false,
@@ -205,7 +205,7 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
         const evicted: Array<string> = []
         yield* Effect.gen(function*() {
           for (const victim of [...hold.victims]) {
-            const current = (yield* fleet.get).get(node.name)!
+            const current = (yield* poller.get).get(node.name)!
             const free = current.devices.reduce((sum, d) => sum + d.freeMb, 0) - reservedOn(node.name, model.neuronId)
             if (free >= required) break
             yield* unload(current, victim, "make_room").pipe(Effect.mapError(neuronError(model.id)))
@@ -242,7 +242,7 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
             }),
             Effect.mapError(neuronError(model.id)),
             // The reservation (released by the caller) ends after this, once the poll can see the model.
-            Effect.ensuring(fleet.refresh(node.name))
+            Effect.ensuring(poller.refresh(node.name))
           )
         const loadMs = Date.now() - loadStarted
         yield* Metric.update(Metric.taggedWithLabels(M.modelLoad, labels(model.id, node.name)), loadMs / 1000)
@@ -279,11 +279,11 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
         for (;;) {
           const plan = yield* planLock.withPermits(1)(Effect.gen(function*() {
             // Decide on fresh figures: a poll from moments ago can still show a finished request.
-            const holders = [...(yield* fleet.get).values()].filter((n) =>
+            const holders = [...(yield* poller.get).values()].filter((n) =>
               n.models.some((m) => m.id === model.neuronId)
             )
-            yield* Effect.forEach(holders, (n) => fleet.refresh(n.name), { concurrency: "unbounded", discard: true })
-            const state = yield* fleet.get
+            yield* Effect.forEach(holders, (n) => poller.refresh(n.name), { concurrency: "unbounded", discard: true })
+            const state = yield* poller.get
             // Being unloaded somewhere: plan again once that unload is done.
             if (beingEvicted(state, model.neuronId)) return { _tag: "wait" as const, node: "" }
             const required = requiredMb(model, state)
@@ -348,7 +348,7 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
           }))
           if (plan._tag === "wait") {
             yield* Effect.sleep("100 millis")
-            if (plan.node !== "") yield* fleet.refresh(plan.node)
+            if (plan.node !== "") yield* poller.refresh(plan.node)
             continue
           }
           return yield* drainAndLoad(model, plan.node, hold, plan.required, started)
@@ -398,7 +398,7 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
 
     /** Unload models idle past their profile's idle_unload_secs (never pinned ones). */
     const idleSweep = Effect.gen(function*() {
-      const state = yield* fleet.get
+      const state = yield* poller.get
       for (const node of state.values()) {
         if (!node.healthy) continue
         for (const m of node.models) {
@@ -432,7 +432,7 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
     const defrag = Effect.gen(function*() {
       const threshold = config.eviction.defragAfterCycles
       if (threshold <= 0) return
-      const state = yield* fleet.get
+      const state = yield* poller.get
       for (const node of state.values()) {
         if ((cycles.get(node.name) ?? 0) < threshold || !node.healthy) continue
         const idle = node.models.every((m) => m.in_flight + m.queue_depth === 0 && busy(node.name, m.id) === 0)
@@ -444,7 +444,7 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
         if (result._tag === "Some" && result.value.restarted) {
           cycles.set(node.name, 0)
           yield* Effect.logInfo(`defragmented ${node.name}: restarted its worker after ${threshold} load/unload cycles`)
-          yield* fleet.refresh(node.name)
+          yield* poller.refresh(node.name)
         }
       }
     })
@@ -469,8 +469,8 @@ export class Lifecycle extends Effect.Service<Lifecycle>()("cortex/Lifecycle", {
           since: new Date(l.since).toISOString(),
           waiters: l.waiters
         })),
-      catalogue: Effect.map(fleet.get, catalogueOf),
-      catalogueNow: () => catalogueOf(fleet.now())
+      catalogue: Effect.map(poller.get, catalogueOf),
+      catalogueNow: () => catalogueOf(poller.now())
     } as const
   })
 }) {}

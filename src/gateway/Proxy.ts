@@ -19,11 +19,11 @@ import type { ChatCompletionChunk, Usage } from "../domain/openai-output.js"
 import type { RequestSummary } from "../telemetry/RequestLog.js"
 import { resolveAlias } from "./Catalogue.js"
 import { type Dialect, sendError, sendJson } from "./Dialects.js"
-import { Fleet } from "./Fleet.js"
 import { GatewayConfig } from "./GatewayConfig.js"
 import { Lifecycle } from "./Lifecycle.js"
 import * as M from "./Metrics.js"
 import { authHeaders } from "./NeuronClient.js"
+import { Poller } from "./Poller.js"
 import { type Route, Router } from "./Router.js"
 import { SseParser } from "./Sse.js"
 import { Cancel, parseJson, post, readAll, UpstreamFailure, type UpstreamResponse, usageIn } from "./Upstream.js"
@@ -98,7 +98,7 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
   effect: Effect.gen(function*() {
     const config = yield* GatewayConfig
     const router = yield* Router
-    const fleet = yield* Fleet
+    const poller = yield* Poller
     const lifecycle = yield* Lifecycle
     const runtime = yield* Effect.runtime<never>()
     const tracer = yield* Effect.tracer
@@ -336,7 +336,7 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
       const error = await upstreamError(first.response)
       first.release()
       if (!STALE_ROUTE.has(String(error.body.error.code))) throw error
-      await run(fleet.refresh(first.nodeName), request.span, cancel)
+      await run(poller.refresh(first.nodeName), request.span, cancel)
       return attemptOnce(request, cancel, tries)
     }
 

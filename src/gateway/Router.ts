@@ -8,9 +8,9 @@
 import { Effect } from "effect"
 import { ModelLoadFailed, ModelNotFound, ModelUnavailable } from "../domain/errors.js"
 import { type CatalogueModel, type Location, resolveAlias } from "./Catalogue.js"
-import { Fleet, type FleetState, type NodeState } from "./Fleet.js"
 import { GatewayConfig } from "./GatewayConfig.js"
 import { Lifecycle } from "./Lifecycle.js"
+import { type FleetState, type NodeState, Poller } from "./Poller.js"
 
 export interface Route {
   readonly model: CatalogueModel
@@ -23,7 +23,7 @@ export interface Route {
 export class Router extends Effect.Service<Router>()("cortex/Router", {
   effect: Effect.gen(function*() {
     const config = yield* GatewayConfig
-    const fleet = yield* Fleet
+    const poller = yield* Poller
     const lifecycle = yield* Lifecycle
 
     const busy = (l: Location, neuronId: string) => l.in_flight + l.queue_depth + lifecycle.busy(l.node, neuronId)
@@ -38,7 +38,7 @@ export class Router extends Effect.Service<Router>()("cortex/Router", {
         const model = (yield* lifecycle.catalogue).get(id)
         if (model) return model
         // Until every node has answered once, "unknown" may only mean "not polled yet".
-        const silent = silentNodes(yield* fleet.get)
+        const silent = silentNodes(yield* poller.get)
         if (silent.length > 0) {
           return yield* new ModelUnavailable({
             model: name,
@@ -73,7 +73,7 @@ export class Router extends Effect.Service<Router>()("cortex/Router", {
       const model = lifecycle.catalogueNow().get(resolveAlias(config.aliases, name))
       if (!model) return undefined
       const replicas = ready(model)
-      return replicas.length > 0 ? toRoute(model, replicas, fleet.now(), false) : undefined
+      return replicas.length > 0 ? toRoute(model, replicas, poller.now(), false) : undefined
     }
 
     const route = (name: string) =>
@@ -94,7 +94,7 @@ export class Router extends Effect.Service<Router>()("cortex/Router", {
           }
           // No polled node has its file: only a node not heard from yet may. Retry once it answers.
           const pinnedOn = model.profile?.pinned_on
-          const silent = silentNodes(yield* fleet.get).filter((n) => pinnedOn === undefined || n === pinnedOn)
+          const silent = silentNodes(yield* poller.get).filter((n) => pinnedOn === undefined || n === pinnedOn)
           if (model.locations.length === 0 && silent.length > 0) {
             return yield* new ModelUnavailable({
               model: model.id,
@@ -115,7 +115,7 @@ export class Router extends Effect.Service<Router>()("cortex/Router", {
           replicas = ready(model)
           if (replicas.length === 0) return yield* new ModelUnavailable({ model: model.id, state: "loading" })
         }
-        return toRoute(model, replicas, yield* fleet.get, coldLoaded)
+        return toRoute(model, replicas, yield* poller.get, coldLoaded)
       })
 
     return {

@@ -3,20 +3,20 @@ import { HttpServer } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { Effect, Layer, Metric, MetricLabel, Schedule } from "effect"
 import { createServer } from "node:http"
-import { Fleet } from "../gateway/Fleet.js"
 import { GatewayConfig, type GatewaySettings } from "../gateway/GatewayConfig.js"
 import { makeGatewayApp } from "../gateway/Http.js"
 import { InferenceRoutes } from "../gateway/InferenceRoutes.js"
 import { Lifecycle } from "../gateway/Lifecycle.js"
 import * as M from "../gateway/Metrics.js"
+import { Poller } from "../gateway/Poller.js"
 import { Proxy } from "../gateway/Proxy.js"
 import { Router } from "../gateway/Router.js"
 import { TelemetryLive } from "./TelemetryLive.js"
 
 /** Fleet gauges (in flight, queue depth, device memory) follow the poller's view. */
 const fleetGauges = Effect.gen(function*() {
-  const fleet = yield* Fleet
-  const state = yield* fleet.get
+  const poller = yield* Poller
+  const state = yield* poller.get
   for (const node of state.values()) {
     yield* Metric.set(Metric.tagged(M.nodeHealthy, "node", node.name), node.healthy ? 1 : 0)
     for (const m of node.models) {
@@ -59,7 +59,7 @@ export const GatewayLive = (settings: GatewaySettings) =>
     Layer.provide(Proxy.Default),
     Layer.provideMerge(Router.Default),
     Layer.provideMerge(Lifecycle.Default),
-    Layer.provideMerge(Fleet.Default),
+    Layer.provideMerge(Poller.Default),
     Layer.provide(Layer.succeed(GatewayConfig, settings)),
     Layer.provide(TelemetryLive({ metrics: settings.metricsListen, telemetry: settings.telemetry }))
   )

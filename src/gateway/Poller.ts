@@ -40,7 +40,7 @@ const initial = (endpoint: NeuronEndpoint): NodeState => ({
   devices: []
 })
 
-export class Fleet extends Effect.Service<Fleet>()("cortex/Fleet", {
+export class Poller extends Effect.Service<Poller>()("cortex/Poller", {
   scoped: Effect.gen(function*() {
     const config = yield* GatewayConfig
     // A plain variable, not a Ref: updates are synchronous, and the inference fast path reads it
