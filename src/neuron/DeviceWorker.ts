@@ -345,19 +345,3 @@ export const make = (
     }
     return worker
   })
-
-/**
- * Old names for `WorkerError`, kept while src/neuron/Inference.ts still matches on them
- * (`instanceof` with `Symbol.hasInstance`); they match a `WorkerError` by its reason.
- * @deprecated match `WorkerError` and its `reason.tag` instead.
- */
-export const WorkerCrash = {
-  [Symbol.hasInstance]: (u: unknown): u is WorkerError & { readonly device: string; readonly detail: string } =>
-    u instanceof WorkerError && u.reason.tag === "Crashed"
-}
-
-/** @deprecated match `WorkerError` and its `reason.tag` instead. */
-export const WorkerFailed = {
-  [Symbol.hasInstance]: (u: unknown): u is WorkerError & { readonly failure: WorkerFailure } =>
-    u instanceof WorkerError && u.reason.tag !== "Crashed"
-}

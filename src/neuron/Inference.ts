@@ -21,7 +21,7 @@ import {
 } from "../domain/errors.js"
 import type { ChatCompletionRequest, CompletionRequest, EmbeddingRequest } from "../domain/openai.js"
 import { toWorkerMessages } from "./ChatMessages.js"
-import { WorkerCrash, WorkerFailed } from "./DeviceWorker.js"
+import { WorkerError } from "./DeviceWorker.js"
 import * as NM from "./Metrics.js"
 import { type Caller, ModelManager, type Seat } from "./ModelManager.js"
 import { NeuronConfig } from "./NeuronConfig.js"
@@ -49,26 +49,27 @@ const now = () => Math.floor(Date.now() / 1000)
 
 export const toApiError = (model: string, seat: Seat | undefined) => (error: unknown): ApiError => {
   if (isApiError(error)) return error
-  if (error instanceof WorkerCrash) return new WorkerCrashed({ device: error.device, detail: error.detail })
-  if (error instanceof WorkerFailed) {
-    const f = error.failure
-    switch (f.tag) {
+  if (error instanceof WorkerError) {
+    const r = error.reason
+    switch (r.tag) {
+      case "Crashed":
+        return new WorkerCrashed({ device: r.device, detail: r.detail })
       case "ContextLengthExceeded":
-        return new ContextLengthExceeded({ model, limit: f.limit, requested: f.requested })
+        return new ContextLengthExceeded({ model, limit: r.limit, requested: r.requested })
       case "InsufficientVram":
         return new InsufficientVram({
           model,
           device: seat?.device ?? "unknown",
-          required_mb: f.required_mb,
-          free_mb: f.free_mb,
+          required_mb: r.required_mb,
+          free_mb: r.free_mb,
           phase: "request"
         })
       case "NotLoaded":
         return new ModelUnavailable({ model, state: "not_loaded" })
       case "InvalidRequest":
-        return new InvalidRequest({ message: f.message, param: f.param })
+        return new InvalidRequest({ message: r.message, param: r.param })
       case "Failed":
-        return new InternalError({ detail: f.message })
+        return new InternalError({ detail: r.message })
     }
   }
   return new InternalError({ detail: (error as Error)?.message ?? String(error) })
