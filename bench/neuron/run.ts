@@ -43,7 +43,9 @@ const parsed = (() => {
         runs: { type: "string" },
         "decode-tokens": { type: "string" },
         "prefill-words": { type: "string" },
-        verbose: { type: "boolean", default: false }
+        verbose: { type: "boolean", default: false },
+        // Internal: run only the direct side and print its result as JSON (see runDirectApart).
+        "direct-only": { type: "boolean", default: false }
       }
     })
   } catch (error) {
@@ -682,7 +684,37 @@ process.once("exit", () => {
   if (active?.alive) active.child.kill("SIGKILL")
 })
 
+/**
+ * The direct side in a child process of its own session (setsid), as the neuron's device worker
+ * runs: on a host that schedules CPU per session (autogroups), node-llama-cpp inside this
+ * process would compete on other terms than the worker does, which flattered the neuron.
+ */
+const runDirectApart = (modelPath: string): Promise<SideResult> =>
+  new Promise((resolve, reject) => {
+    const argv = process.argv.slice(1).filter((a) => a !== "--model" && !a.endsWith(".gguf"))
+    const child = spawn(process.execPath, [...process.execArgv, ...argv, "--direct-only", "--model", modelPath], {
+      cwd: ROOT,
+      detached: true,
+      stdio: ["ignore", "pipe", "inherit"]
+    })
+    let out = ""
+    child.stdout.on("data", (d) => (out += d))
+    child.once("error", reject)
+    child.once("exit", (code) => {
+      if (code !== 0) return reject(new Error(`the direct side exited with ${code}`))
+      try {
+        resolve(JSON.parse(out.trim().split("\n").at(-1)!) as SideResult)
+      } catch (e) {
+        reject(e)
+      }
+    })
+  })
+
 const main = async () => {
+  if (parsed.values["direct-only"]) {
+    console.log(JSON.stringify(await runDirect(args.model!)))
+    return
+  }
   let modelPath: string
   if (args.model !== undefined) {
     modelPath = path.resolve(args.model)
@@ -699,8 +731,8 @@ const main = async () => {
   const modelId = path.basename(modelPath, ".gguf")
   const modelsDir = path.dirname(modelPath)
 
-  log(`direct node-llama-cpp: ${SETTINGS.runs} runs`)
-  const direct = await runDirect(modelPath)
+  log(`direct node-llama-cpp: ${SETTINGS.runs} runs (in its own session, as the neuron's worker is)`)
+  const direct = await runDirectApart(modelPath)
   log(`neuron over HTTP: ${SETTINGS.runs} runs`)
   const { result: neuron, startupMs } = await runNeuron(modelsDir, modelId)
   report(direct, neuron, modelPath, startupMs, load)
