@@ -29,10 +29,12 @@ import {
 import { tokenMatches } from "./ApiToken.js"
 import { toWorkerMessages } from "./ChatMessages.js"
 import { hostInfo } from "./Discovery.js"
-import { errorResponse, Inference, newRequestId, promptShapeOf, reportInternal } from "./Inference.js"
+import { errorResponse, newRequestId, reportInternal } from "./ErrorAnswers.js"
+import { Inference } from "./Inference.js"
 import * as NM from "./Metrics.js"
 import { type Caller, ModelManager } from "./ModelManager.js"
 import { NeuronConfig } from "./NeuronConfig.js"
+import { promptShapeOf } from "./RequestPrep.js"
 
 const RestartWorkerRequest = Schema.Struct({ device: Schema.optionalWith(Schema.String, { exact: true }) })
 /** The gateway names the principal for fair share; a direct client is its remote address. */
