@@ -1,11 +1,12 @@
 /**
  * The catalogue: models.toml profiles × what the neurons have on disk and in memory, plus
  * aliases. Models a neuron serves that no profile names are listed too, under their own id.
- * Pure: rebuilt from the fleet state whenever it is read.
+ * `buildCatalogue` is pure; the `Catalogue` service builds it once per fleet state.
  */
+import { Effect } from "effect"
 import type { CatalogueList } from "../domain/admin.js"
-import type { ModelProfile } from "./GatewayConfig.js"
-import type { FleetState, NeuronModel } from "./Poller.js"
+import { GatewayConfig, type ModelProfile } from "./GatewayConfig.js"
+import { type FleetState, type NeuronModel, Poller } from "./Poller.js"
 
 export interface Location {
   readonly node: string
@@ -108,3 +109,22 @@ export const catalogueList = (
   }
   return { object: "list" as const, data }
 }
+
+/** The catalogue of the poller's current state, rebuilt only when that state changes. */
+export class Catalogue extends Effect.Service<Catalogue>()("cortex/Catalogue", {
+  effect: Effect.gen(function*() {
+    const config = yield* GatewayConfig
+    const poller = yield* Poller
+    let cached: { state: FleetState; catalogue: ReadonlyMap<string, CatalogueModel> } | undefined
+    const of = (state: FleetState) => {
+      if (cached?.state !== state) cached = { state, catalogue: buildCatalogue(config.models, state) }
+      return cached.catalogue
+    }
+    return {
+      get: Effect.map(poller.get, of),
+      /** Fiber-free, for the inference fast path. */
+      now: () => of(poller.now())
+    } as const
+  }),
+  dependencies: [Poller.Default]
+}) {}

@@ -20,7 +20,8 @@ import {
 } from "../domain/errors.js"
 import { decodeBody } from "../domain/openai.js"
 import { principalFor } from "./Auth.js"
-import { catalogueList } from "./Catalogue.js"
+import { Catalogue, catalogueList } from "./Catalogue.js"
+import { ColdLoader } from "./ColdLoader.js"
 import * as Dialects from "./Dialects.js"
 import type { DialectError } from "./Dialects.js"
 import { GatewayConfig } from "./GatewayConfig.js"
@@ -52,6 +53,8 @@ export const makeGatewayApp = Effect.gen(function*() {
   const config = yield* GatewayConfig
   const poller = yield* Poller
   const router = yield* Router
+  const catalogue = yield* Catalogue
+  const loader = yield* ColdLoader
 
   const principal = Effect.map(HttpServerRequest.HttpServerRequest, (request) =>
     principalFor(
@@ -138,7 +141,7 @@ export const makeGatewayApp = Effect.gen(function*() {
 
   const models = modelsRoute((anthropic) =>
     Effect.gen(function*() {
-      const list = catalogueList(yield* router.catalogue, config.aliases, startedAt)
+      const list = catalogueList(yield* catalogue.get, config.aliases, startedAt)
       if (!anthropic) return HttpServerResponse.unsafeJson(list)
       const query = (yield* HttpServerRequest.ParsedSearchParams) as Record<string, string | undefined>
       const page = Anthropic.anthropicModelPage(list.data.map((m) => m.id), startedAt, query)
@@ -150,7 +153,7 @@ export const makeGatewayApp = Effect.gen(function*() {
   const model = modelsRoute((anthropic) =>
     Effect.gen(function*() {
       const { id } = yield* HttpRouter.params
-      const found = catalogueList(yield* router.catalogue, config.aliases, startedAt).data.find((m) => m.id === id)
+      const found = catalogueList(yield* catalogue.get, config.aliases, startedAt).data.find((m) => m.id === id)
       if (found === undefined) return yield* new ModelNotFound({ model: id ?? "" })
       return HttpServerResponse.unsafeJson(anthropic ? Anthropic.anthropicModel(found.id, startedAt) : found)
     })
@@ -182,21 +185,21 @@ export const makeGatewayApp = Effect.gen(function*() {
       status,
       version: VERSION,
       nodes: nodes.map(nodeView),
-      loads_in_progress: router.loadsInProgress()
+      loads_in_progress: loader.loadsInProgress()
     }, { status: status === "impaired" ? 503 : 200 })
   })
 
   const adminStatus = guarded(openaiError, () =>
     Effect.gen(function*() {
       const state = yield* poller.get
-      const catalogue = yield* router.catalogue
+      const models = yield* catalogue.get
       return HttpServerResponse.unsafeJson(
         {
           version: VERSION,
           nodes: [...state.values()].map(nodeView),
-          models: catalogueList(catalogue, config.aliases, startedAt).data,
-          loads_in_progress: router.loadsInProgress(),
-          recent_loads: router.history()
+          models: catalogueList(models, config.aliases, startedAt).data,
+          loads_in_progress: loader.loadsInProgress(),
+          recent_loads: loader.history()
         } satisfies AdminStatus
       )
     }))

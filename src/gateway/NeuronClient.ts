@@ -88,3 +88,11 @@ export const callNeuron = <A, I>(
 /** A one-line description of a failed call, for logs and node state. */
 export const describeNeuronError = (error: NeuronError): string =>
   error._tag === "NeuronRefused" ? `HTTP ${error.status}` : error.detail
+
+/**
+ * The control-plane client as a service, so the services that load and unload (ColdLoader,
+ * Evictor) can be tested against a recorder instead of a neuron.
+ */
+export class NeuronClient extends Effect.Service<NeuronClient>()("cortex/NeuronClient", {
+  succeed: { call: callNeuron }
+}) {}

@@ -17,10 +17,10 @@ import { type ApiError, InternalError, isApiError, ModelUnavailable, UpstreamErr
 import { encodeModelName, MODEL_NAME_HEADER, PROGRESS_HEADER } from "../domain/headers.js"
 import type { ChatCompletionChunk, Usage } from "../domain/openai-output.js"
 import type { RequestSummary } from "../telemetry/RequestLog.js"
-import { resolveAlias } from "./Catalogue.js"
+import { Catalogue, resolveAlias } from "./Catalogue.js"
 import { type Dialect, sendError, sendJson } from "./Dialects.js"
 import { GatewayConfig } from "./GatewayConfig.js"
-import { Lifecycle } from "./Lifecycle.js"
+import { InFlight } from "./InFlight.js"
 import * as M from "./Metrics.js"
 import { authHeaders } from "./NeuronClient.js"
 import { Poller } from "./Poller.js"
@@ -99,7 +99,8 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
     const config = yield* GatewayConfig
     const router = yield* Router
     const poller = yield* Poller
-    const lifecycle = yield* Lifecycle
+    const catalogue = yield* Catalogue
+    const inFlight = yield* InFlight
     const runtime = yield* Effect.runtime<never>()
     const tracer = yield* Effect.tracer
     const clock = yield* Effect.clock
@@ -130,7 +131,7 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
     /** Request metrics, labelled by catalogue id (or "unknown"), never by the name a client sent. */
     const recorder = new M.RequestRecorder((name) => {
       const id = resolveAlias(config.aliases, name)
-      return lifecycle.catalogueNow().has(id) ? id : M.UNKNOWN_MODEL
+      return catalogue.now().has(id) ? id : M.UNKNOWN_MODEL
     })
     const record = (request: ProxyRequest, node: string, outcome: M.Outcome) => {
       recorder.record(request.model, node, request.dialect.route, request.received, outcome)
@@ -262,7 +263,7 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
         const node = nodes[i]!
         tries.n++
         const more = i < nodes.length - 1 && tries.n < config.retry.maxAttempts
-        const seat = router.track(node.name, route.model.neuronId)
+        const seat = inFlight.track(node.name, route.model.neuronId)
         const upstreamStarted = Date.now()
         const span = upstreamSpan(request, node, tries.n)
         const traceparent = `00-${span.traceId}-${span.spanId}-${span.sampled ? "01" : "00"}`

@@ -1,15 +1,17 @@
 /**
  * Routing: for model X (after aliases), the least-busy healthy replica where X is loaded; else
- * 503 + Retry-After while X recovers; else a cold load through Lifecycle (placement, eviction,
+ * 503 + Retry-After while X recovers; else a cold load through ColdLoader (placement, eviction,
  * single-flight); else 404. Busy-ness adds the gateway's own in-flight count to the last poll,
  * so a burst between polls still spreads. A node never polled is unknown, not empty: while one
  * is silent, a model no polled node has answers 503 + Retry-After, not 404.
  */
 import { Effect } from "effect"
 import { ModelLoadFailed, ModelNotFound, ModelUnavailable } from "../domain/errors.js"
-import { type CatalogueModel, type Location, resolveAlias } from "./Catalogue.js"
+import { Catalogue, type CatalogueModel, type Location, resolveAlias } from "./Catalogue.js"
+import { ColdLoader } from "./ColdLoader.js"
+import { Evictor } from "./Evictor.js"
 import { GatewayConfig } from "./GatewayConfig.js"
-import { Lifecycle } from "./Lifecycle.js"
+import { InFlight } from "./InFlight.js"
 import { type FleetState, type NodeState, Poller } from "./Poller.js"
 
 export interface Route {
@@ -24,9 +26,12 @@ export class Router extends Effect.Service<Router>()("cortex/Router", {
   effect: Effect.gen(function*() {
     const config = yield* GatewayConfig
     const poller = yield* Poller
-    const lifecycle = yield* Lifecycle
+    const catalogue = yield* Catalogue
+    const inFlight = yield* InFlight
+    const evictor = yield* Evictor
+    const loader = yield* ColdLoader
 
-    const busy = (l: Location, neuronId: string) => l.in_flight + l.queue_depth + lifecycle.busy(l.node, neuronId)
+    const busy = (l: Location, neuronId: string) => l.in_flight + l.queue_depth + inFlight.busy(l.node, neuronId)
 
     /** Nodes that have never answered a poll: what they hold is unknown, not nothing. */
     const silentNodes = (state: FleetState) =>
@@ -35,7 +40,7 @@ export class Router extends Effect.Service<Router>()("cortex/Router", {
     const lookup = (name: string) =>
       Effect.gen(function*() {
         const id = resolveAlias(config.aliases, name)
-        const model = (yield* lifecycle.catalogue).get(id)
+        const model = (yield* catalogue.get).get(id)
         if (model) return model
         // Until every node has answered once, "unknown" may only mean "not polled yet".
         const silent = silentNodes(yield* poller.get)
@@ -52,7 +57,7 @@ export class Router extends Effect.Service<Router>()("cortex/Router", {
     /** Healthy replicas holding the model and not being evicted, least busy first. */
     const ready = (model: CatalogueModel) =>
       model.locations
-        .filter((l) => l.healthy && l.status === "loaded" && !lifecycle.isEvicting(l.node, model.neuronId))
+        .filter((l) => l.healthy && l.status === "loaded" && !evictor.isClaimed(l.node, model.neuronId))
         .sort((a, b) => busy(a, model.neuronId) - busy(b, model.neuronId) || a.node.localeCompare(b.node))
 
     const toRoute = (
@@ -70,7 +75,7 @@ export class Router extends Effect.Service<Router>()("cortex/Router", {
      * "ask `route`" (cold load, recovering, unknown, not polled yet).
      */
     const routeNow = (name: string): Route | undefined => {
-      const model = lifecycle.catalogueNow().get(resolveAlias(config.aliases, name))
+      const model = catalogue.now().get(resolveAlias(config.aliases, name))
       if (!model) return undefined
       const replicas = ready(model)
       return replicas.length > 0 ? toRoute(model, replicas, poller.now(), false) : undefined
@@ -109,7 +114,7 @@ export class Router extends Effect.Service<Router>()("cortex/Router", {
               detail: "no healthy node serves it"
             })
           }
-          yield* lifecycle.ensureLoaded(model)
+          yield* loader.ensureLoaded(model)
           coldLoaded = true
           model = yield* lookup(name)
           replicas = ready(model)
@@ -118,14 +123,7 @@ export class Router extends Effect.Service<Router>()("cortex/Router", {
         return toRoute(model, replicas, yield* poller.get, coldLoaded)
       })
 
-    return {
-      route,
-      routeNow,
-      lookup,
-      catalogue: lifecycle.catalogue,
-      track: lifecycle.track,
-      loadsInProgress: lifecycle.loadsInProgress,
-      history: lifecycle.history
-    } as const
-  })
+    return { route, routeNow, lookup } as const
+  }),
+  dependencies: [Poller.Default, Catalogue.Default, InFlight.Default, Evictor.Default, ColdLoader.Default]
 }) {}

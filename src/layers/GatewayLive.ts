@@ -3,11 +3,15 @@ import { HttpServer } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { Effect, Layer, Metric, MetricLabel, Schedule } from "effect"
 import { createServer } from "node:http"
+import { Catalogue } from "../gateway/Catalogue.js"
+import { ColdLoader } from "../gateway/ColdLoader.js"
+import { Evictor } from "../gateway/Evictor.js"
 import { GatewayConfig, type GatewaySettings } from "../gateway/GatewayConfig.js"
 import { makeGatewayApp } from "../gateway/Http.js"
 import { InferenceRoutes } from "../gateway/InferenceRoutes.js"
-import { Lifecycle } from "../gateway/Lifecycle.js"
+import { InFlight } from "../gateway/InFlight.js"
 import * as M from "../gateway/Metrics.js"
+import { NeuronClient } from "../gateway/NeuronClient.js"
 import { Poller } from "../gateway/Poller.js"
 import { Proxy } from "../gateway/Proxy.js"
 import { Router } from "../gateway/Router.js"
@@ -57,8 +61,10 @@ export const GatewayLive = (settings: GatewaySettings) =>
   Serve.pipe(
     Layer.provide(InferenceRoutes.Default),
     Layer.provide(Proxy.Default),
-    Layer.provideMerge(Router.Default),
-    Layer.provideMerge(Lifecycle.Default),
+    Layer.provideMerge(Router.DefaultWithoutDependencies),
+    Layer.provideMerge(ColdLoader.DefaultWithoutDependencies),
+    Layer.provideMerge(Evictor.DefaultWithoutDependencies),
+    Layer.provideMerge(Layer.mergeAll(Catalogue.DefaultWithoutDependencies, InFlight.Default, NeuronClient.Default)),
     Layer.provideMerge(Poller.Default),
     Layer.provide(Layer.succeed(GatewayConfig, settings)),
     Layer.provide(TelemetryLive({ metrics: settings.metricsListen, telemetry: settings.telemetry }))

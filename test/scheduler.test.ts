@@ -1,0 +1,288 @@
+/**
+ * planLoad (Scheduler.ts) as a pure function of a snapshot: properties over random fleets,
+ * reservations, claims and in-flight counts.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { FastCheck as fc } from "effect"
+import type { NeuronModel } from "../src/domain/contract.js"
+import { buildCatalogue } from "../src/gateway/Catalogue.js"
+import type { ModelProfile } from "../src/gateway/GatewayConfig.js"
+import { residencyPriority } from "../src/gateway/Placement.js"
+import type { FleetState, NodeState } from "../src/gateway/Poller.js"
+import {
+  type Plan,
+  planLoad,
+  requiredMb,
+  reservedOn,
+  type SchedulerSettings,
+  type Snapshot
+} from "../src/gateway/Scheduler.js"
+
+const NOW = 10_000_000
+const MIN_RESIDENT_MS = 30_000
+const IDS = ["m0", "m1", "m2", "m3", "m4"]
+const NODES = ["n0", "n1", "n2"]
+
+const arbModel = (id: string) =>
+  fc.record({
+    status: fc.constantFrom("available", "loaded", "loaded", "loading", "unloading", "failed", "recovering"),
+    mb: fc.integer({ min: 10, max: 600 }),
+    inFlight: fc.integer({ min: 0, max: 2 }),
+    young: fc.boolean()
+  }).map(({ inFlight, mb, status, young }): NeuronModel => ({
+    id,
+    status: status as NeuronModel["status"],
+    error: null,
+    device: null,
+    size_bytes: mb * 1024 * 1024,
+    memory_estimate_mb: mb,
+    context_limit: 2048,
+    capabilities: [],
+    in_flight: status === "loaded" ? inFlight : 0,
+    queue_depth: 0,
+    loaded_at: status === "available" ? null : new Date(NOW - (young ? 1000 : 3_600_000)).toISOString(),
+    last_used_at: null
+  }))
+
+const arbNode = (name: string) =>
+  fc.record({
+    healthy: fc.boolean(),
+    seen: fc.boolean(),
+    total: fc.integer({ min: 200, max: 1500 }),
+    freeShare: fc.double({ min: 0, max: 1, noNaN: true }),
+    models: fc.subarray(IDS).chain((ids) => fc.tuple(...ids.map(arbModel)))
+  }).map(({ freeShare, healthy, models, seen, total }): NodeState => ({
+    name,
+    endpoint: { name, endpoint: `http://${name}`, token: undefined },
+    healthy: healthy && seen,
+    misses: 0,
+    status: "ok",
+    lastSeen: seen ? NOW - 1000 : undefined,
+    lastError: undefined,
+    discovery: undefined,
+    models,
+    devices: [{
+      id: "gpu0",
+      kind: "cuda",
+      name: "gpu",
+      totalMb: total,
+      freeMb: Math.floor(total * freeShare),
+      usedMb: 0
+    }]
+  }))
+
+const arbProfile = (id: string) =>
+  fc.record({
+    priority: fc.option(fc.integer({ min: 0, max: 3 }).map((p) => p * 100), { nil: undefined }),
+    pinnedOn: fc.option(fc.constantFrom(...NODES), { freq: 4, nil: undefined })
+  }).map(({ pinnedOn, priority }): ModelProfile =>
+    ({
+      id,
+      ...(priority !== undefined ? { residency_priority: priority } : {}),
+      ...(pinnedOn !== undefined ? { pinned_on: pinnedOn } : {})
+    }) as ModelProfile
+  )
+
+interface World {
+  readonly fleet: FleetState
+  readonly profiles: ReadonlyArray<ModelProfile>
+  readonly target: string
+  readonly reserved: ReadonlyMap<string, ReadonlyMap<string, number>>
+  readonly claimed: ReadonlySet<string>
+  readonly inFlight: ReadonlyMap<string, number>
+  readonly waitedMs: number
+  readonly strategy: "lru" | "priority"
+}
+
+const k = (node: string, model: string) => `${node}/${model}`
+
+const arbWorld = (quiet: boolean): fc.Arbitrary<World> =>
+  fc.record({
+    nodes: fc.tuple(...NODES.map(arbNode)),
+    profiles: fc.tuple(...IDS.map(arbProfile)),
+    target: fc.constantFrom(...IDS),
+    reserved: quiet
+      ? fc.constant([] as Array<[string, string, number]>)
+      : fc.array(fc.tuple(fc.constantFrom(...NODES), fc.constantFrom(...IDS), fc.integer({ min: 1, max: 300 })), {
+        maxLength: 2
+      }),
+    claimed: quiet ? fc.constant([] as Array<string>) : fc.subarray(NODES.flatMap((n) => IDS.map((m) => k(n, m)))),
+    inFlight: quiet ? fc.constant([] as Array<[string, number]>) : fc.array(
+      fc.tuple(fc.constantFrom(...NODES.flatMap((n) => IDS.map((m) => k(n, m)))), fc.integer({ min: 1, max: 3 })),
+      { maxLength: 3 }
+    ),
+    waitedMs: fc.integer({ min: 0, max: 120_000 }),
+    strategy: fc.constantFrom("lru" as const, "priority" as const)
+  }).map(({ claimed, inFlight, nodes, profiles, reserved, strategy, target, waitedMs }) => {
+    const byNode = new Map<string, Map<string, number>>()
+    for (const [node, model, mb] of reserved) byNode.set(node, (byNode.get(node) ?? new Map()).set(model, mb))
+    const quietNodes = quiet
+      ? nodes.map((n) => ({
+        ...n,
+        models: n.models.map((m) => ({
+          ...m,
+          status: m.status === "loading" || m.status === "unloading" ? "loaded" as const : m.status,
+          in_flight: 0,
+          loaded_at: m.loaded_at === null ? null : new Date(NOW - 3_600_000).toISOString()
+        }))
+      }))
+      : nodes
+    return {
+      fleet: new Map(quietNodes.map((n) => [n.name, n])),
+      profiles,
+      target,
+      reserved: byNode,
+      claimed: new Set(claimed),
+      inFlight: new Map(inFlight),
+      waitedMs,
+      strategy
+    }
+  })
+
+const plan = (w: World): Plan => {
+  const settings: SchedulerSettings = {
+    profiles: w.profiles,
+    strategy: w.strategy,
+    minResidentMs: MIN_RESIDENT_MS,
+    loadTimeoutMs: 60_000
+  }
+  const snapshot: Snapshot = {
+    fleet: w.fleet,
+    reserved: w.reserved,
+    claimed: (n, m) => w.claimed.has(k(n, m)),
+    inFlight: (n, m) => w.inFlight.get(k(n, m)) ?? 0,
+    lastUse: () => 0,
+    now: NOW
+  }
+  const model = buildCatalogue(w.profiles, w.fleet).get(w.target)!
+  return planLoad({ model, started: NOW - w.waitedMs, swapDeadline: NOW - w.waitedMs + 30_000 }, snapshot, settings)
+}
+
+const profileOf = (w: World, id: string) => w.profiles.find((p) => p.id === id)!
+
+describe("planLoad", () => {
+  it.prop("never evicts a pinned, higher-class, unsettled or claimed model", [arbWorld(false)], ([w]) => {
+    const p = plan(w)
+    if (p._tag !== "Load") return
+    const node = w.fleet.get(p.node)!
+    const own = residencyPriority(profileOf(w, w.target))
+    for (const victim of p.evict) {
+      const profile = profileOf(w, victim)
+      expect(profile.pinned_on).not.toBe(p.node)
+      expect(residencyPriority(profile)).toBeLessThanOrEqual(own)
+      expect(node.models.find((m) => m.id === victim)?.status).toBe("loaded")
+      expect(w.claimed.has(k(p.node, victim))).toBe(false)
+      expect(victim).not.toBe(w.target)
+    }
+  })
+
+  it.prop("plans only onto a healthy node with the file (the pinned one, when pinned)", [arbWorld(false)], ([w]) => {
+    const p = plan(w)
+    if (p._tag !== "Load") return
+    const node = w.fleet.get(p.node)!
+    expect(node.healthy).toBe(true)
+    expect(node.models.some((m) => m.id === w.target && m.status !== "failed")).toBe(true)
+    const pinned = profileOf(w, w.target).pinned_on
+    if (pinned !== undefined) expect(p.node).toBe(pinned)
+  })
+
+  it.prop("a plan's memory fits after its evictions (other loads' reservations counted)", [arbWorld(false)], ([w]) => {
+    const p = plan(w)
+    if (p._tag !== "Load") return
+    const node = w.fleet.get(p.node)!
+    const free = node.devices.reduce((s, d) => s + d.freeMb, 0) - reservedOn(w.reserved, p.node)
+    const freed = p.evict.reduce((s, id) => s + (node.models.find((m) => m.id === id)?.memory_estimate_mb ?? 0), 0)
+    expect(p.requiredMb).toBe(requiredMb(buildCatalogue(w.profiles, w.fleet).get(w.target)!, w.fleet))
+    expect(Math.max(0, free) + freed).toBeGreaterThanOrEqual(p.requiredMb)
+  })
+
+  it.prop(
+    "waits only when something transient could change the answer",
+    [arbWorld(true)],
+    ([w]) => {
+      // No reservations, claims, requests in flight, loads or unloads under way, young models.
+      expect(plan(w)._tag).not.toBe("Wait")
+    }
+  )
+
+  it("the generated worlds cover loads with evictions, waits and refusals", () => {
+    const plans = fc.sample(arbWorld(false), 400).map(plan)
+    expect(plans.some((p) => p._tag === "Load" && p.evict.length > 0)).toBe(true)
+    expect(plans.some((p) => p._tag === "Wait")).toBe(true)
+    expect(plans.some((p) => p._tag === "Refuse")).toBe(true)
+  })
+
+  it.prop("is deterministic", [arbWorld(false)], ([w]) => {
+    const a = plan(w)
+    const b = plan(w)
+    expect(a._tag).toBe(b._tag)
+    if (a._tag === "Load" && b._tag === "Load") expect([a.node, a.evict]).toEqual([b.node, b.evict])
+  })
+
+  it("waits for a busy victim until the swap deadline, then swaps", () => {
+    const node = (inFlight: number): NodeState => ({
+      name: "n0",
+      endpoint: { name: "n0", endpoint: "http://n0", token: undefined },
+      healthy: true,
+      misses: 0,
+      status: "ok",
+      lastSeen: NOW,
+      lastError: undefined,
+      discovery: undefined,
+      models: [
+        {
+          id: "a",
+          status: "loaded",
+          error: null,
+          device: null,
+          size_bytes: 0,
+          memory_estimate_mb: 400,
+          context_limit: 2048,
+          capabilities: [],
+          in_flight: inFlight,
+          queue_depth: 0,
+          loaded_at: new Date(NOW - 3_600_000).toISOString(),
+          last_used_at: null
+        },
+        {
+          id: "b",
+          status: "available",
+          error: null,
+          device: null,
+          size_bytes: 0,
+          memory_estimate_mb: 400,
+          context_limit: 2048,
+          capabilities: [],
+          in_flight: 0,
+          queue_depth: 0,
+          loaded_at: null,
+          last_used_at: null
+        }
+      ],
+      devices: [{ id: "gpu0", kind: "cuda", name: "gpu", totalMb: 500, freeMb: 100, usedMb: 400 }]
+    })
+    const fleet = new Map([["n0", node(1)]])
+    const settings: SchedulerSettings = { profiles: [], strategy: "lru", minResidentMs: 0, loadTimeoutMs: 60_000 }
+    const snapshot: Snapshot = {
+      fleet,
+      reserved: new Map(),
+      claimed: () => false,
+      inFlight: () => 0,
+      lastUse: () => 0,
+      now: NOW
+    }
+    const model = buildCatalogue([], fleet).get("b")!
+    expect(planLoad({ model, started: NOW, swapDeadline: NOW + 1 }, snapshot, settings)).toMatchObject({
+      _tag: "Wait",
+      node: "n0"
+    })
+    expect(planLoad({ model, started: NOW, swapDeadline: NOW }, snapshot, settings)).toEqual({
+      _tag: "Load",
+      node: "n0",
+      evict: ["a"],
+      requiredMb: 400
+    })
+    const claimed = { ...snapshot, claimed: (_: string, m: string) => m === "b" }
+    expect(planLoad({ model, started: NOW, swapDeadline: NOW }, claimed, settings)._tag).toBe("Wait")
+  })
+})
