@@ -1,10 +1,12 @@
-import { Schema } from "effect"
+import { Predicate, Schema } from "effect"
 import { clip } from "./json.js"
 
 /**
- * Errors that reach a client. Each knows its HTTP status and encodes to the OpenAI error
- * envelope `{ error: { message, type, code, param } }`; some add headers (Retry-After) or
- * extra envelope fields (required_mb, free_mb, limit).
+ * Errors that reach a client, as data. Each class declares its fields and its message; how it
+ * answers (HTTP status, headers, and the OpenAI envelope `{ error: { message, type, code,
+ * param } }` with any extra fields such as limit or required_mb) is its row in `errorTable`,
+ * read by the `status`, `headers` and `body` getters that `answering` adds to every class.
+ * The Anthropic envelope is derived from that status and body by the gateway's translator.
  */
 export interface OpenAIErrorBody {
   readonly error: {
@@ -16,125 +18,129 @@ export interface OpenAIErrorBody {
   }
 }
 
-export interface ApiErrorLike {
+/** What every client-facing error answers with. */
+export interface Answer {
   readonly status: number
   readonly headers: Record<string, string>
   readonly body: OpenAIErrorBody
 }
 
-const envelope = (
-  message: string,
-  type: string,
-  code: string | null,
-  param: string | null = null,
-  extra: Record<string, unknown> = {}
-): OpenAIErrorBody => ({ error: { message, type, code, param, ...extra } })
+/** A value of the row, or how to read it from the error. */
+type Cell<E, A> = A | ((error: E) => A)
 
-export class InvalidJson extends Schema.TaggedError<InvalidJson>()("InvalidJson", {
-  message: Schema.String
-}) {
-  get status() {
-    return 400
-  }
-  get headers() {
-    return {}
-  }
-  get body() {
-    return envelope(this.message, "invalid_request_error", "invalid_json")
+/** How one error answers: status, OpenAI type, code and param; headers and extra envelope fields if any. */
+export interface ErrorRow<E> {
+  readonly status: Cell<E, number>
+  readonly type: string
+  readonly code: Cell<E, string | null>
+  readonly param: Cell<E, string | null>
+  readonly headers?: (error: E) => Record<string, string>
+  readonly extra?: (error: E) => Record<string, unknown>
+  /** The envelope's message when it is not the error's own `message`. */
+  readonly publicMessage?: (error: E) => string
+}
+
+const cell = <E, A>(value: Cell<E, A>, error: E): A =>
+  typeof value === "function" ? (value as (error: E) => A)(error) : value
+
+// The table is declared below the classes (its type names them); the getters read it on use.
+const answerOf = (error: { readonly _tag: string; readonly message: string }): Answer => {
+  const row = errorTable[error._tag as ApiError["_tag"]] as ErrorRow<typeof error>
+  return {
+    status: cell(row.status, error),
+    headers: row.headers?.(error) ?? {},
+    body: {
+      error: {
+        message: row.publicMessage?.(error) ?? error.message,
+        type: row.type,
+        code: cell(row.code, error),
+        param: cell(row.param, error),
+        ...row.extra?.(error)
+      }
+    }
   }
 }
 
-export class InvalidRequest extends Schema.TaggedError<InvalidRequest>()("InvalidRequest", {
-  message: Schema.String,
-  param: Schema.NullOr(Schema.String)
-}) {
-  get status() {
-    return 422
+/**
+ * Adds `status`, `headers` and `body`, read from the class's row, to a `Schema.TaggedError`
+ * class. The cast keeps the class's own constructor (its fields, type-checked) and statics.
+ */
+
+const answering = <C extends new(...args: Array<any>) => { readonly _tag: string; readonly message: string }>(
+  Base: C
+) => {
+  class Answering extends Base {
+    get status(): number {
+      return answerOf(this).status
+    }
+    get headers(): Record<string, string> {
+      return answerOf(this).headers
+    }
+    get body(): OpenAIErrorBody {
+      return answerOf(this).body
+    }
   }
-  get headers() {
-    return {}
-  }
-  get body() {
-    return envelope(this.message, "invalid_request_error", "invalid_value", this.param)
-  }
+  return Answering as unknown as { new(...args: ConstructorParameters<C>): InstanceType<C> & Answer } & Pick<C, keyof C>
 }
 
-export class ModelNotFound extends Schema.TaggedError<ModelNotFound>()("ModelNotFound", {
-  model: Schema.String
-}) {
-  get status() {
-    return 404
-  }
-  get headers() {
-    return {}
-  }
+export class InvalidJson extends answering(
+  Schema.TaggedError<InvalidJson>()("InvalidJson", {
+    message: Schema.String
+  })
+) {}
+
+export class InvalidRequest extends answering(
+  Schema.TaggedError<InvalidRequest>()("InvalidRequest", {
+    message: Schema.String,
+    param: Schema.NullOr(Schema.String)
+  })
+) {}
+
+export class ModelNotFound extends answering(
+  Schema.TaggedError<ModelNotFound>()("ModelNotFound", {
+    model: Schema.String
+  })
+) {
   override get message() {
     return `The model '${this.model}' does not exist`
   }
-  get body() {
-    return envelope(this.message, "invalid_request_error", "model_not_found", "model")
-  }
 }
 
-export class ContextLengthExceeded extends Schema.TaggedError<ContextLengthExceeded>()("ContextLengthExceeded", {
-  model: Schema.String,
-  limit: Schema.Number,
-  requested: Schema.Number
-}) {
-  get status() {
-    return 400
-  }
-  get headers() {
-    return {}
-  }
+export class ContextLengthExceeded extends answering(
+  Schema.TaggedError<ContextLengthExceeded>()("ContextLengthExceeded", {
+    model: Schema.String,
+    limit: Schema.Number,
+    requested: Schema.Number
+  })
+) {
   override get message() {
     return `This model's maximum context length is ${this.limit} tokens; the request needs ${this.requested} tokens`
-  }
-  get body() {
-    return envelope(this.message, "invalid_request_error", "context_length_exceeded", "messages", {
-      limit: this.limit,
-      requested: this.requested
-    })
   }
 }
 
 /** A load (507) or a request (503 + Retry-After) that cannot fit in the device's free memory. */
-export class InsufficientVram extends Schema.TaggedError<InsufficientVram>()("InsufficientVram", {
-  model: Schema.String,
-  device: Schema.String,
-  required_mb: Schema.Number,
-  free_mb: Schema.Number,
-  phase: Schema.Literal("load", "request")
-}) {
-  get status() {
-    return this.phase === "load" ? 507 : 503
-  }
-  get headers(): Record<string, string> {
-    return this.phase === "load" ? {} : { "retry-after": "2" }
-  }
+export class InsufficientVram extends answering(
+  Schema.TaggedError<InsufficientVram>()("InsufficientVram", {
+    model: Schema.String,
+    device: Schema.String,
+    required_mb: Schema.Number,
+    free_mb: Schema.Number,
+    phase: Schema.Literal("load", "request")
+  })
+) {
   override get message() {
     return `Not enough memory on ${this.device} for ${this.model}: ${this.required_mb} MB required, ${this.free_mb} MB free`
-  }
-  get body() {
-    return envelope(this.message, "insufficient_vram", "insufficient_vram", null, {
-      required_mb: this.required_mb,
-      free_mb: this.free_mb
-    })
   }
 }
 
 /** Admission refused the request: queue full or principal over its share (429), or waited too long (503). */
-export class Overloaded extends Schema.TaggedError<Overloaded>()("Overloaded", {
-  model: Schema.String,
-  reason: Schema.Literal("queue_full", "principal_limit", "queue_timeout"),
-  retry_after_secs: Schema.Number
-}) {
-  get status() {
-    return this.reason === "queue_timeout" ? 503 : 429
-  }
-  get headers(): Record<string, string> {
-    return { "retry-after": String(this.retry_after_secs) }
-  }
+export class Overloaded extends answering(
+  Schema.TaggedError<Overloaded>()("Overloaded", {
+    model: Schema.String,
+    reason: Schema.Literal("queue_full", "principal_limit", "queue_timeout"),
+    retry_after_secs: Schema.Number
+  })
+) {
   override get message() {
     switch (this.reason) {
       case "queue_full":
@@ -145,138 +151,78 @@ export class Overloaded extends Schema.TaggedError<Overloaded>()("Overloaded", {
         return `Timed out waiting for a free slot on ${this.model}`
     }
   }
-  get body() {
-    return envelope(this.message, "rate_limit_error", this.reason)
-  }
 }
 
 /** The model exists but cannot serve right now (loading, recovering after a worker crash, unloading). */
-export class ModelUnavailable extends Schema.TaggedError<ModelUnavailable>()("ModelUnavailable", {
-  model: Schema.String,
-  state: Schema.String,
-  detail: Schema.optionalWith(Schema.String, { exact: true })
-}) {
-  get status() {
-    return 503
-  }
-  get headers(): Record<string, string> {
-    return { "retry-after": "2" }
-  }
+export class ModelUnavailable extends answering(
+  Schema.TaggedError<ModelUnavailable>()("ModelUnavailable", {
+    model: Schema.String,
+    state: Schema.String,
+    detail: Schema.optionalWith(Schema.String, { exact: true })
+  })
+) {
   override get message() {
     return `Model ${this.model} is ${this.state}${this.detail ? `: ${this.detail}` : ""}`
-  }
-  get body() {
-    return envelope(this.message, "service_unavailable", `model_${this.state}`, "model")
   }
 }
 
 /** The device worker died (native abort, OOM kill) while serving or loading. */
-export class WorkerCrashed extends Schema.TaggedError<WorkerCrashed>()("WorkerCrashed", {
-  device: Schema.String,
-  detail: Schema.String
-}) {
-  get status() {
-    return 502
-  }
-  get headers(): Record<string, string> {
-    return { "retry-after": "2" }
-  }
+export class WorkerCrashed extends answering(
+  Schema.TaggedError<WorkerCrashed>()("WorkerCrashed", {
+    device: Schema.String,
+    detail: Schema.String
+  })
+) {
   override get message() {
     return `The worker for ${this.device} crashed (${this.detail})`
   }
-  get body() {
-    return envelope(this.message, "server_error", "worker_crashed")
-  }
 }
 
-export class ModelLoadFailed extends Schema.TaggedError<ModelLoadFailed>()("ModelLoadFailed", {
-  model: Schema.String,
-  detail: Schema.String
-}) {
-  get status() {
-    return 500
-  }
-  get headers() {
-    return {}
-  }
+export class ModelLoadFailed extends answering(
+  Schema.TaggedError<ModelLoadFailed>()("ModelLoadFailed", {
+    model: Schema.String,
+    detail: Schema.String
+  })
+) {
   override get message() {
     return `Loading ${this.model} failed: ${this.detail}`
   }
-  get body() {
-    return envelope(this.message, "server_error", "model_load_failed", "model")
-  }
 }
 
-export class ShuttingDown extends Schema.TaggedError<ShuttingDown>()("ShuttingDown", {}) {
-  get status() {
-    return 503
-  }
-  get headers(): Record<string, string> {
-    return { "retry-after": "5", connection: "close" }
-  }
+export class ShuttingDown extends answering(Schema.TaggedError<ShuttingDown>()("ShuttingDown", {})) {
   override get message() {
     return "The neuron is shutting down"
-  }
-  get body() {
-    return envelope(this.message, "service_unavailable", "shutting_down")
   }
 }
 
 /** A request body over the gateway's limit. */
-export class PayloadTooLarge extends Schema.TaggedError<PayloadTooLarge>()("PayloadTooLarge", {
-  limitBytes: Schema.Number
-}) {
-  get status() {
-    return 413
-  }
-  get headers() {
-    return {}
-  }
+export class PayloadTooLarge extends answering(
+  Schema.TaggedError<PayloadTooLarge>()("PayloadTooLarge", {
+    limitBytes: Schema.Number
+  })
+) {
   override get message() {
     return `The request body is larger than ${Math.round(this.limitBytes / 1048576)} MiB`
   }
-  get body() {
-    return envelope(this.message, "invalid_request_error", "payload_too_large")
-  }
 }
 
-export class Unauthorized extends Schema.TaggedError<Unauthorized>()("Unauthorized", {}) {
-  get status() {
-    return 401
-  }
-  get headers() {
-    return {}
-  }
+export class Unauthorized extends answering(Schema.TaggedError<Unauthorized>()("Unauthorized", {})) {
   override get message() {
     return "Missing or invalid API token"
   }
-  get body() {
-    return envelope(this.message, "authentication_error", "invalid_api_key")
-  }
 }
 
-export class NotFoundRoute extends Schema.TaggedError<NotFoundRoute>()("NotFoundRoute", {
-  method: Schema.String,
-  path: Schema.String
-}) {
-  get status() {
-    return 404
-  }
-  get headers() {
-    return {}
-  }
+export class NotFoundRoute extends answering(
+  Schema.TaggedError<NotFoundRoute>()("NotFoundRoute", {
+    method: Schema.String,
+    path: Schema.String
+  })
+) {
   override get message() {
     return `No route for ${this.method} ${this.path}`
   }
-  get body() {
-    return envelope(this.message, "invalid_request_error", "unknown_url")
-  }
 }
 
-/**
- * What a client may read of an internal failure: its first line, without the runtime's wrapper,
- * stack frames or file paths (those go to the log, under the error's id).
- */
 /**
  * A file on the server: under a usual root, or a source, module or model file (with a line and
  * column). URL paths such as `/v1/models` are not files and stay.
@@ -288,25 +234,70 @@ const SERVER_PATH =
 export const scrubMessage = (message: string, max?: number): string =>
   clip(message.replace(/\n\s*at\s[\s\S]*$/, "").replace(SERVER_PATH, "<path>"), max)
 
+/**
+ * What a client may read of an internal failure: its first line, without the runtime's wrapper,
+ * stack frames or file paths (those go to the log, under the error's id).
+ */
 export const publicDetail = (detail: string): string =>
   scrubMessage((detail.split("\n")[0] ?? "").replace(/^\(FiberFailure\)\s*/, ""), 200)
 
-export class InternalError extends Schema.TaggedError<InternalError>()("InternalError", {
-  detail: Schema.String
-}) {
+export class InternalError extends answering(
+  Schema.TaggedError<InternalError>()("InternalError", {
+    detail: Schema.String
+  })
+) {
   /** Names this failure in the log and in the answer, so an operator can find one from the other. */
   readonly id = Math.random().toString(36).slice(2, 10)
-  get status() {
-    return 500
-  }
-  get headers() {
-    return {}
-  }
   override get message() {
     return this.detail
   }
-  get body() {
-    return envelope(`${publicDetail(this.detail)} (error id ${this.id})`, "server_error", "internal_error")
+}
+
+/**
+ * An upstream (neuron) error passed through to the client with its status and envelope; its
+ * row is the fallback for an upstream body that is not an OpenAI envelope.
+ */
+export class UpstreamError extends answering(
+  Schema.TaggedError<UpstreamError>()("UpstreamError", {
+    upstreamStatus: Schema.Number,
+    upstreamBody: Schema.Unknown,
+    retryAfter: Schema.NullOr(Schema.String)
+  })
+) {
+  override get message() {
+    const b = this.upstreamEnvelope
+    return b ? b.error.message : `upstream answered ${this.upstreamStatus}`
+  }
+  override get body(): OpenAIErrorBody {
+    const b = this.upstreamEnvelope
+    if (!b) return super.body
+    return {
+      error: {
+        ...b.error,
+        message: b.error.message,
+        type: b.error.type ?? "server_error",
+        code: b.error.code ?? null,
+        param: b.error.param ?? null
+      }
+    }
+  }
+  private get upstreamEnvelope() {
+    const b = this.upstreamBody as Partial<OpenAIErrorBody> | undefined
+    return b && typeof b === "object" && b.error && typeof b.error.message === "string"
+      ? b as OpenAIErrorBody
+      : undefined
+  }
+}
+
+/** The model is catalogued but can never fit on any node (too big, missing devices): 404. */
+export class ModelInfeasible extends answering(
+  Schema.TaggedError<ModelInfeasible>()("ModelInfeasible", {
+    model: Schema.String,
+    reason: Schema.String
+  })
+) {
+  override get message() {
+    return `The model '${this.model}' cannot be served by this fleet: ${this.reason}`
   }
 }
 
@@ -328,56 +319,73 @@ export type ApiError =
   | UpstreamError
   | ModelInfeasible
 
+const retryAfter = (secs: string) => () => ({ "retry-after": secs })
+
+/** How every client-facing error answers, by `_tag`. */
+export const errorTable: { readonly [T in ApiError["_tag"]]: ErrorRow<Extract<ApiError, { readonly _tag: T }>> } = {
+  InvalidJson: { status: 400, type: "invalid_request_error", code: "invalid_json", param: null },
+  InvalidRequest: { status: 422, type: "invalid_request_error", code: "invalid_value", param: (e) => e.param },
+  ModelNotFound: { status: 404, type: "invalid_request_error", code: "model_not_found", param: "model" },
+  ContextLengthExceeded: {
+    status: 400,
+    type: "invalid_request_error",
+    code: "context_length_exceeded",
+    param: "messages",
+    extra: (e) => ({ limit: e.limit, requested: e.requested })
+  },
+  InsufficientVram: {
+    status: (e) => e.phase === "load" ? 507 : 503,
+    type: "insufficient_vram",
+    code: "insufficient_vram",
+    param: null,
+    headers: (e) => e.phase === "load" ? {} : { "retry-after": "2" },
+    extra: (e) => ({ required_mb: e.required_mb, free_mb: e.free_mb })
+  },
+  Overloaded: {
+    status: (e) => e.reason === "queue_timeout" ? 503 : 429,
+    type: "rate_limit_error",
+    code: (e) => e.reason,
+    param: null,
+    headers: (e) => ({ "retry-after": String(e.retry_after_secs) })
+  },
+  ModelUnavailable: {
+    status: 503,
+    type: "service_unavailable",
+    code: (e) => `model_${e.state}`,
+    param: "model",
+    headers: retryAfter("2")
+  },
+  WorkerCrashed: { status: 502, type: "server_error", code: "worker_crashed", param: null, headers: retryAfter("2") },
+  ModelLoadFailed: { status: 500, type: "server_error", code: "model_load_failed", param: "model" },
+  ShuttingDown: {
+    status: 503,
+    type: "service_unavailable",
+    code: "shutting_down",
+    param: null,
+    headers: () => ({ "retry-after": "5", connection: "close" })
+  },
+  PayloadTooLarge: { status: 413, type: "invalid_request_error", code: "payload_too_large", param: null },
+  Unauthorized: { status: 401, type: "authentication_error", code: "invalid_api_key", param: null },
+  NotFoundRoute: { status: 404, type: "invalid_request_error", code: "unknown_url", param: null },
+  InternalError: {
+    status: 500,
+    type: "server_error",
+    code: "internal_error",
+    param: null,
+    publicMessage: (e) => `${publicDetail(e.detail)} (error id ${e.id})`
+  },
+  UpstreamError: {
+    status: (e) => e.upstreamStatus,
+    type: "server_error",
+    code: "upstream_error",
+    param: null,
+    headers: (e) => e.retryAfter ? { "retry-after": e.retryAfter } : {}
+  },
+  ModelInfeasible: { status: 404, type: "invalid_request_error", code: "model_not_feasible", param: "model" }
+}
+
+const apiErrorTags: ReadonlySet<string> = new Set(Object.keys(errorTable))
+
+/** A client-facing error, known by its tag. */
 export const isApiError = (u: unknown): u is ApiError =>
-  typeof u === "object" && u !== null && "status" in u && "body" in u && "_tag" in u
-
-/** An upstream (neuron) error passed through to the client with its status and envelope. */
-export class UpstreamError extends Schema.TaggedError<UpstreamError>()("UpstreamError", {
-  upstreamStatus: Schema.Number,
-  upstreamBody: Schema.Unknown,
-  retryAfter: Schema.NullOr(Schema.String)
-}) {
-  get status() {
-    return this.upstreamStatus
-  }
-  get headers(): Record<string, string> {
-    return this.retryAfter ? { "retry-after": this.retryAfter } : {}
-  }
-  override get message() {
-    return this.body.error.message
-  }
-  get body(): OpenAIErrorBody {
-    const b = this.upstreamBody as Partial<OpenAIErrorBody> | undefined
-    if (b && typeof b === "object" && b.error && typeof b.error.message === "string") {
-      return {
-        error: {
-          ...b.error,
-          message: b.error.message,
-          type: b.error.type ?? "server_error",
-          code: b.error.code ?? null,
-          param: b.error.param ?? null
-        }
-      }
-    }
-    return envelope(`upstream answered ${this.upstreamStatus}`, "server_error", "upstream_error")
-  }
-}
-
-/** The model is catalogued but can never fit on any node (too big, missing devices): 404. */
-export class ModelInfeasible extends Schema.TaggedError<ModelInfeasible>()("ModelInfeasible", {
-  model: Schema.String,
-  reason: Schema.String
-}) {
-  get status() {
-    return 404
-  }
-  get headers() {
-    return {}
-  }
-  override get message() {
-    return `The model '${this.model}' cannot be served by this fleet: ${this.reason}`
-  }
-  get body() {
-    return envelope(this.message, "invalid_request_error", "model_not_feasible", "model")
-  }
-}
+  Predicate.hasProperty(u, "_tag") && typeof u._tag === "string" && apiErrorTags.has(u._tag)
