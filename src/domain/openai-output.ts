@@ -99,13 +99,3 @@ export interface ChatCompletionChunk {
    */
   readonly cortex?: { readonly prompt_tokens: number; readonly cached_tokens: number }
 }
-
-/** An error event inside a stream, or an error body, in OpenAI's envelope. */
-export interface OpenAIErrorEnvelope {
-  readonly error: {
-    readonly message: string
-    readonly type: string
-    readonly code?: string | null
-    readonly param?: string | null
-  }
-}
