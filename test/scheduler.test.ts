@@ -25,7 +25,17 @@ const NODES = ["n0", "n1", "n2"]
 
 const arbModel = (id: string) =>
   fc.record({
-    status: fc.constantFrom("available", "loaded", "loaded", "loading", "unloading", "failed", "recovering"),
+    status: fc.constantFrom(
+      "available",
+      "available",
+      "loaded",
+      "loaded",
+      "loaded",
+      "loading",
+      "unloading",
+      "failed",
+      "recovering"
+    ),
     mb: fc.integer({ min: 10, max: 600 }),
     inFlight: fc.integer({ min: 0, max: 2 }),
     young: fc.boolean()
@@ -46,11 +56,11 @@ const arbModel = (id: string) =>
 
 const arbNode = (name: string) =>
   fc.record({
-    healthy: fc.boolean(),
-    seen: fc.boolean(),
+    healthy: fc.integer({ min: 0, max: 5 }).map((x) => x > 0),
+    seen: fc.integer({ min: 0, max: 5 }).map((x) => x > 0),
     total: fc.integer({ min: 200, max: 1500 }),
-    freeShare: fc.double({ min: 0, max: 1, noNaN: true }),
-    models: fc.subarray(IDS).chain((ids) => fc.tuple(...ids.map(arbModel)))
+    freeShare: fc.double({ min: 0, max: 0.6, noNaN: true }),
+    models: fc.subarray(IDS, { minLength: 2 }).chain((ids) => fc.tuple(...ids.map(arbModel)))
   }).map(({ freeShare, healthy, models, seen, total }): NodeState => ({
     name,
     endpoint: { name, endpoint: `http://${name}`, token: undefined },
@@ -73,8 +83,11 @@ const arbNode = (name: string) =>
 
 const arbProfile = (id: string) =>
   fc.record({
-    priority: fc.option(fc.integer({ min: 0, max: 3 }).map((p) => p * 100), { nil: undefined }),
-    pinnedOn: fc.option(fc.constantFrom(...NODES), { freq: 4, nil: undefined })
+    priority: fc.option(fc.constantFrom(50, 100, 100, 200), { nil: undefined }),
+    pinnedOn: fc.oneof(
+      { weight: 8, arbitrary: fc.constant(undefined) },
+      { weight: 1, arbitrary: fc.constantFrom(...NODES) }
+    )
   }).map(({ pinnedOn, priority }): ModelProfile =>
     ({
       id,
@@ -104,9 +117,11 @@ const arbWorld = (quiet: boolean): fc.Arbitrary<World> =>
     reserved: quiet
       ? fc.constant([] as Array<[string, string, number]>)
       : fc.array(fc.tuple(fc.constantFrom(...NODES), fc.constantFrom(...IDS), fc.integer({ min: 1, max: 300 })), {
-        maxLength: 2
+        maxLength: 1
       }),
-    claimed: quiet ? fc.constant([] as Array<string>) : fc.subarray(NODES.flatMap((n) => IDS.map((m) => k(n, m)))),
+    claimed: quiet
+      ? fc.constant([] as Array<string>)
+      : fc.array(fc.constantFrom(...NODES.flatMap((n) => IDS.map((m) => k(n, m)))), { maxLength: 2 }),
     inFlight: quiet ? fc.constant([] as Array<[string, number]>) : fc.array(
       fc.tuple(fc.constantFrom(...NODES.flatMap((n) => IDS.map((m) => k(n, m)))), fc.integer({ min: 1, max: 3 })),
       { maxLength: 3 }
@@ -174,7 +189,7 @@ describe("planLoad", () => {
       expect(w.claimed.has(k(p.node, victim))).toBe(false)
       expect(victim).not.toBe(w.target)
     }
-  })
+  }, { fastCheck: { numRuns: 400 } })
 
   it.prop("plans only onto a healthy node with the file (the pinned one, when pinned)", [arbWorld(false)], ([w]) => {
     const p = plan(w)
@@ -184,7 +199,7 @@ describe("planLoad", () => {
     expect(node.models.some((m) => m.id === w.target && m.status !== "failed")).toBe(true)
     const pinned = profileOf(w, w.target).pinned_on
     if (pinned !== undefined) expect(p.node).toBe(pinned)
-  })
+  }, { fastCheck: { numRuns: 400 } })
 
   it.prop("a plan's memory fits after its evictions (other loads' reservations counted)", [arbWorld(false)], ([w]) => {
     const p = plan(w)
@@ -194,7 +209,7 @@ describe("planLoad", () => {
     const freed = p.evict.reduce((s, id) => s + (node.models.find((m) => m.id === id)?.memory_estimate_mb ?? 0), 0)
     expect(p.requiredMb).toBe(requiredMb(buildCatalogue(w.profiles, w.fleet).get(w.target)!, w.fleet))
     expect(Math.max(0, free) + freed).toBeGreaterThanOrEqual(p.requiredMb)
-  })
+  }, { fastCheck: { numRuns: 400 } })
 
   it.prop(
     "waits only when something transient could change the answer",
@@ -206,7 +221,7 @@ describe("planLoad", () => {
   )
 
   it("the generated worlds cover loads with evictions, waits and refusals", () => {
-    const plans = fc.sample(arbWorld(false), 400).map(plan)
+    const plans = fc.sample(arbWorld(false), { numRuns: 2000, seed: 10 }).map(plan)
     expect(plans.some((p) => p._tag === "Load" && p.evict.length > 0)).toBe(true)
     expect(plans.some((p) => p._tag === "Wait")).toBe(true)
     expect(plans.some((p) => p._tag === "Refuse")).toBe(true)
