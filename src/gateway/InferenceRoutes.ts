@@ -31,8 +31,9 @@ import {
   responsesDialect,
   sendError
 } from "./Dialects.js"
+import type { ProxyRequest } from "./Failover.js"
 import { GatewayConfig } from "./GatewayConfig.js"
-import { Proxy, type ProxyRequest } from "./Proxy.js"
+import { Proxy } from "./Proxy.js"
 import * as Anthropic from "./translate/Anthropic.js"
 import * as Responses from "./translate/Responses.js"
 import { BodyTooLarge, readAll } from "./Upstream.js"

@@ -6,6 +6,7 @@ import { createServer } from "node:http"
 import { Catalogue } from "../gateway/Catalogue.js"
 import { ColdLoader } from "../gateway/ColdLoader.js"
 import { Evictor } from "../gateway/Evictor.js"
+import { Failover } from "../gateway/Failover.js"
 import { GatewayConfig, type GatewaySettings } from "../gateway/GatewayConfig.js"
 import { makeGatewayApp } from "../gateway/Http.js"
 import { InferenceRoutes } from "../gateway/InferenceRoutes.js"
@@ -61,6 +62,7 @@ export const GatewayLive = (settings: GatewaySettings) =>
   Serve.pipe(
     Layer.provide(InferenceRoutes.Default),
     Layer.provide(Proxy.Default),
+    Layer.provide(Failover.Default),
     Layer.provideMerge(Router.DefaultWithoutDependencies),
     Layer.provideMerge(ColdLoader.DefaultWithoutDependencies),
     Layer.provideMerge(Evictor.DefaultWithoutDependencies),
