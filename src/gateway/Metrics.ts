@@ -2,28 +2,9 @@
  * The gateway's metrics, under the predecessor's names (dashboard continuity). Every histogram
  * has explicit buckets (lesson 4). Labels: model, node, route, reason, device.
  */
-import { Metric, MetricBoundaries, MetricLabel } from "effect"
+import { Metric, MetricLabel } from "effect"
+import { loadSeconds, seconds, tokensPerSecond } from "../domain/buckets.js"
 import type { Usage } from "../domain/openai-output.js"
-
-const seconds = MetricBoundaries.fromIterable([
-  0.005,
-  0.01,
-  0.025,
-  0.05,
-  0.1,
-  0.25,
-  0.5,
-  1,
-  2.5,
-  5,
-  10,
-  30,
-  60,
-  120,
-  300
-])
-const loadSeconds = MetricBoundaries.fromIterable([0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600])
-const tokensPerSecond = MetricBoundaries.fromIterable([1, 5, 10, 20, 40, 60, 80, 100, 150, 200, 300, 500, 1000, 2500])
 
 export const requests = Metric.counter("cortex_requests_total", {
   description: "Requests received, by model, node, route and HTTP status",

@@ -4,25 +4,9 @@
  * explicit buckets (lesson 4). Per-request series are updated once per request, after it ends;
  * seats, queues and devices follow ModelManager's cached state on a timer.
  */
-import { Effect, Metric, MetricBoundaries, MetricLabel } from "effect"
+import { Effect, Metric, MetricLabel } from "effect"
+import { loadSeconds, prefillTokensPerSecond as prefillRate, tokensPerSecond } from "../domain/buckets.js"
 import type { ModelManager } from "./ModelManager.js"
-
-const tokensPerSecond = MetricBoundaries.fromIterable([1, 5, 10, 20, 40, 60, 80, 100, 150, 200, 300, 500, 1000, 2500])
-const prefillRate = MetricBoundaries.fromIterable([
-  10,
-  25,
-  50,
-  100,
-  250,
-  500,
-  1000,
-  2000,
-  4000,
-  8000,
-  16000,
-  32000
-])
-const loadSeconds = MetricBoundaries.fromIterable([0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600])
 
 export const seatsInUse = Metric.gauge("cortex_neuron_seats_in_use", {
   description: "Sequences generating now, per model"
