@@ -246,4 +246,33 @@ describe("loadNeuronConfig", () => {
       expect(error.file).toBe("environment")
       expect(error.key).toBe("NEURON_PORT")
     }))
+
+  it.effect("reads NEURON_<KEY> only: unprefixed or differently cased variables are not overrides", () =>
+    Effect.gen(function*() {
+      const settings = yield* loadNeuronConfig({
+        env: { PORT: "1", MAX_N: "9", neuron_port: "2", NEURON_MAX_N: "3", NEURON_HOST: undefined }
+      })
+      expect(settings.port).toBe(13131)
+      expect(settings.maxN).toBe(3)
+      expect(settings.host).toBe("0.0.0.0")
+    }))
+
+  it.effect("refuses an empty NEURON_API_TOKEN, naming the variable and never the token", () =>
+    Effect.gen(function*() {
+      const error = yield* failure({ env: { NEURON_API_TOKEN: "" } })
+      expect(error.file).toBe("environment")
+      expect(error.key).toBe("NEURON_API_TOKEN")
+      const settings = yield* loadNeuronConfig({ env: { NEURON_API_TOKEN: "s3cret-token" } })
+      expect(String(settings.apiToken)).not.toContain("s3cret-token")
+      expect(Redacted.value(settings.apiToken!)).toBe("s3cret-token")
+    }))
+
+  it.effect("names the variable, not the port option, when the option carries the bad port", () =>
+    Effect.gen(function*() {
+      const fromVariable = yield* failure({ env: { NEURON_PORT: "-1" } })
+      expect(fromVariable.key).toBe("NEURON_PORT")
+      const fromOption = yield* failure({ port: 70000, env: { NEURON_PORT: "8080" } })
+      expect(fromOption.file).toBe("environment")
+      expect(fromOption.key).toBe("port")
+    }))
 })

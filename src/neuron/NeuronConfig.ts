@@ -1,8 +1,9 @@
 /**
- * neuron.toml: parsed with smol-toml, decoded with Schema, overridden by NEURON_* variables.
+ * neuron.toml: parsed with smol-toml, decoded with Schema, overridden by NEURON_* variables (read
+ * through Effect's Config and decoded with the same Schema).
  * A bad file or value stops the process before any port is bound, naming file, key and reason.
  */
-import { Context, Effect, ParseResult, Redacted, Schema } from "effect"
+import { Config, ConfigProvider, Context, Effect, Option, ParseResult, Redacted, Schema } from "effect"
 import { readFile } from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -82,29 +83,56 @@ export const physicalCores = () => {
   return logical >= 4 ? Math.floor(logical / 2) : Math.max(1, logical - 1)
 }
 
-const ENV_KEYS: Record<string, keyof NeuronFile> = {
-  NEURON_HOST: "host",
-  NEURON_PORT: "port",
-  NEURON_MODELS_DIR: "models_dir",
-  NEURON_THREADS: "threads",
-  NEURON_MEMORY_BUDGET_MB: "memory_budget_mb",
-  NEURON_PREFILL_CHUNK_TOKENS: "prefill_chunk_tokens",
-  NEURON_CONTEXT_SIZE: "context_size",
-  NEURON_MAX_IN_FLIGHT: "max_in_flight",
-  NEURON_MAX_N: "max_n",
-  NEURON_MAX_QUEUE_DEPTH: "max_queue_depth",
-  NEURON_MAX_WAIT_SECS: "max_wait_secs",
-  NEURON_MAX_PER_PRINCIPAL: "max_per_principal",
-  NEURON_DEFAULT_MODELS: "default_models",
-  NEURON_API_TOKEN: "api_token",
-  NEURON_GPU: "gpu",
-  NEURON_DRAIN_SECS: "drain_secs",
-  NEURON_AUTO_LOAD: "auto_load",
-  NEURON_LOAD_DELAY_MS: "load_delay_ms",
-  NEURON_METRICS_PORT: "metrics_port"
-}
+/** The keys a NEURON_<KEY> variable may override (every one but the telemetry table: OTEL_* cover it). */
+const ENV_KEYS = [
+  "host",
+  "port",
+  "models_dir",
+  "threads",
+  "memory_budget_mb",
+  "prefill_chunk_tokens",
+  "context_size",
+  "max_in_flight",
+  "max_n",
+  "max_queue_depth",
+  "max_wait_secs",
+  "max_per_principal",
+  "default_models",
+  "api_token",
+  "gpu",
+  "drain_secs",
+  "auto_load",
+  "load_delay_ms",
+  "metrics_port"
+] as const satisfies ReadonlyArray<keyof NeuronFile>
+type EnvKey = typeof ENV_KEYS[number]
 
-const envValue = (key: keyof NeuronFile, raw: string): unknown => {
+const variableOf = (key: string) => `NEURON_${key.toUpperCase()}`
+
+/**
+ * The NEURON_* variables, read through Effect's Config under the NEURON namespace: each key as
+ * the raw string (decoded below with the file's Schema, so both obey the same limits), the API
+ * token redacted, and the two prefill estimate knobs that have no file key.
+ */
+const NeuronEnv = Config.all({
+  overrides: Config.all(
+    Object.fromEntries(
+      ENV_KEYS.filter((key) => key !== "api_token").map((key) => [key, Config.option(Config.string(key.toUpperCase()))])
+    )
+  ),
+  apiToken: Config.option(Config.redacted("API_TOKEN")),
+  prefillBaseMb: Config.option(Config.string("PREFILL_BASE_MB")),
+  prefillMbPer1kTokens: Config.option(Config.string("PREFILL_MB_PER_1K_TOKENS"))
+}).pipe(Config.nested("NEURON"))
+
+/** The variables given (`cortex neuron` passes the process's) as a provider: NEURON + MODELS_DIR is NEURON_MODELS_DIR. */
+const envProvider = (env: Record<string, string | undefined>) =>
+  ConfigProvider.fromMap(
+    new Map(Object.entries(env).filter((entry): entry is [string, string] => entry[1] !== undefined)),
+    { pathDelim: "_" }
+  )
+
+const envValue = (key: EnvKey, raw: string): unknown => {
   switch (key) {
     case "host":
     case "models_dir":
@@ -132,17 +160,19 @@ const decodeFile = (file: string, raw: unknown) =>
     })
   )
 
-const envNumber = (env: Record<string, string | undefined>, key: string, fallback: number) =>
-  Effect.suspend(() => {
-    const raw = env[key]
-    if (raw === undefined) return Effect.succeed(fallback)
-    const n = Number(raw)
-    return Number.isFinite(n) && n >= 0
-      ? Effect.succeed(n)
-      : Effect.fail(
-        new ConfigError({ file: "environment", key, reason: `expected a non-negative number, got '${raw}'` })
-      )
-  })
+const envNumber = (key: string, raw: Option.Option<string>, fallback: number) => {
+  if (Option.isNone(raw)) return Effect.succeed(fallback)
+  const n = Number(raw.value)
+  return Number.isFinite(n) && n >= 0
+    ? Effect.succeed(n)
+    : Effect.fail(
+      new ConfigError({
+        file: "environment",
+        key: variableOf(key),
+        reason: `expected a non-negative number, got '${raw.value}'`
+      })
+    )
+}
 
 export const loadNeuronConfig = (options: {
   readonly file?: string | undefined
@@ -164,17 +194,26 @@ export const loadNeuronConfig = (options: {
       })
     }
     const fromFile = yield* decodeFile(file ?? "neuron.toml", raw)
+    const fromVariables = yield* NeuronEnv.pipe(
+      Effect.withConfigProvider(envProvider(env)),
+      Effect.mapError((e) => new ConfigError({ file: "environment", key: undefined, reason: String(e) }))
+    )
     const overrides: Record<string, unknown> = {}
-    for (const [name, key] of Object.entries(ENV_KEYS)) {
-      const value = env[name]
-      if (value !== undefined) overrides[key] = envValue(key, value)
+    for (const key of ENV_KEYS) {
+      const value = fromVariables.overrides[key]
+      if (value !== undefined && Option.isSome(value)) overrides[key] = envValue(key, value.value)
     }
+    // Decoded with the file's Schema (then redacted again): a token must not be empty either.
+    if (Option.isSome(fromVariables.apiToken)) overrides.api_token = Redacted.value(fromVariables.apiToken.value)
     if (options.port !== undefined) overrides.port = options.port
     // Overrides are decoded on their own so an error names the variable that carried it.
     const fromEnv = yield* decodeFile("environment", overrides).pipe(
       Effect.mapError((error) => {
-        const variable = Object.entries(ENV_KEYS).find(([, key]) => key === error.key)?.[0]
-        return variable && env[variable] !== undefined ? new ConfigError({ ...error, key: variable }) : error
+        const key = error.key?.split(".")[0]
+        const variable = key !== undefined && key in overrides && !(key === "port" && options.port !== undefined)
+          ? variableOf(key)
+          : undefined
+        return variable ? new ConfigError({ ...error, key: variable }) : error
       })
     )
     const merged: NeuronFile = { ...fromFile, ...fromEnv }
@@ -206,8 +245,8 @@ export const loadNeuronConfig = (options: {
       drainSecs: merged.drain_secs ?? 30,
       autoLoad: merged.auto_load ?? true,
       loadDelayMs: merged.load_delay_ms ?? 0,
-      prefillBaseMb: yield* envNumber(env, "NEURON_PREFILL_BASE_MB", 4),
-      prefillMbPer1kTokens: yield* envNumber(env, "NEURON_PREFILL_MB_PER_1K_TOKENS", 8),
+      prefillBaseMb: yield* envNumber("prefill_base_mb", fromVariables.prefillBaseMb, 4),
+      prefillMbPer1kTokens: yield* envNumber("prefill_mb_per_1k_tokens", fromVariables.prefillMbPer1kTokens, 8),
       metricsPort: merged.metrics_port,
       telemetry
     } satisfies NeuronSettings
