@@ -224,10 +224,6 @@ export class Engine {
     return (longest + 1) * (plain ? 1 : 4)
   }
 
-  loaded(model: string) {
-    return this.models.has(model)
-  }
-
   async load(
     id: string,
     path: string,
