@@ -2,6 +2,7 @@
 import { type ChildProcess, spawn } from "node:child_process"
 import type { Server } from "node:http"
 import { createServer } from "node:net"
+import { parseArgs, type ParseArgsConfig } from "node:util"
 
 /** A free loopback port (listen on 0, read it, close). */
 export const freePort = () =>
@@ -173,4 +174,24 @@ export const stopChildrenOnExit = (cleanup: () => Promise<void>) => {
   process.once("exit", () => {
     for (const child of children) if (child.alive) child.proc.kill("SIGKILL")
   })
+}
+
+/**
+ * A bench's command line: `--help` prints `usage` and exits 0; an unknown flag or a missing value
+ * prints what is wrong and the usage and exits 2, instead of parseArgs' stack trace.
+ */
+export const parseCli = <const O extends NonNullable<ParseArgsConfig["options"]>>(options: O, usage: string) => {
+  const all = { ...options, help: { type: "boolean", short: "h", default: false } } as const
+  let values: ReturnType<typeof parseArgs<{ options: typeof all }>>["values"]
+  try {
+    values = parseArgs({ options: all }).values
+  } catch (error) {
+    console.error(`${(error as Error).message}\n\n${usage}`)
+    process.exit(2)
+  }
+  if ((values as { readonly help?: boolean }).help) {
+    console.log(usage)
+    process.exit(0)
+  }
+  return values
 }

@@ -28,9 +28,18 @@ import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
-import { parseArgs } from "node:util"
 import { writeModel } from "../../src/gguf/ModelGenerator.js"
-import { BenchChild, children, freePort, log, numberArg, ORPHAN_GUARD, sleep, stopChildrenOnExit } from "../lib.js"
+import {
+  BenchChild,
+  children,
+  freePort,
+  log,
+  numberArg,
+  ORPHAN_GUARD,
+  parseCli,
+  sleep,
+  stopChildrenOnExit
+} from "../lib.js"
 
 // ---------------------------------------------------------------------------------------------
 // Settings
@@ -38,22 +47,36 @@ import { BenchChild, children, freePort, log, numberArg, ORPHAN_GUARD, sleep, st
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..")
 const CLI = path.join(ROOT, "bin/cortex.js")
 
-const { values: args } = parseArgs({
-  options: {
-    quick: { type: "boolean", default: false },
-    models: { type: "string", default: "6" },
-    clients: { type: "string", default: "4" },
-    requests: { type: "string" },
-    turns: { type: "string" },
-    fanout: { type: "string", default: "3" },
-    "budget-mb": { type: "string", default: "100" },
-    "load-delay-ms": { type: "string", default: "1000" },
-    "min-resident-secs": { type: "string", default: "5" },
-    "max-swap-wait-secs": { type: "string", default: "10" },
-    logs: { type: "string" },
-    verbose: { type: "boolean", default: false }
-  }
-})
+const USAGE = `usage: npx tsx bench/fleet/run.ts [options]
+
+  --quick                  fewer requests and turns (a smoke run, not a figure to quote)
+  --models N               models served (default 6, at least 3)
+  --clients N              concurrent clients (default 4)
+  --requests N             requests per client in the interleaved workload (default 12; quick 6)
+  --turns N                turns per client in the fan-out workload (default 8; quick 4)
+  --fanout N               models each fan-out turn touches (default 3)
+  --budget-mb N            each neuron's memory budget (default 100)
+  --load-delay-ms N        each load held this long, as a slow GPU load (default 1000)
+  --min-resident-secs N    the thrash guard's minimum residency (default 5)
+  --max-swap-wait-secs N   the thrash guard's longest wait (default 10)
+  --logs DIR               keep the neurons' and gateways' logs in DIR
+  --verbose                show the children's logs
+  --help                   this text`
+
+const args = parseCli({
+  quick: { type: "boolean", default: false },
+  models: { type: "string", default: "6" },
+  clients: { type: "string", default: "4" },
+  requests: { type: "string" },
+  turns: { type: "string" },
+  fanout: { type: "string", default: "3" },
+  "budget-mb": { type: "string", default: "100" },
+  "load-delay-ms": { type: "string", default: "1000" },
+  "min-resident-secs": { type: "string", default: "5" },
+  "max-swap-wait-secs": { type: "string", default: "10" },
+  logs: { type: "string" },
+  verbose: { type: "boolean", default: false }
+}, USAGE)
 
 const quick = args.quick
 const SETTINGS = {

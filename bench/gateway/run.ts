@@ -25,8 +25,17 @@ import * as http from "node:http"
 import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
-import { parseArgs } from "node:util"
-import { BenchChild, children, freePort, log, numberArg, ORPHAN_GUARD, sleep, stopChildrenOnExit } from "../lib.js"
+import {
+  BenchChild,
+  children,
+  freePort,
+  log,
+  numberArg,
+  ORPHAN_GUARD,
+  parseCli,
+  sleep,
+  stopChildrenOnExit
+} from "../lib.js"
 import { monotonicUs, type ProfileSummary, summarizeProfile, type Window } from "./profile.js"
 
 // ---------------------------------------------------------------------------------------------
@@ -36,21 +45,34 @@ const HERE = path.dirname(fileURLToPath(import.meta.url))
 const ROOT = path.resolve(HERE, "../..")
 const MODEL = "fast"
 
-const { values: args } = parseArgs({
-  options: {
-    quick: { type: "boolean", default: false },
-    "latency-ms": { type: "string", default: "0" },
-    frames: { type: "string", default: "32" },
-    "frame-gap-ms": { type: "string", default: "2" },
-    requests: { type: "string" },
-    "duration-ms": { type: "string" },
-    streams: { type: "string" },
-    concurrency: { type: "string", default: "32" },
-    rounds: { type: "string" },
-    "cpu-prof": { type: "string" },
-    verbose: { type: "boolean", default: false }
-  }
-})
+const USAGE = `usage: npx tsx bench/gateway/run.ts [options]
+
+  --quick               shorter runs (a smoke run, not a figure to quote)
+  --latency-ms N        upstream latency before the answer (default 0)
+  --frames N            stream frames per answer (default 32)
+  --frame-gap-ms N      gap between frames (default 2)
+  --requests N          requests at concurrency 1 per path (default 2000; quick 400)
+  --duration-ms N       each round at concurrency N (default 1500; quick 600)
+  --streams N           streams at concurrency 1 per path (default 60; quick 12)
+  --concurrency N       the concurrency of the throughput rounds (default 32)
+  --rounds N            throughput rounds per path (default 3; quick 2)
+  --cpu-prof DIR        write V8 CPU profiles of the gateway and the floor to DIR and summarize them
+  --verbose             show the children's logs
+  --help                this text`
+
+const args = parseCli({
+  quick: { type: "boolean", default: false },
+  "latency-ms": { type: "string", default: "0" },
+  frames: { type: "string", default: "32" },
+  "frame-gap-ms": { type: "string", default: "2" },
+  requests: { type: "string" },
+  "duration-ms": { type: "string" },
+  streams: { type: "string" },
+  concurrency: { type: "string", default: "32" },
+  rounds: { type: "string" },
+  "cpu-prof": { type: "string" },
+  verbose: { type: "boolean", default: false }
+}, USAGE)
 
 const quick = args.quick
 const SETTINGS = {

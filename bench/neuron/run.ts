@@ -14,9 +14,8 @@ import { mkdtemp, rm } from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
-import { parseArgs } from "node:util"
 import { writeModel } from "../../src/gguf/ModelGenerator.js"
-import { freePort } from "../lib.js"
+import { freePort, parseCli } from "../lib.js"
 
 // ---------------------------------------------------------------------------------------------
 // Settings
@@ -33,30 +32,17 @@ const USAGE = `usage: npx tsx bench/neuron/run.ts [options]
   --verbose            show the neuron's log
   --help               this text`
 
-const parsed = (() => {
-  try {
-    return parseArgs({
-      options: {
-        help: { type: "boolean", short: "h", default: false },
-        quick: { type: "boolean", default: false },
-        model: { type: "string" },
-        runs: { type: "string" },
-        "decode-tokens": { type: "string" },
-        "prefill-words": { type: "string" },
-        verbose: { type: "boolean", default: false },
-        // Internal: run only the direct side and print its result as JSON (see runDirectApart).
-        "direct-only": { type: "boolean", default: false }
-      }
-    })
-  } catch (error) {
-    // An unknown flag or a missing value: say which, show the usage, exit 2 (not a stack trace).
-    console.error(`${(error as Error).message}\n\n${USAGE}`)
-    process.exit(2)
-  }
-})()
-if (parsed.values.help) {
-  console.log(USAGE)
-  process.exit(0)
+const parsed = {
+  values: parseCli({
+    quick: { type: "boolean", default: false },
+    model: { type: "string" },
+    runs: { type: "string" },
+    "decode-tokens": { type: "string" },
+    "prefill-words": { type: "string" },
+    verbose: { type: "boolean", default: false },
+    // Internal: run only the direct side and print its result as JSON (see runDirectApart).
+    "direct-only": { type: "boolean", default: false }
+  }, USAGE)
 }
 const quick = parsed.values.quick
 const args = {
