@@ -20,7 +20,7 @@ import {
 } from "../domain/errors.js"
 import { ChatCompletionRequest, CompletionRequest, EmbeddingRequest, parseBody } from "../domain/openai.js"
 import { ResponsesRequest } from "../domain/responses.js"
-import { formatRequestLine, nextRequestId, RequestSummary } from "../telemetry/RequestLog.js"
+import { formatRequestLine, nextRequestId, RequestSummary, writeLine } from "../telemetry/RequestLog.js"
 import { principalFor } from "./Auth.js"
 import {
   anthropicDialect,
@@ -175,7 +175,7 @@ export class InferenceRoutes extends Effect.Service<InferenceRoutes>()("cortex/I
         durationMs: Date.now() - received,
         summary
       })
-      if (line !== undefined) process.stdout.write(line)
+      if (line !== undefined) writeLine(line)
     }
 
     const serve = async (route: InferenceRoute, path: string, req: IncomingMessage, res: ServerResponse) => {

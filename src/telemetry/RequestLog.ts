@@ -87,3 +87,17 @@ export const formatRequestLine = (format: LogFormat, line: RequestLine): string 
   if (s.error !== undefined) out += ` error=${logfmtValue(s.error)}`
   return out + "\n"
 }
+
+/**
+ * Write a request's line to stdout, coalesced with the other lines of this turn of the event
+ * loop: one write (a syscall when stdout is a pipe) per turn instead of one per request.
+ */
+const pending: Array<string> = []
+const flush = () => {
+  const text = pending.join("")
+  pending.length = 0
+  process.stdout.write(text)
+}
+export const writeLine = (line: string) => {
+  if (pending.push(line) === 1) setImmediate(flush)
+}
