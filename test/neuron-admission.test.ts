@@ -3,7 +3,7 @@
  * `bench` model (slow enough on one thread that generations stay in flight while we probe).
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { getJson, type NeuronProcess, postJson, readSse, startNeuron, waitFor } from "./fixtures/neuron.js"
+import { chatAs, getJson, type NeuronProcess, readSse, startNeuron, waitFor } from "./fixtures/neuron.js"
 
 let neuron: NeuronProcess
 
@@ -27,12 +27,7 @@ afterAll(async () => {
 })
 
 const chat = (principal: string, body: Record<string, unknown>, signal?: AbortSignal) =>
-  postJson(
-    `${neuron.url}/v1/chat/completions`,
-    { model: "bench", messages: [{ role: "user", content: "Write at length." }], ...body },
-    { "x-cortex-principal": principal },
-    signal
-  )
+  chatAs(neuron.url, principal, { ...body }, signal)
 
 const health = async () => (await getJson(`${neuron.url}/health`)).body
 

@@ -4,7 +4,7 @@
  * Serves `bench` (slow enough on one thread that a generation stays in flight while we probe).
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { getJson, modelStatus, type NeuronProcess, postJson, readSse, startNeuron, waitFor } from "./fixtures/neuron.js"
+import { chatAs, getJson, modelStatus, type NeuronProcess, readSse, startNeuron, waitFor } from "./fixtures/neuron.js"
 
 let neuron: NeuronProcess
 const MAX_WAIT_SECS = 30
@@ -27,12 +27,7 @@ afterAll(async () => {
 })
 
 const chat = (principal: string, body: Record<string, unknown>, signal?: AbortSignal) =>
-  postJson(
-    `${neuron.url}/v1/chat/completions`,
-    { model: "bench", messages: [{ role: "user", content: "Write at length." }], temperature: 0, ...body },
-    { "x-cortex-principal": principal },
-    signal
-  )
+  chatAs(neuron.url, principal, { temperature: 0, ...body }, signal)
 
 const health = async () => (await getJson(`${neuron.url}/health`)).body
 
