@@ -1,16 +1,28 @@
 /** The `cortex` command line. */
 import { Command, Options } from "@effect/cli"
-import { NodeContext, NodeRuntime } from "@effect/platform-node"
+import * as NodeContext from "@effect/platform-node/NodeContext"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Console, Effect, Layer, Option } from "effect"
 import { existsSync } from "node:fs"
 import * as path from "node:path"
-import { type ConfigError, VERSION } from "../domain/contract.js"
-import { loadGatewayConfig } from "../gateway/GatewayConfig.js"
-import { type ModelShape, writeModel } from "../gguf/ModelGenerator.js"
-import { GatewayLive } from "../layers/GatewayLive.js"
-import { NeuronLive } from "../layers/NeuronLive.js"
-import { scanModels } from "../neuron/ModelStore.js"
-import { loadNeuronConfig } from "../neuron/NeuronConfig.js"
+import type { ConfigError } from "../domain/contract.js"
+import type { ModelShape } from "../gguf/ModelGenerator.js"
+import { versionLine } from "../telemetry/BuildInfo.js"
+
+// The daemons' modules (node-llama-cpp, OpenTelemetry, the HTTP servers) load only when a command
+// that runs one starts: `cortex status` and the other operator commands answer without them.
+const gatewayModules = () =>
+  Effect.promise(async () => ({
+    ...(await import("../gateway/GatewayConfig.js")),
+    ...(await import("../layers/GatewayLive.js"))
+  }))
+const neuronModules = () =>
+  Effect.promise(async () => ({
+    ...(await import("../neuron/NeuronConfig.js")),
+    ...(await import("../neuron/ModelStore.js")),
+    ...(await import("../layers/NeuronLive.js"))
+  }))
+const generator = () => Effect.promise(() => import("../gguf/ModelGenerator.js"))
 
 const configOption = Options.file("config").pipe(
   Options.withAlias("c"),
@@ -31,6 +43,8 @@ const refuse = (error: ConfigError) =>
 
 const runNeuron = (file: string | undefined, port: number | undefined, extra: Record<string, string> = {}) =>
   Effect.gen(function*() {
+    const { NeuronLive, loadNeuronConfig } = yield* neuronModules()
+    const { VERSION } = yield* Effect.promise(() => import("../domain/contract.js"))
     const settings = yield* loadNeuronConfig({ file, port, env: { ...process.env, ...extra } })
     yield* Effect.logInfo(
       `neuron ${VERSION}: models from ${settings.modelsDir}, ${settings.threads} thread(s), ` +
@@ -55,6 +69,7 @@ const makeModel = Command.make(
   ({ out, seed, shape }) =>
     Effect.gen(function*() {
       const started = Date.now()
+      const { writeModel } = yield* generator()
       const result = yield* Effect.promise(() => writeModel(out, { shape: shape as ModelShape, seed }))
       yield* Console.log(
         `wrote ${out}: ${shape}, seed ${seed}, ${(result.bytes / 1e6).toFixed(1)} MB, sha256 ${result.sha256} ` +
@@ -74,6 +89,9 @@ const up = Command.make(
   },
   ({ models, port }) =>
     Effect.gen(function*() {
+      const { NeuronLive, loadNeuronConfig, scanModels } = yield* neuronModules()
+      const { GatewayLive, loadGatewayConfig } = yield* gatewayModules()
+      const { writeModel } = yield* generator()
       const dir = path.resolve(models)
       const found = yield* Effect.promise(() => scanModels(dir))
       if (found.length === 0) {
@@ -127,6 +145,7 @@ const serve = Command.make(
   },
   ({ config }) =>
     Effect.gen(function*() {
+      const { GatewayLive, loadGatewayConfig } = yield* gatewayModules()
       const settings = yield* loadGatewayConfig({ file: Option.getOrUndefined(config) })
       if (settings.neurons.length === 0) {
         yield* Effect.logWarning("no [[neurons]] configured: every model request will 404")
@@ -136,13 +155,14 @@ const serve = Command.make(
 ).pipe(Command.withDescription("Run the gateway: one OpenAI + Anthropic endpoint over the neurons in cortex.toml"))
 
 import { adminCommands } from "./admin.js"
+import { waitReady } from "./wait.js"
 const { load, models, status, unload } = adminCommands
 
 const cortex = Command.make("cortex").pipe(
   Command.withDescription("Gateway and fleet manager for local LLM inference"),
-  Command.withSubcommands([up, serve, neuron, status, models, load, unload, makeModel])
+  Command.withSubcommands([up, serve, neuron, status, models, load, unload, makeModel, waitReady])
 )
 
-const cli = Command.run(cortex, { name: "cortex", version: VERSION })
+const cli = Command.run(cortex, { name: "cortex", version: versionLine() })
 
 cli(process.argv).pipe(Effect.provide(NodeContext.layer), NodeRuntime.runMain)

@@ -95,9 +95,11 @@ export const restartSchedule = Schedule.exponential("100 millis").pipe(
   Schedule.resetAfter("1 minute")
 )
 
-const workerEntry = fileURLToPath(new URL("./worker/main.ts", import.meta.url))
+// Compiled (dist/) the worker is JavaScript; from source it runs through tsx's loader.
+const fromSource = import.meta.url.endsWith(".ts")
+const workerEntry = fileURLToPath(new URL(fromSource ? "./worker/main.ts" : "./worker/main.js", import.meta.url))
 // Resolved when a child is forked, not at import (vitest's module runner has no import.meta.resolve).
-const tsxLoader = () => import.meta.resolve("tsx")
+const workerExecArgv = () => (fromSource ? ["--import", import.meta.resolve("tsx")] : [])
 const decodeControl = Schema.decodeUnknownEither(WorkerControl)
 
 interface Pending extends StreamHandlers {
@@ -174,7 +176,7 @@ export const make = (
       const started = yield* Deferred.make<EngineInfo, WorkerError>()
       const exited = yield* Deferred.make<string>()
       const child = fork(workerEntry, [], {
-        execArgv: ["--import", tsxLoader()],
+        execArgv: workerExecArgv(),
         env: {
           ...process.env,
           CORTEX_WORKER_THREADS: String(options.threads),
