@@ -19,6 +19,7 @@ import {
   UpstreamError
 } from "../domain/errors.js"
 import { decodeBody } from "../domain/openai.js"
+import { buildInfo } from "../telemetry/BuildInfo.js"
 import { principalFor } from "./Auth.js"
 import { Catalogue, catalogueList } from "./Catalogue.js"
 import { ColdLoader } from "./ColdLoader.js"
@@ -189,6 +190,9 @@ export const makeGatewayApp = Effect.gen(function*() {
     }, { status: status === "impaired" ? 503 : 200 })
   })
 
+  /** What is running (behind the same auth as the API: exact versions are not for anonymous callers). */
+  const version = guarded(openaiError, () => Effect.sync(() => HttpServerResponse.unsafeJson(buildInfo())))
+
   const adminStatus = guarded(openaiError, () =>
     Effect.gen(function*() {
       const state = yield* poller.get
@@ -247,6 +251,7 @@ export const makeGatewayApp = Effect.gen(function*() {
 
   const app = HttpRouter.empty.pipe(
     HttpRouter.get("/health", health),
+    HttpRouter.get("/version", version),
     HttpRouter.get("/v1/models", models),
     HttpRouter.get("/v1/models/:id", model),
     HttpRouter.post("/v1/messages/count_tokens", countTokens),

@@ -26,6 +26,7 @@ import {
   TokenizeRequest,
   UnloadRequest
 } from "../domain/openai.js"
+import { buildInfo } from "../telemetry/BuildInfo.js"
 import { tokenMatches } from "./ApiToken.js"
 import { toWorkerMessages } from "./ChatMessages.js"
 import { hostInfo } from "./Discovery.js"
@@ -268,6 +269,7 @@ export const makeRouter = Effect.gen(function*() {
   return HttpRouter.empty.pipe(
     HttpRouter.post("/admin/restart-worker", guard(restartWorker)),
     HttpRouter.get("/health", handled(health)),
+    HttpRouter.get("/version", guard(Effect.sync(() => json(buildInfo())))),
     HttpRouter.get("/discovery", guard(discovery)),
     HttpRouter.get("/models", guard(listModels)),
     HttpRouter.post("/models/load", guard(load, true)),
