@@ -13,6 +13,7 @@ import {
   type Plan,
   planLoad,
   requiredMb,
+  type Reservation,
   reservedOn,
   type SchedulerSettings,
   type Snapshot
@@ -100,7 +101,7 @@ interface World {
   readonly fleet: FleetState
   readonly profiles: ReadonlyArray<ModelProfile>
   readonly target: string
-  readonly reserved: ReadonlyMap<string, ReadonlyMap<string, number>>
+  readonly reserved: ReadonlyMap<string, ReadonlyMap<string, Reservation>>
   readonly claimed: ReadonlySet<string>
   readonly inFlight: ReadonlyMap<string, number>
   readonly waitedMs: number
@@ -129,8 +130,10 @@ const arbWorld = (quiet: boolean): fc.Arbitrary<World> =>
     waitedMs: fc.integer({ min: 0, max: 120_000 }),
     strategy: fc.constantFrom("lru" as const, "priority" as const)
   }).map(({ claimed, inFlight, nodes, profiles, reserved, strategy, target, waitedMs }) => {
-    const byNode = new Map<string, Map<string, number>>()
-    for (const [node, model, mb] of reserved) byNode.set(node, (byNode.get(node) ?? new Map()).set(model, mb))
+    const byNode = new Map<string, Map<string, Reservation>>()
+    for (const [node, model, mb] of reserved) {
+      byNode.set(node, (byNode.get(node) ?? new Map()).set(model, { mb, group: "gpu0" }))
+    }
     const quietNodes = quiet
       ? nodes.map((n) => ({
         ...n,
@@ -294,6 +297,7 @@ describe("planLoad", () => {
     expect(planLoad({ model, started: NOW, swapDeadline: NOW }, snapshot, settings)).toEqual({
       _tag: "Load",
       node: "n0",
+      group: "gpu0",
       evict: ["a"],
       requiredMb: 400
     })
