@@ -8,10 +8,12 @@
  * gateway's /metrics (promtool-clean) and `cortex status`.
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { Schema } from "effect"
 import { execFile } from "node:child_process"
 import { readFileSync } from "node:fs"
 import { promisify } from "node:util"
 import OpenAI from "openai"
+import { NeuronDiscovery, NeuronHealth, NeuronModels } from "../src/domain/contract.js"
 import { type GatewayProcess, startGateway } from "./fixtures/gateway.js"
 import { CLI, getJson, type NeuronProcess, postJson, startNeuron, waitFor } from "./fixtures/neuron.js"
 import { type Stack, startStack } from "./fixtures/stack.js"
@@ -107,6 +109,13 @@ describe("a model split over a two-device group", () => {
     }
     const health = (await getJson(`${pair.neuron.url}/health`)).body
     expect(health.devices.every((d: any) => d.used_mb > 0)).toBe(true)
+    // The gateway decodes these answers with the contract's schemas: the new fields survive.
+    const decoded = Schema.decodeUnknownSync(NeuronModels)(body)
+    expect(decoded.data.find((m) => m.id === "tiny")!.device_memory_mb).toEqual(perDevice)
+    expect(decoded.devices.map((d) => d.group)).toEqual(["cuda:0+cuda:1", "cuda:0+cuda:1"])
+    expect(() => Schema.decodeUnknownSync(NeuronHealth)(health)).not.toThrow()
+    const discovery = (await getJson(`${pair.neuron.url}/discovery`)).body
+    expect(Schema.decodeUnknownSync(NeuronDiscovery)(discovery).devices[0]!.used_mb).toBeGreaterThan(0)
 
     expect((await postJson(`${pair.neuron.url}/models/unload`, { model: "tiny" })).status).toBe(200)
     const after = (await getJson(`${pair.neuron.url}/models`)).body

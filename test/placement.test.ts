@@ -530,6 +530,50 @@ describe("place (properties)", () => {
   )
 })
 
+describe("README worked example: 2x24 GB, a 70B Q4 model and two 8B models", () => {
+  const card = (id: string, group: string | undefined, freeMb = 24564) => ({ id, group, totalMb: 24564, freeMb })
+  const big = model({ id: "llama-70b", requiredMb: 44000, minDevices: 2, minDeviceVramMb: 20000, priority: 200 })
+  const small = (id: string) => model({ id, requiredMb: 5500, priority: 100 })
+  const pair = "cuda:0+cuda:1"
+
+  it("with devices = [0, 1] the 70B splits over the pair, the 8B models wait for it or are evicted for it", () => {
+    const empty = node("duo", { devices: [card("cuda:0", pair), card("cuda:1", pair)] })
+    expect(expectPlace(place(big, [empty], "lru"))).toMatchObject({ group: pair, evict: [] })
+    const with70b = node("duo", {
+      devices: [card("cuda:0", pair, 2564), card("cuda:1", pair, 2564)],
+      resident: [resident("llama-70b", { group: pair, footprintMb: 44000, priority: 200 })]
+    })
+    const refused = expectTag(place(small("llama-8b"), [with70b], "lru"), "Unavailable")
+    expect(refused.reason).toContain("higher-class models in the way: llama-70b")
+    const with8bs = node("duo", {
+      devices: [card("cuda:0", pair, 24564 - 5500), card("cuda:1", pair, 24564 - 5500)],
+      resident: [
+        resident("llama-8b", { group: pair, footprintMb: 5500, lastUsed: 1 }),
+        resident("qwen-8b", { group: pair, footprintMb: 5500, lastUsed: 2 })
+      ]
+    })
+    expect(expectPlace(place(big, [with8bs], "lru")).evict).toEqual(["llama-8b", "qwen-8b"])
+  })
+
+  it("with each card its own group the 8B models go one per card, and the 70B is 404 naming both cards", () => {
+    const apart = node("duo", { devices: [card("cuda:0", undefined), card("cuda:1", undefined)] })
+    expect(expectPlace(place(small("llama-8b"), [apart], "lru")).group).toBe("cuda:0")
+    const one = node("duo", {
+      devices: [card("cuda:0", undefined, 24564 - 5500), card("cuda:1", undefined)],
+      resident: [resident("llama-8b", { group: "cuda:0", footprintMb: 5500 })]
+    })
+    expect(expectPlace(place(small("qwen-8b"), [one], "lru"))).toMatchObject({ group: "cuda:1", evict: [] })
+    const infeasible = expectTag(place(big, [one], "lru"), "Infeasible")
+    expect(infeasible.reason).toContain("group cuda:0 has 1 device(s) of >= 20000 MB, needs 2")
+    expect(infeasible.reason).toContain("group cuda:1 has 1 device(s)")
+    const noMinimums = expectTag(
+      place({ ...big, minDevices: 1, minDeviceVramMb: undefined }, [one], "lru"),
+      "Infeasible"
+    )
+    expect(noMinimums.reason).toContain("group cuda:0 (cuda:0 24564 MB) has 24564 MB in total, needs 44000 MB")
+  })
+})
+
 /** A node whose 1–4 devices are partitioned into groups, residents spread over the groups. */
 const groupedNodeArb = (index: number): fc.Arbitrary<PlacementNode> =>
   fc.record({
