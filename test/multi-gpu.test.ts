@@ -40,6 +40,29 @@ const SMALL = `max_in_flight = 1
 devices = [{ total_mb = ${SMALL_MB} }, { total_mb = ${SMALL_MB} }]
 `
 
+// A pair of 35 MB devices and a 50 MB one: tiny-b can only go to the big single card, tiny-c and
+// tiny only to the pair (min_devices = 2), where two of them do not fit together.
+const MIXED = `max_in_flight = 1
+
+[[device_groups]]
+devices = [0, 1]
+
+[simulate]
+devices = [{ total_mb = 35 }, { total_mb = 35 }, { total_mb = 50 }]
+`
+const MIXED_MODELS = `[[models]]
+id = "tiny"
+min_devices = 2
+
+[[models]]
+id = "tiny-b"
+min_device_vram_mb = 40
+
+[[models]]
+id = "tiny-c"
+min_devices = 2
+`
+
 let pair: Stack
 let small: NeuronProcess
 let smallGateway: GatewayProcess
@@ -156,6 +179,41 @@ describe("a host whose devices are each too small", () => {
     expect(direct.status).toBe(507)
     expect(((await direct.json()) as any).error.message).toContain("cuda:")
   }, 60_000)
+})
+
+describe("evictions on a host with two groups", () => {
+  let mixed: Stack
+  beforeAll(async () => {
+    mixed = await startStack({ models: ["tiny", "tiny-b", "tiny-c"], toml: MIXED }, {
+      modelsToml: MIXED_MODELS,
+      extraToml: "[eviction]\nstrategy = \"lru\"\nmin_resident_secs = 0\nmax_swap_wait_secs = 0\n"
+    })
+  }, 180_000)
+  afterAll(async () => {
+    await mixed?.stop()
+  })
+
+  const ask = (model: string) =>
+    mixed.openai.chat.completions.create({ model, messages: [{ role: "user", content: "hi" }], max_tokens: 2 })
+  const where = async () => {
+    const { body } = await getJson(`${mixed.neuron.url}/models`)
+    return Object.fromEntries(body.data.map((m: any) => [m.id, m.status === "loaded" ? m.group : m.status]))
+  }
+
+  it("evicts only on the group the model goes to, though the least recently used model is elsewhere", async () => {
+    // Oldest first: tiny-b on the 50 MB card, then tiny-c on the pair.
+    expect((await ask("tiny-b")).usage?.completion_tokens).toBe(2)
+    expect((await ask("tiny-c")).usage?.completion_tokens).toBe(2)
+    expect(await where()).toEqual({ "tiny": "available", "tiny-b": "cuda:2", "tiny-c": "cuda:0+cuda:1" })
+    // tiny needs the pair; there, only tiny-c can make room. Evicting tiny-b (the LRU one) would free
+    // nothing on the pair.
+    expect((await ask("tiny")).usage?.completion_tokens).toBe(2)
+    expect(await where()).toEqual({ "tiny": "cuda:0+cuda:1", "tiny-b": "cuda:2", "tiny-c": "available" })
+    const metrics = await (await fetch(mixed.gateway.metricsUrl)).text()
+    const evictions = metrics.split("\n").filter((l) => l.startsWith("cortex_evictions_total{"))
+    expect(evictions.some((l) => l.includes(`model="tiny-c"`))).toBe(true)
+    expect(evictions.some((l) => l.includes(`model="tiny-b"`))).toBe(false)
+  }, 120_000)
 })
 
 describe("device telemetry", () => {
