@@ -74,7 +74,7 @@ const estimate = (url: string) =>
   }) as Promise<number>
 
 beforeAll(async () => {
-  pair = await startStack({ models: ["tiny"], toml: PAIR })
+  pair = await startStack({ models: ["tiny", "bench"], toml: PAIR })
   small = await startNeuron({ models: ["tiny"], toml: SMALL })
   smallGateway = await startGateway({ neurons: [{ name: "small", url: small.url }] }).catch(async (e: unknown) => {
     await small.stop()
@@ -145,6 +145,15 @@ describe("a model split over a two-device group", () => {
     expect(after.data.find((m: any) => m.id === "tiny").status).toBe("available")
     expect(after.devices.map((d: any) => [d.usedMb, d.freeMb])).toEqual([[0, DEVICE_MB], [0, DEVICE_MB]])
   }, 120_000)
+
+  it("refuses a load bigger than the group with 507 naming each device and its free memory", async () => {
+    const res = await postJson(`${pair.neuron.url}/models/load`, { model: "bench" })
+    expect(res.status).toBe(507)
+    const body = await res.json() as any
+    expect(body.error.code).toBe("insufficient_vram")
+    expect(body.error.message).toContain(`cuda:0 (${DEVICE_MB} MB free) + cuda:1 (${DEVICE_MB} MB free)`)
+    expect(body.error.free_mb).toBe(2 * DEVICE_MB)
+  }, 60_000)
 
   it("refuses a load on a group the neuron does not have (422 naming the parameter)", async () => {
     const res = await postJson(`${pair.neuron.url}/models/load`, { model: "tiny", group: "cuda:7" })

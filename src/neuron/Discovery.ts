@@ -132,14 +132,6 @@ export const readCudaVersion = async (): Promise<string | undefined> => {
   return banner ? parseCudaVersion(banner) : undefined
 }
 
-export const discoverDevices = async (gpu: "auto" | "off"): Promise<Array<Device>> => {
-  if (gpu === "auto") {
-    const gpus = await readGpus()
-    if (gpus) return [...gpus.devices]
-  }
-  return [cpuDevice()]
-}
-
 export interface HostInfo {
   readonly hostname: string
   readonly os: string
