@@ -4,15 +4,15 @@
  * what node-llama-cpp cannot do are config errors naming the key), and the split by free memory.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, Layer } from "effect"
 import { mkdtempSync, writeFileSync } from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { ConfigError } from "../src/domain/contract.js"
 import { checkGroups, resolveGroups, splitByFree } from "../src/neuron/DeviceGroups.js"
-import { simulatedDevices } from "../src/neuron/DeviceSource.js"
+import { DeviceSource, simulatedDevices } from "../src/neuron/DeviceSource.js"
 import { type Device, NVIDIA_SMI_QUERY, parseCudaVersion, parseNvidiaSmi } from "../src/neuron/Discovery.js"
-import { loadNeuronConfig } from "../src/neuron/NeuronConfig.js"
+import { loadNeuronConfig, NeuronConfig, type NeuronSettings } from "../src/neuron/NeuronConfig.js"
 
 // Captured with --query-gpu=index,uuid,name,memory.total,memory.used,memory.free,utilization.gpu,
 // temperature.gpu,power.draw,driver_version --format=csv,noheader,nounits
@@ -173,6 +173,46 @@ describe("device groups", () => {
       const typoError = yield* Effect.flip(loadNeuronConfig({ file: typo, env: {} }))
       expect(typoError.key).toContain("simulate.devices.0")
     }))
+})
+
+describe("DeviceSource", () => {
+  const specs = [{ totalMb: 8000, utilization: 0.5, temperatureC: 60 }, { totalMb: 8000, name: "spare" }]
+
+  it.scoped("[simulate] in neuron.toml gives declared GPUs: simulated, full, with only the telemetry declared", () =>
+    Effect.gen(function*() {
+      const source = yield* DeviceSource
+      expect(source.simulated).toBe(true)
+      expect(source.driver()).toEqual({})
+      const [first, second] = source.devices()
+      expect(first).toMatchObject({ id: "cuda:0", kind: "cuda", totalMb: 8000, freeMb: 8000, utilization: 0.5 })
+      expect(first).not.toHaveProperty("powerW")
+      expect(second).toMatchObject({ id: "cuda:1", name: "spare", simulated: true })
+      expect(second).not.toHaveProperty("utilization")
+    }).pipe(
+      Effect.provide(DeviceSource.Default),
+      Effect.provide(Layer.succeed(NeuronConfig, { simulate: specs, gpu: "auto" } as unknown as NeuronSettings))
+    ))
+
+  it.effect("the Simulated layer declares the same devices whatever the config says", () =>
+    Effect.gen(function*() {
+      const source = yield* DeviceSource
+      expect(source.devices().map((d) => [d.id, d.totalMb, d.simulated])).toEqual([
+        ["cuda:0", 8000, true],
+        ["cuda:1", 8000, true]
+      ])
+    }).pipe(Effect.provide(DeviceSource.Simulated(specs))))
+
+  it.scoped("gpu = \"off\" is one CPU device with no GPU figures", () =>
+    Effect.gen(function*() {
+      const source = yield* DeviceSource
+      const devices = source.devices()
+      expect(devices.map((d) => d.kind)).toEqual(["cpu"])
+      for (const key of ["utilization", "temperatureC", "powerW", "uuid"]) expect(devices[0]).not.toHaveProperty(key)
+      expect(source.driver()).toEqual({})
+    }).pipe(
+      Effect.provide(DeviceSource.Default),
+      Effect.provide(Layer.succeed(NeuronConfig, { simulate: undefined, gpu: "off" } as unknown as NeuronSettings))
+    ))
 })
 
 describe("split by free memory", () => {

@@ -324,7 +324,7 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
         Effect.ignore
       ), { discard: true })
 
-    /** A load as the API asks for it: a group that does not exist is the caller's mistake (400). */
+    /** A load as the API asks for it: a group that does not exist is the caller's mistake (422 naming `group`). */
     const loadIn = (id: string, contextSize?: number, group?: string) =>
       Effect.gen(function*() {
         if (group !== undefined && !workers.workers().some((w) => w.id === group)) {
