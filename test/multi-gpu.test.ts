@@ -73,6 +73,23 @@ const estimate = (url: string) =>
     return tiny?.memory_estimate_mb ?? undefined
   }) as Promise<number>
 
+/**
+ * Wait until the neuron has estimated every model and the gateway has polled it since: before
+ * that, the gateway only has the file size to go by.
+ */
+const estimatesPolled = async (neuronUrl: string, gatewayUrl: string) => {
+  await waitFor("every model's estimate", async () => {
+    const { body } = await getJson(`${neuronUrl}/models`)
+    return body.data.every((m: any) => m.memory_estimate_mb !== null) ? true : undefined
+  })
+  const since = Date.now()
+  await waitFor("a gateway poll after the estimates", async () => {
+    const { body } = await getJson(`${gatewayUrl}/admin/status`)
+    const seen = body.nodes[0]?.last_seen
+    return body.nodes[0]?.healthy === true && seen !== null && Date.parse(seen) > since ? true : undefined
+  })
+}
+
 beforeAll(async () => {
   pair = await startStack({ models: ["tiny", "bench"], toml: PAIR })
   small = await startNeuron({ models: ["tiny"], toml: SMALL })
@@ -107,6 +124,7 @@ describe("a model split over a two-device group", () => {
     expect(needed).toBeLessThanOrEqual(2 * DEVICE_MB)
     const before = (await getJson(`${pair.neuron.url}/models`)).body.devices
     expect(before.map((d: any) => d.usedMb)).toEqual([0, 0])
+    await estimatesPolled(pair.neuron.url, pair.gateway.url)
 
     const answer = await pair.openai.chat.completions.create({
       model: "tiny",
@@ -168,10 +186,7 @@ describe("a host whose devices are each too small", () => {
   it("is 404 from the gateway with a reason naming the devices, and the neuron is never asked to load", async () => {
     const needed = await estimate(small.url)
     expect(needed).toBeGreaterThan(SMALL_MB)
-    await waitFor("the gateway to see the estimate", async () => {
-      const { body } = await getJson(`${smallGateway.url}/admin/status`)
-      return body.nodes[0]?.healthy === true ? true : undefined
-    })
+    await estimatesPolled(small.url, smallGateway.url)
     const client = new OpenAI({ baseURL: `${smallGateway.url}/v1`, apiKey: "x", maxRetries: 0 })
     const error = await client.chat.completions.create({
       model: "tiny",
@@ -210,6 +225,7 @@ describe("evictions on a host with two groups", () => {
   }
 
   it("evicts only on the group the model goes to, though the least recently used model is elsewhere", async () => {
+    await estimatesPolled(mixed.neuron.url, mixed.gateway.url)
     // Oldest first: tiny-b on the 50 MB card, then tiny-c on the pair.
     expect((await ask("tiny-b")).usage?.completion_tokens).toBe(2)
     expect((await ask("tiny-c")).usage?.completion_tokens).toBe(2)
