@@ -6,7 +6,6 @@ import { mkdtemp, readFile, writeFile } from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
 import { promisify } from "node:util"
-import { parseNvidiaSmi } from "../src/neuron/Discovery.js"
 import { CLI } from "./fixtures/neuron.js"
 
 const run = promisify(execFile)
@@ -48,17 +47,4 @@ describe("cortex neuron", () => {
     expect(env.code).toBe(2)
     expect(env.stderr).toContain("NEURON_MAX_IN_FLIGHT")
   }, 60_000)
-})
-
-describe("device discovery", () => {
-  it("parses nvidia-smi's CSV into per-device memory figures", () => {
-    const devices = parseNvidiaSmi(
-      "0, NVIDIA GeForce RTX 3060, 12288, 11873\n1, NVIDIA GeForce RTX 4090, 24564, 1200\n\n"
-    )
-    expect(devices).toEqual([
-      { id: "cuda:0", kind: "cuda", index: 0, name: "NVIDIA GeForce RTX 3060", totalMb: 12288, freeMb: 11873 },
-      { id: "cuda:1", kind: "cuda", index: 1, name: "NVIDIA GeForce RTX 4090", totalMb: 24564, freeMb: 1200 }
-    ])
-    expect(parseNvidiaSmi("garbage\n[N/A], x, y, z")).toEqual([])
-  })
 })

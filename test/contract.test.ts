@@ -34,6 +34,55 @@ describe("the contract", () => {
     }
   })
 
+  it("carries device groups, per-device memory and telemetry, and still decodes an answer without them", () => {
+    const device = { id: "cuda:0", kind: "cuda", name: "gpu", totalMb: 24000, freeMb: 1000, usedMb: 23000 }
+    const model = {
+      id: "big",
+      status: "loaded",
+      error: null,
+      device: "cuda:0+cuda:1",
+      size_bytes: 1,
+      memory_estimate_mb: 40000,
+      context_limit: 4096,
+      capabilities: ["chat"],
+      in_flight: 0,
+      queue_depth: 0,
+      loaded_at: null,
+      last_used_at: null
+    }
+    // A neuron from before device groups: no group, no telemetry. Each device is its own group.
+    const old = Schema.decodeUnknownSync(NeuronModels)({ data: [model], devices: [device] })
+    expect(old.devices[0]!.group).toBeUndefined()
+    const now = Schema.decodeUnknownSync(NeuronModels)({
+      data: [{ ...model, group: "cuda:0+cuda:1", device_memory_mb: { "cuda:0": 20000, "cuda:1": 20000 } }],
+      devices: [{ ...device, group: "cuda:0+cuda:1", utilization: 0.5, temperatureC: 60, powerW: 250, uuid: "GPU-1" }]
+    })
+    expect(now.data[0]!.device_memory_mb).toEqual({ "cuda:0": 20000, "cuda:1": 20000 })
+    expect(now.devices[0]).toMatchObject({ group: "cuda:0+cuda:1", utilization: 0.5, temperatureC: 60, powerW: 250 })
+    const health = Schema.decodeUnknownSync(NeuronHealth)({
+      status: "ok",
+      version: "0.1.0",
+      uptime_s: 1,
+      devices: [{
+        id: "cuda:0",
+        name: "gpu",
+        total_mb: 1,
+        free_mb: 1,
+        used_mb: 0,
+        worker_alive: true,
+        worker_restarts: 0,
+        temperature_c: 40
+      }],
+      in_flight: 0,
+      queued: 0,
+      models: []
+    })
+    expect(health.devices[0]!.temperature_c).toBe(40)
+    expect(health.devices[0]!.utilization).toBeUndefined()
+    expect(() => Schema.decodeUnknownSync(NeuronModels)({ data: [], devices: [{ ...device, utilization: "busy" }] }))
+      .toThrow(/utilization/)
+  })
+
   it("a neuron answering outside it stays unhealthy, with the field named in the gateway's status", async () => {
     // /health without `version` and with a device that has no memory figures.
     const server = createServer((req, res) => {

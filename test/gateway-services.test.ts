@@ -137,13 +137,13 @@ describe("Evictor", () => {
       evictor.claim("n0", ["a", "b", "c"])
       expect(evictor.isClaimed("n0", "b")).toBe(true)
       // Needs 120 MB: 50 free, each victim frees 100, so one unload is enough.
-      const evicted = yield* evictor.makeRoom("n0", ["b", "a", "c"], 120, () => 0)
+      const evicted = yield* evictor.makeRoom("n0", "gpu0", ["b", "a", "c"], 120, () => 0)
       expect(evicted).toEqual(["b"])
       expect(unloads(world)).toEqual([{ model: "b" }])
       expect(world.refreshes).toContain("n0")
       expect(evictor.unloadedBecause("b")).toBe("make_room")
       // Other loads' reservations count against free memory: now two more are needed.
-      const more = yield* evictor.makeRoom("n0", ["a", "c"], 150, () => 100)
+      const more = yield* evictor.makeRoom("n0", "gpu0", ["a", "c"], 150, () => 100)
       expect(more).toEqual(["a"])
       evictor.release("n0", ["a", "b", "c"])
       expect(evictor.isClaimed("n0", "b")).toBe(false)
@@ -157,7 +157,7 @@ describe("Evictor", () => {
       const inFlight = yield* InFlight
       const release = inFlight.track("n0", "a")
       evictor.claim("n0", ["a"])
-      const fiber = yield* Effect.fork(evictor.makeRoom("n0", ["a"], 100, () => 0))
+      const fiber = yield* Effect.fork(evictor.makeRoom("n0", "gpu0", ["a"], 100, () => 0))
       yield* Effect.sleep("150 millis")
       expect(unloads(world)).toEqual([])
       release()
@@ -201,10 +201,10 @@ describe("Evictor", () => {
     return Effect.gen(function*() {
       const evictor = yield* Evictor
       evictor.claim("n0", ["a", "b"])
-      yield* evictor.makeRoom("n0", ["a"], 100, () => 0)
+      yield* evictor.makeRoom("n0", "gpu0", ["a"], 100, () => 0)
       yield* evictor.sweep
       expect(world.calls.some((c) => c.path === "/admin/restart-worker")).toBe(false)
-      yield* evictor.makeRoom("n0", ["b"], 200, () => 0)
+      yield* evictor.makeRoom("n0", "gpu0", ["b"], 200, () => 0)
       // Two cycles now, but a load is under way there: no restart meanwhile.
       yield* evictor.whileLoading("n0", "c", evictor.sweep)
       expect(world.calls.some((c) => c.path === "/admin/restart-worker")).toBe(false)

@@ -136,7 +136,8 @@ const setup = (script: Script, overrides: Partial<NeuronSettings> = {}) =>
         worker: (id) => id === device.id ? fake.worker : undefined,
         workers: () => [fake.worker],
         subscribe: PubSub.subscribe(events),
-        engine: () => undefined
+        engine: () => undefined,
+        driver: () => ({})
       })
     )
     const layer = Loader.DefaultWithoutDependencies.pipe(

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { FastCheck as fc } from "effect"
 import type { Placement, PlacementModel, PlacementNode, ResidentModel, Strategy } from "../src/gateway/Placement.js"
-import { chooseVictims, place, residencyPriority, swapOrWait, victimOrder } from "../src/gateway/Placement.js"
+import { chooseVictims, place, residencyPriority, shares, swapOrWait, victimOrder } from "../src/gateway/Placement.js"
 
 const model = (fields: Partial<PlacementModel> = {}): PlacementModel => ({
   id: "m",
@@ -15,6 +15,7 @@ const model = (fields: Partial<PlacementModel> = {}): PlacementModel => ({
 
 const resident = (id: string, fields: Partial<ResidentModel> = {}): ResidentModel => ({
   id,
+  group: "0",
   footprintMb: 4000,
   priority: 100,
   pinned: false,
@@ -110,7 +111,7 @@ describe("place (examples)", () => {
     const placement = expectPlace(
       place(model(), [node("a", { freeMb: 10000, resident: [resident("x", { footprintMb: 14000 })] })], "lru")
     )
-    expect(placement).toEqual({ _tag: "Place", node: "a", evict: [], freeMb: 10000, freeAfterMb: 10000 })
+    expect(placement).toEqual({ _tag: "Place", node: "a", group: "0", evict: [], freeMb: 10000, freeAfterMb: 10000 })
   })
 
   it("evicts the least recently used model", () => {
@@ -125,6 +126,7 @@ describe("place (examples)", () => {
     expect(expectPlace(place(model(), [a], "lru"))).toEqual({
       _tag: "Place",
       node: "a",
+      group: "0",
       evict: ["oldest"],
       freeMb: 4000,
       freeAfterMb: 8000
@@ -208,6 +210,7 @@ describe("place (examples)", () => {
     expect(expectPlace(place(model({ requiredMb: 8000 }), [a], "lru"))).toEqual({
       _tag: "Place",
       node: "a",
+      group: "0",
       evict: ["big"],
       freeMb: 0,
       freeAfterMb: 8000
@@ -222,7 +225,10 @@ describe("place (examples)", () => {
     const twoDevices = expectTag(place(model({ minDevices: 2 }), [node("a")], "lru"), "Infeasible")
     expect(twoDevices.reason).toContain("device")
     const mixed = node("a", {
-      devices: [{ id: "0", totalMb: 24000, freeMb: 24000 }, { id: "1", totalMb: 6000, freeMb: 6000 }]
+      devices: [
+        { id: "0", group: "0+1", totalMb: 24000, freeMb: 24000 },
+        { id: "1", group: "0+1", totalMb: 6000, freeMb: 6000 }
+      ]
     })
     expectTag(place(model({ minDevices: 2, minDeviceVramMb: 8000 }), [mixed], "lru"), "Infeasible")
     expectPlace(place(model({ minDevices: 2, minDeviceVramMb: 6000 }), [mixed], "lru"))
@@ -231,13 +237,53 @@ describe("place (examples)", () => {
     expectTag(place(model(), [node("a", { healthy: false })], "lru"), "Unavailable")
   })
 
-  it("pools a node's devices", () => {
-    const twoCards = node("a", {
-      devices: [{ id: "0", totalMb: 12000, freeMb: 5000 }, { id: "1", totalMb: 12000, freeMb: 5000 }]
+  it("pools the devices of one group, never devices of different groups", () => {
+    const group = node("a", {
+      devices: [
+        { id: "0", group: "0+1", totalMb: 12000, freeMb: 5000 },
+        { id: "1", group: "0+1", totalMb: 12000, freeMb: 5000 }
+      ]
     })
-    expect(expectPlace(place(model({ requiredMb: 10000 }), [twoCards], "lru"))).toMatchObject({
+    expect(expectPlace(place(model({ requiredMb: 10000 }), [group], "lru"))).toMatchObject({
+      group: "0+1",
       evict: [],
       freeMb: 10000
+    })
+    // The same cards as two groups (the default, one worker per GPU): 10 GB fits neither.
+    const apart = node("a", {
+      devices: [{ id: "0", totalMb: 12000, freeMb: 12000 }, { id: "1", totalMb: 12000, freeMb: 12000 }]
+    })
+    const infeasible = expectTag(place(model({ requiredMb: 20000 }), [apart], "lru"), "Infeasible")
+    expect(infeasible.reason).toContain("group 0 (0 12000 MB) has 12000 MB in total, needs 20000 MB")
+    expect(infeasible.reason).toContain("group 1 (1 12000 MB)")
+  })
+
+  it("evicts only on the group it places on", () => {
+    const a = node("a", {
+      devices: [
+        { id: "0", totalMb: 24000, freeMb: 0 },
+        { id: "1", group: "1+2", totalMb: 12000, freeMb: 2000 },
+        { id: "2", group: "1+2", totalMb: 12000, freeMb: 2000 }
+      ],
+      resident: [
+        resident("on-0", { group: "0", footprintMb: 24000, lastUsed: 1 }),
+        resident("on-12", { group: "1+2", footprintMb: 20000, lastUsed: 2 })
+      ]
+    })
+    // 22 GB: both groups could hold it after one eviction; 1+2 has more free memory, and its
+    // victim is its own resident, though the model on GPU 0 is older.
+    expect(expectPlace(place(model({ requiredMb: 22000 }), [a], "lru"))).toMatchObject({
+      group: "1+2",
+      evict: ["on-12"],
+      freeMb: 4000,
+      freeAfterMb: 24000
+    })
+    // Devices of >= 20 GB only: group 0 alone qualifies, and evicts there.
+    expect(expectPlace(place(model({ requiredMb: 22000, minDeviceVramMb: 20000 }), [a], "lru"))).toMatchObject({
+      group: "0",
+      evict: ["on-0"],
+      freeMb: 0,
+      freeAfterMb: 24000
     })
   })
 
@@ -291,7 +337,7 @@ const residentsArb = (nodeIndex: number) =>
       })
     }),
     { maxLength: 8 }
-  ).map((rs) => rs.map((r, i): ResidentModel => ({ id: `r${nodeIndex}-${i}`, ...r })))
+  ).map((rs) => rs.map((r, i): ResidentModel => ({ id: `r${nodeIndex}-${i}`, group: "g", ...r })))
 
 /** A node never polled: unhealthy, nothing known about it. */
 const unseenArb = (index: number): fc.Arbitrary<PlacementNode> =>
@@ -311,7 +357,7 @@ const seenNodeArb = (index: number): fc.Arbitrary<PlacementNode> =>
       { minLength: 1, maxLength: 3 }
     ),
     resident: residentsArb(index)
-  }).map((n) => ({ ...n, name: `n${index}`, devices: n.devices.map((d, i) => ({ id: `${i}`, ...d })) }))
+  }).map((n) => ({ ...n, name: `n${index}`, devices: n.devices.map((d, i) => ({ id: `${i}`, group: "g", ...d })) }))
 
 const nodeArb = (index: number): fc.Arbitrary<PlacementNode> =>
   fc.oneof({ weight: 8, arbitrary: seenNodeArb(index) }, { weight: 1, arbitrary: unseenArb(index) })
@@ -484,6 +530,165 @@ describe("place (properties)", () => {
   )
 })
 
+describe("README worked example: 2x24 GB, a 70B Q4 model and two 8B models", () => {
+  const card = (id: string, group: string | undefined, freeMb = 24564) => ({ id, group, totalMb: 24564, freeMb })
+  const big = model({ id: "llama-70b", requiredMb: 44000, minDevices: 2, minDeviceVramMb: 20000, priority: 200 })
+  const small = (id: string) => model({ id, requiredMb: 5500, priority: 100 })
+  const pair = "cuda:0+cuda:1"
+
+  it("with devices = [0, 1] the 70B splits over the pair, the 8B models wait for it or are evicted for it", () => {
+    const empty = node("duo", { devices: [card("cuda:0", pair), card("cuda:1", pair)] })
+    expect(expectPlace(place(big, [empty], "lru"))).toMatchObject({ group: pair, evict: [] })
+    const with70b = node("duo", {
+      devices: [card("cuda:0", pair, 2564), card("cuda:1", pair, 2564)],
+      resident: [resident("llama-70b", { group: pair, footprintMb: 44000, priority: 200 })]
+    })
+    const refused = expectTag(place(small("llama-8b"), [with70b], "lru"), "Unavailable")
+    expect(refused.reason).toContain("higher-class models in the way: llama-70b")
+    const with8bs = node("duo", {
+      devices: [card("cuda:0", pair, 24564 - 5500), card("cuda:1", pair, 24564 - 5500)],
+      resident: [
+        resident("llama-8b", { group: pair, footprintMb: 5500, lastUsed: 1 }),
+        resident("qwen-8b", { group: pair, footprintMb: 5500, lastUsed: 2 })
+      ]
+    })
+    expect(expectPlace(place(big, [with8bs], "lru")).evict).toEqual(["llama-8b", "qwen-8b"])
+  })
+
+  it("with each card its own group the 8B models go one per card, and the 70B is 404 naming both cards", () => {
+    const apart = node("duo", { devices: [card("cuda:0", undefined), card("cuda:1", undefined)] })
+    expect(expectPlace(place(small("llama-8b"), [apart], "lru")).group).toBe("cuda:0")
+    const one = node("duo", {
+      devices: [card("cuda:0", undefined, 24564 - 5500), card("cuda:1", undefined)],
+      resident: [resident("llama-8b", { group: "cuda:0", footprintMb: 5500 })]
+    })
+    expect(expectPlace(place(small("qwen-8b"), [one], "lru"))).toMatchObject({ group: "cuda:1", evict: [] })
+    const infeasible = expectTag(place(big, [one], "lru"), "Infeasible")
+    expect(infeasible.reason).toContain("group cuda:0 has 1 device(s) of >= 20000 MB, needs 2")
+    expect(infeasible.reason).toContain("group cuda:1 has 1 device(s)")
+    const noMinimums = expectTag(
+      place({ ...big, minDevices: 1, minDeviceVramMb: undefined }, [one], "lru"),
+      "Infeasible"
+    )
+    expect(noMinimums.reason).toContain("group cuda:0 (cuda:0 24564 MB) has 24564 MB in total, needs 44000 MB")
+  })
+})
+
+/** A node whose 1–4 devices are partitioned into groups, residents spread over the groups. */
+const groupedNodeArb = (index: number): fc.Arbitrary<PlacementNode> =>
+  fc.record({
+    healthy: fc.oneof({ weight: 4, arbitrary: fc.constant(true) }, { weight: 1, arbitrary: fc.constant(false) }),
+    devices: fc.array(
+      fc.record({
+        group: fc.integer({ min: 0, max: 2 }),
+        total: fc.integer({ min: 1, max: 24 }),
+        freeShare: fc.integer({ min: 0, max: 4 })
+      }),
+      { minLength: 1, maxLength: 4 }
+    ),
+    resident: residentsArb(index),
+    homes: fc.array(fc.nat(), { minLength: 8, maxLength: 8 })
+  }).map(({ devices, healthy, homes, resident }) => {
+    const placed = devices.map((d, i) => ({
+      id: `${i}`,
+      group: `g${d.group}`,
+      totalMb: d.total * 1000,
+      freeMb: Math.floor(d.total * d.freeShare / 4) * 1000
+    }))
+    const groups = [...new Set(placed.map((d) => d.group))]
+    return {
+      name: `n${index}`,
+      known: true,
+      healthy,
+      hasModel: true,
+      devices: placed,
+      resident: resident.map((r, i) => ({ ...r, group: groups[homes[i]! % groups.length]! }))
+    }
+  })
+
+const groupedFleetArb = fc.integer({ min: 1, max: 3 }).chain((count) =>
+  fc.tuple(...Array.from({ length: count }, (_, i) => groupedNodeArb(i)))
+)
+
+const inGroup = (n: PlacementNode, group: string) => n.devices.filter((d) => (d.group ?? d.id) === group)
+
+/** The oracle's capability check for one group, from the rules. */
+const groupCapable = (m: PlacementModel, n: PlacementNode, group: string) => {
+  const devices = inGroup(n, group)
+  return devices.filter((d) => m.minDeviceVramMb === undefined || d.totalMb >= m.minDeviceVramMb).length >=
+      Math.max(1, m.minDevices) &&
+    sumOf(devices.map((d) => d.totalMb)) >= m.requiredMb
+}
+
+describe("place by device group (properties)", () => {
+  const modelOnGroupsArb = modelArb.map((m) => ({ ...m, pinnedOn: undefined }))
+
+  it.prop(
+    "places on one capable group, evicts only models on that group, and every device's share fits",
+    [modelOnGroupsArb, groupedFleetArb, strategyArb],
+    ([m, nodes, strategy]) => {
+      const placement = place(m, nodes, strategy)
+      if (placement._tag !== "Place") return
+      const chosen = nodes.find((n) => n.name === placement.node)!
+      const devices = inGroup(chosen, placement.group)
+      expect(devices.length).toBeGreaterThan(0)
+      expect(groupCapable(m, chosen, placement.group)).toBe(true)
+      const victims = placement.evict.map((id) => chosen.resident.find((r) => r.id === id)!)
+      // Evicting a model on another group frees nothing on this one.
+      for (const v of victims) expect(v.group).toBe(placement.group)
+      const free = sumOf(devices.map((d) => d.freeMb))
+      expect(placement.freeMb).toBe(free)
+      expect(placement.freeAfterMb).toBe(free + sumOf(victims.map((v) => v.footprintMb)))
+      // Freed memory returns to the group's devices (a victim was split across them by size);
+      // the load is then split by free memory: each device's share must fit that device.
+      const total = sumOf(devices.map((d) => d.totalMb))
+      const after = devices.map((d) => ({
+        id: d.id,
+        freeMb: d.freeMb + sumOf(victims.map((v) => v.footprintMb)) * d.totalMb / total
+      }))
+      for (const share of shares(m.requiredMb, after)) {
+        expect(share.mb).toBeLessThanOrEqual(after.find((d) => d.id === share.id)!.freeMb + 1e-6)
+      }
+      // No more victims than needed on that group.
+      const eligible = chosen.resident.filter((r) => r.group === placement.group && mayEvict(m, r))
+      expect(placement.evict).toEqual(bruteVictims(eligible, m.requiredMb - free, strategy)?.map((r) => r.id))
+    },
+    { fastCheck: { numRuns: 500 } }
+  )
+
+  it.prop(
+    "Infeasible iff no group of any node is capable, and the reason names each node's groups",
+    [modelOnGroupsArb, groupedFleetArb, strategyArb],
+    ([m, nodes, strategy]) => {
+      const placement = place(m, nodes, strategy)
+      const anyCapable = nodes.some((n) =>
+        [...new Set(n.devices.map((d) => d.group!))].some((g) => groupCapable(m, n, g))
+      )
+      expect(placement._tag === "Infeasible").toBe(!anyCapable)
+      if (placement._tag === "Infeasible") {
+        for (const n of nodes) for (const d of n.devices) expect(placement.reason).toContain(`group ${d.group}`)
+      }
+    },
+    { fastCheck: { numRuns: 500 } }
+  )
+
+  it.prop(
+    "a group that fits now, without evictions, wins over any that needs one",
+    [modelOnGroupsArb, groupedFleetArb, strategyArb],
+    ([m, nodes, strategy]) => {
+      const placement = place(m, nodes, strategy)
+      const fitsNow = nodes.some((n) =>
+        n.healthy &&
+        [...new Set(n.devices.map((d) => d.group!))].some((g) =>
+          groupCapable(m, n, g) && sumOf(inGroup(n, g).map((d) => d.freeMb)) >= m.requiredMb
+        )
+      )
+      if (fitsNow) expect(placement).toMatchObject({ _tag: "Place", evict: [] })
+    },
+    { fastCheck: { numRuns: 500 } }
+  )
+})
+
 describe("chooseVictims (properties)", () => {
   const candidatesArb = fc.array(
     fc.record({
@@ -493,7 +698,7 @@ describe("chooseVictims (properties)", () => {
       inFlight: fc.constantFrom(0, 0, 1)
     }),
     { maxLength: 12 }
-  ).map((rs) => rs.map((r, i): ResidentModel => ({ id: `c${i}`, pinned: false, ...r })))
+  ).map((rs) => rs.map((r, i): ResidentModel => ({ id: `c${i}`, group: "g", pinned: false, ...r })))
 
   it.prop(
     "matches a brute-force search over all subsets by size, then victim order",

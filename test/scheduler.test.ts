@@ -13,6 +13,7 @@ import {
   type Plan,
   planLoad,
   requiredMb,
+  type Reservation,
   reservedOn,
   type SchedulerSettings,
   type Snapshot
@@ -100,7 +101,7 @@ interface World {
   readonly fleet: FleetState
   readonly profiles: ReadonlyArray<ModelProfile>
   readonly target: string
-  readonly reserved: ReadonlyMap<string, ReadonlyMap<string, number>>
+  readonly reserved: ReadonlyMap<string, ReadonlyMap<string, Reservation>>
   readonly claimed: ReadonlySet<string>
   readonly inFlight: ReadonlyMap<string, number>
   readonly waitedMs: number
@@ -129,8 +130,10 @@ const arbWorld = (quiet: boolean): fc.Arbitrary<World> =>
     waitedMs: fc.integer({ min: 0, max: 120_000 }),
     strategy: fc.constantFrom("lru" as const, "priority" as const)
   }).map(({ claimed, inFlight, nodes, profiles, reserved, strategy, target, waitedMs }) => {
-    const byNode = new Map<string, Map<string, number>>()
-    for (const [node, model, mb] of reserved) byNode.set(node, (byNode.get(node) ?? new Map()).set(model, mb))
+    const byNode = new Map<string, Map<string, Reservation>>()
+    for (const [node, model, mb] of reserved) {
+      byNode.set(node, (byNode.get(node) ?? new Map()).set(model, { mb, group: "gpu0" }))
+    }
     const quietNodes = quiet
       ? nodes.map((n) => ({
         ...n,
@@ -294,10 +297,84 @@ describe("planLoad", () => {
     expect(planLoad({ model, started: NOW, swapDeadline: NOW }, snapshot, settings)).toEqual({
       _tag: "Load",
       node: "n0",
+      group: "gpu0",
       evict: ["a"],
       requiredMb: 400
     })
     const claimed = { ...snapshot, claimed: (_: string, m: string) => m === "b" }
     expect(planLoad({ model, started: NOW, swapDeadline: NOW }, claimed, settings)._tag).toBe("Wait")
+  })
+
+  it("plans per device group: residents and other loads' reservations count only on their own group", () => {
+    const model = (id: string, status: NeuronModel["status"], group: string | null, mb: number): NeuronModel => ({
+      id,
+      status,
+      error: null,
+      device: group,
+      group,
+      size_bytes: 0,
+      memory_estimate_mb: mb,
+      context_limit: 2048,
+      capabilities: [],
+      in_flight: 0,
+      queue_depth: 0,
+      loaded_at: status === "loaded" ? new Date(NOW - 3_600_000).toISOString() : null,
+      last_used_at: null
+    })
+    const pair = "cuda:0+cuda:1"
+    const device = (id: string, group: string, freeMb: number) =>
+      ({ id, group, kind: "cuda", name: "gpu", totalMb: 500, freeMb, usedMb: 500 - freeMb }) as const
+    const node: NodeState = {
+      name: "n0",
+      endpoint: { name: "n0", endpoint: "http://n0", token: undefined },
+      healthy: true,
+      misses: 0,
+      status: "ok",
+      lastSeen: NOW,
+      lastError: undefined,
+      discovery: undefined,
+      models: [
+        model("old", "loaded", "cuda:2", 450),
+        model("mid", "loaded", pair, 600),
+        model("big", "available", null, 700)
+      ],
+      devices: [device("cuda:0", pair, 200), device("cuda:1", pair, 200), device("cuda:2", "cuda:2", 50)]
+    }
+    const fleet = new Map([["n0", node]])
+    const settings: SchedulerSettings = { profiles: [], strategy: "lru", minResidentMs: 0, loadTimeoutMs: 60_000 }
+    const snapshot: Snapshot = {
+      fleet,
+      reserved: new Map(),
+      claimed: () => false,
+      inFlight: () => 0,
+      lastUse: (_, m) => (m === "old" ? 1 : 2),
+      now: NOW
+    }
+    const big = buildCatalogue([], fleet).get("big")!
+    // 700 MB fits only the pair (1000 MB); 400 free there, so "mid" goes, not the older "old" on cuda:2.
+    expect(planLoad({ model: big, started: NOW, swapDeadline: NOW }, snapshot, settings)).toEqual({
+      _tag: "Load",
+      node: "n0",
+      group: pair,
+      evict: ["mid"],
+      requiredMb: 700
+    })
+    // A load in flight on cuda:2 takes nothing from the pair; one on the pair does.
+    const elsewhere = new Map([["n0", new Map([["x", { mb: 50, group: "cuda:2" }]])]])
+    expect(planLoad({ model: big, started: NOW, swapDeadline: NOW }, { ...snapshot, reserved: elsewhere }, settings))
+      .toMatchObject({ _tag: "Load", group: pair, evict: ["mid"] })
+    const small = model("small", "available", null, 300)
+    const withSmall = new Map([["n0", { ...node, models: [...node.models, small] }]])
+    const smallModel = buildCatalogue([], withSmall).get("small")!
+    const fresh = { ...snapshot, fleet: withSmall }
+    expect(planLoad({ model: smallModel, started: NOW, swapDeadline: NOW }, fresh, settings)).toMatchObject({
+      _tag: "Load",
+      group: pair,
+      evict: []
+    })
+    const onPair = new Map([["n0", new Map([["x", { mb: 200, group: pair }]])]])
+    // 200 of the pair's 400 free MB are spoken for: 300 MB no longer fit without an eviction there.
+    expect(planLoad({ model: smallModel, started: NOW, swapDeadline: NOW }, { ...fresh, reserved: onPair }, settings))
+      .toMatchObject({ _tag: "Load", group: pair, evict: ["mid"] })
   })
 })

@@ -2,6 +2,7 @@
 import { Args, Command, Options } from "@effect/cli"
 import { Console, Effect, Either, Option, ParseResult, Schema } from "effect"
 import { AdminLifecycleAnswer, AdminStatus, CatalogueList } from "../domain/admin.js"
+import { deviceCell } from "./devices.js"
 
 const endpointOption = Options.text("endpoint").pipe(
   Options.withDescription("The gateway's URL (default $CORTEX_ENDPOINT or http://127.0.0.1:31313)"),
@@ -57,12 +58,12 @@ const status = Command.make(
       const s = yield* call(endpoint, "/admin/status", AdminStatus)
       if (json) return yield* Console.log(JSON.stringify(s, null, 2))
       const nodes = table(
-        ["NODE", "HEALTH", "ENDPOINT", "DEVICES (free/total MB)", "MODELS"],
+        ["NODE", "HEALTH", "ENDPOINT", "DEVICES (free/total MB [group] (util temp power))", "MODELS"],
         s.nodes.map((n) => [
           n.name,
           n.healthy ? n.status : `down (${n.error ?? "?"})`,
           n.endpoint,
-          n.devices.map((d) => `${d.id} ${d.free_mb}/${d.total_mb}`).join(", ") || "-",
+          n.devices.map(deviceCell).join(", ") || "-",
           n.models.map((m) => `${m.id}:${m.status}`).join(", ") || "-"
         ])
       )

@@ -21,7 +21,13 @@ export const NodeView = Schema.Struct({
     id: Schema.String,
     name: Schema.String,
     total_mb: Schema.Number,
-    free_mb: Schema.Number
+    free_mb: Schema.Number,
+    used_mb: opt(Schema.Number),
+    group: opt(Schema.String),
+    /** Where the neuron's source has them (a GPU's telemetry; none for a CPU device). */
+    utilization: opt(Schema.Number),
+    temperature_c: opt(Schema.Number),
+    power_w: opt(Schema.Number)
   })),
   models: Schema.Array(Schema.Struct({
     id: Schema.String,

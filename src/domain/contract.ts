@@ -32,7 +32,11 @@ export const NeuronModel = Schema.Struct({
   id: Schema.String,
   status: ModelStatus,
   error: Schema.NullOr(Schema.String),
+  /** The device group it is on ("cuda:0", "cuda:0+cuda:1", "cpu"). */
   device: Schema.NullOr(Schema.String),
+  group: opt(Schema.NullOr(Schema.String)),
+  /** Its memory on each device of the group, MB (a group's load is split across its devices). */
+  device_memory_mb: opt(Schema.NullOr(Schema.Record({ key: Schema.String, value: Schema.Number }))),
   size_bytes: Schema.Number,
   memory_estimate_mb: Schema.NullOr(Schema.Number),
   context_limit: Schema.NullOr(Schema.Number),
@@ -46,6 +50,23 @@ export const NeuronModel = Schema.Struct({
 })
 export type NeuronModel = typeof NeuronModel.Type
 
+/** What a GPU's telemetry says, where the source has it (a CPU device has none of these). */
+export const DeviceTelemetry = Schema.Struct({
+  uuid: opt(Schema.String),
+  /** 0..1 */
+  utilization: opt(Schema.Number),
+  temperatureC: opt(Schema.Number),
+  powerW: opt(Schema.Number)
+})
+
+/** The same in the snake_case of `/health` and `/discovery`. */
+export const DeviceTelemetryFields = Schema.Struct({
+  uuid: opt(Schema.String),
+  utilization: opt(Schema.Number),
+  temperature_c: opt(Schema.Number),
+  power_w: opt(Schema.Number)
+})
+
 /** One device as `/models` lists it (memory in MB). */
 export const NeuronDevice = Schema.Struct({
   id: Schema.String,
@@ -56,6 +77,10 @@ export const NeuronDevice = Schema.Struct({
   freeMb: Schema.Number,
   usedMb: Schema.Number,
   budgetMb: opt(Schema.NullOr(Schema.Number)),
+  ...DeviceTelemetry.fields,
+  /** The device group (worker) it belongs to; absent from older neurons: a group of its own. */
+  group: opt(Schema.String),
+  simulated: opt(Schema.Boolean),
   worker: opt(Schema.Struct({
     pid: Schema.NullOr(Schema.Number),
     alive: Schema.Boolean,
@@ -82,7 +107,8 @@ export const NeuronHealth = Schema.Struct({
     free_mb: Schema.Number,
     used_mb: Schema.Number,
     worker_alive: Schema.Boolean,
-    worker_restarts: Schema.Number
+    worker_restarts: Schema.Number,
+    ...DeviceTelemetryFields.fields
   })),
   in_flight: Schema.Number,
   queued: Schema.Number,
@@ -121,8 +147,15 @@ export const NeuronDiscovery = Schema.Struct({
     kind: Schema.String,
     name: Schema.String,
     total_mb: Schema.Number,
-    free_mb: Schema.Number
-  }))
+    free_mb: Schema.Number,
+    used_mb: opt(Schema.Number),
+    group: opt(Schema.String),
+    worker_pid: opt(Schema.NullOr(Schema.Number)),
+    simulated: opt(Schema.Boolean),
+    ...DeviceTelemetryFields.fields
+  })),
+  driver_version: opt(Schema.String),
+  cuda_version: opt(Schema.String)
 })
 export type NeuronDiscovery = typeof NeuronDiscovery.Type
 

@@ -142,7 +142,9 @@ export type EmbeddingRequest = typeof EmbeddingRequest.Type
 
 export const LoadRequest = Schema.Struct({
   model: ModelName,
-  context_size: opt(Schema.Int.pipe(Schema.between(64, 1 << 20)))
+  context_size: opt(Schema.Int.pipe(Schema.between(64, 1 << 20))),
+  /** The device group to load on (the gateway's placement: "cuda:0+cuda:1"); the neuron picks when absent. */
+  group: opt(Schema.String)
 })
 export type LoadRequest = typeof LoadRequest.Type
 

@@ -18,7 +18,7 @@ import { InFlight } from "./InFlight.js"
 import * as M from "./Metrics.js"
 import { describeNeuronError, NeuronClient, type NeuronError } from "./NeuronClient.js"
 import { Poller } from "./Poller.js"
-import { planLoad, reservedOn, type SchedulerSettings } from "./Scheduler.js"
+import { planLoad, type Reservation, reservedOn, type SchedulerSettings } from "./Scheduler.js"
 
 export type LoadReason = "first_load" | "after_eviction" | "after_idle_unload" | "after_unload"
 
@@ -42,6 +42,7 @@ export interface LoadInProgress {
 /** What a planned load holds until it ends: its node's memory reservation and its claimed victims. */
 interface Hold {
   node: string | undefined
+  group: string | undefined
   victims: ReadonlyArray<string>
 }
 
@@ -56,8 +57,8 @@ export class ColdLoader extends Effect.Service<ColdLoader>()("cortex/ColdLoader"
     // Planning runs one at a time across the fleet: two loads planned from the same poll would
     // otherwise both spend the same free memory, or evict the same model.
     const planLock = yield* Effect.makeSemaphore(1)
-    /** Memory held for loads in flight, per node: the poll cannot see it yet. */
-    const reserved = new Map<string, Map<string, number>>()
+    /** Memory held for loads in flight, per node and group: the poll cannot see it yet. */
+    const reserved = new Map<string, Map<string, Reservation>>()
     const loads = new Map<string, {
       readonly deferred: Deferred.Deferred<string, ApiError>
       node: string | null
@@ -89,13 +90,21 @@ export class ColdLoader extends Effect.Service<ColdLoader>()("cortex/ColdLoader"
       })
 
     /** The load call itself, in its own span (the neuron's load span continues it). */
-    const callLoad = (model: CatalogueModel, nodeName: string, reason: LoadReason, evicted: ReadonlyArray<string>) =>
+    const callLoad = (
+      model: CatalogueModel,
+      nodeName: string,
+      group: string,
+      reason: LoadReason,
+      evicted: ReadonlyArray<string>
+    ) =>
       Effect.gen(function*() {
         const node = (yield* poller.get).get(nodeName)!
         const profile = model.profile
         return yield* neuron.call(node.endpoint, "/models/load", NeuronModel, {
           body: {
             model: model.neuronId,
+            // The neuron loads on the group placement chose (its devices' memory was counted).
+            ...(node.devices.some((d) => d.group !== undefined) ? { group } : {}),
             ...(profile?.context_size !== undefined ? { context_size: profile.context_size } : {})
           },
           timeoutMs: config.loadTimeoutSecs * 1000,
@@ -108,6 +117,7 @@ export class ColdLoader extends Effect.Service<ColdLoader>()("cortex/ColdLoader"
           attributes: {
             "gen_ai.request.model": model.id,
             "cortex.node": nodeName,
+            "cortex.device_group": group,
             "cortex.load_reason": reason,
             "cortex.evicted": evicted.join(",")
           }
@@ -118,14 +128,22 @@ export class ColdLoader extends Effect.Service<ColdLoader>()("cortex/ColdLoader"
       )
 
     /** Carry out a Load plan outside the lock: unload the victims still needed, then load. */
-    const drainAndLoad = (model: CatalogueModel, nodeName: string, hold: Hold, required: number, started: number) =>
+    const drainAndLoad = (
+      model: CatalogueModel,
+      nodeName: string,
+      group: string,
+      hold: Hold,
+      required: number,
+      started: number
+    ) =>
       Effect.gen(function*() {
         const victims = hold.victims
         const evicted = yield* evictor.makeRoom(
           nodeName,
+          group,
           victims,
           required,
-          () => reservedOn(reserved, nodeName, model.neuronId)
+          () => reservedOn(reserved, nodeName, model.neuronId, group)
         ).pipe(
           Effect.mapError(neuronError(model.id)),
           // Victims not unloaded serve again at once.
@@ -138,9 +156,11 @@ export class ColdLoader extends Effect.Service<ColdLoader>()("cortex/ColdLoader"
         const reason: LoadReason = last === "idle" ? "after_idle_unload" : last ? "after_eviction" : "first_load"
         const loadStarted = Date.now()
         yield* Effect.logInfo(
-          `loading ${model.id} on ${nodeName} (${reason}${evicted.length > 0 ? `, evicted ${evicted.join(", ")}` : ""})`
+          `loading ${model.id} on ${nodeName} ${group} (${reason}${
+            evicted.length > 0 ? `, evicted ${evicted.join(", ")}` : ""
+          })`
         )
-        yield* evictor.whileLoading(nodeName, model.neuronId, callLoad(model, nodeName, reason, evicted))
+        yield* evictor.whileLoading(nodeName, model.neuronId, callLoad(model, nodeName, group, reason, evicted))
         const loadMs = Date.now() - loadStarted
         yield* Metric.update(Metric.taggedWithLabels(M.modelLoad, labels(model.id, nodeName)), loadMs / 1000)
         yield* Metric.update(
@@ -177,11 +197,12 @@ export class ColdLoader extends Effect.Service<ColdLoader>()("cortex/ColdLoader"
         }, settings)
         if (plan._tag === "Load") {
           // One synchronous step, recorded in `hold`, so however the load ends it lets them go.
-          const onNode = reserved.get(plan.node) ?? new Map<string, number>()
-          onNode.set(model.neuronId, plan.requiredMb)
+          const onNode = reserved.get(plan.node) ?? new Map<string, Reservation>()
+          onNode.set(model.neuronId, { mb: plan.requiredMb, group: plan.group })
           reserved.set(plan.node, onNode)
           evictor.claim(plan.node, plan.evict)
           hold.node = plan.node
+          hold.group = plan.group
           hold.victims = plan.evict
         }
         return plan
@@ -189,7 +210,7 @@ export class ColdLoader extends Effect.Service<ColdLoader>()("cortex/ColdLoader"
 
     /** Plan until the plan is to load (or to refuse), then carry it out. Returns the node's name. */
     const loadNow = (model: CatalogueModel, entry: { node: string | null }) => {
-      const hold: Hold = { node: undefined, victims: [] }
+      const hold: Hold = { node: undefined, group: undefined, victims: [] }
       return Effect.gen(function*() {
         const started = Date.now()
         const swapDeadline = started + config.eviction.maxSwapWaitSecs * 1000
@@ -197,7 +218,9 @@ export class ColdLoader extends Effect.Service<ColdLoader>()("cortex/ColdLoader"
           const plan = yield* planOnce(model, hold, started, swapDeadline)
           if (plan._tag === "Refuse") return yield* Effect.fail(plan.error)
           if (plan.node !== undefined) entry.node = plan.node
-          if (plan._tag === "Load") return yield* drainAndLoad(model, plan.node, hold, plan.requiredMb, started)
+          if (plan._tag === "Load") {
+            return yield* drainAndLoad(model, plan.node, plan.group, hold, plan.requiredMb, started)
+          }
           yield* Effect.sleep("100 millis")
           if (plan.node !== undefined) yield* poller.refresh(plan.node)
         }

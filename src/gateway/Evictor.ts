@@ -13,12 +13,14 @@ import { InFlight } from "./InFlight.js"
 import * as M from "./Metrics.js"
 import { NeuronClient, type NeuronError } from "./NeuronClient.js"
 import { type NodeState, Poller } from "./Poller.js"
-import { profileOf } from "./Scheduler.js"
+import { deviceGroup, profileOf } from "./Scheduler.js"
 
 export type EvictionReason = "make_room" | "idle"
 
 const key = (node: string, model: string) => `${node}\u0000${model}`
-const freeOf = (node: NodeState) => node.devices.reduce((sum, d) => sum + d.freeMb, 0)
+/** Free memory on one device group of a node (evicting elsewhere frees nothing there). */
+const freeOf = (node: NodeState, group: string) =>
+  node.devices.reduce((sum, d) => deviceGroup(d) === group ? sum + d.freeMb : sum, 0)
 
 export class Evictor extends Effect.Service<Evictor>()("cortex/Evictor", {
   scoped: Effect.gen(function*() {
@@ -72,12 +74,13 @@ export class Evictor extends Effect.Service<Evictor>()("cortex/Evictor", {
       }))
 
     /**
-     * Unload claimed `victims` from `nodeName` in order until `requiredMb` fits, re-reading the
-     * node's free memory (less `heldByOthers()`, other loads' reservations) before each; the
-     * victims stay claimed (the caller releases them). Returns those unloaded.
+     * Unload claimed `victims` from `nodeName` in order until `requiredMb` fits on `group`,
+     * re-reading the group's free memory (less `heldByOthers()`, other loads' reservations there)
+     * before each; the victims stay claimed (the caller releases them). Returns those unloaded.
      */
     const makeRoom = (
       nodeName: string,
+      group: string,
       victims: ReadonlyArray<string>,
       requiredMb: number,
       heldByOthers: () => number
@@ -86,7 +89,7 @@ export class Evictor extends Effect.Service<Evictor>()("cortex/Evictor", {
         const evicted: Array<string> = []
         for (const victim of victims) {
           const current = (yield* poller.get).get(nodeName)
-          if (current === undefined || freeOf(current) - heldByOthers() >= requiredMb) break
+          if (current === undefined || freeOf(current, group) - heldByOthers() >= requiredMb) break
           yield* unload(current, victim, "make_room")
           evicted.push(victim)
         }

@@ -23,6 +23,7 @@ import { buildInfo } from "../telemetry/BuildInfo.js"
 import { principalFor } from "./Auth.js"
 import { Catalogue, catalogueList } from "./Catalogue.js"
 import { ColdLoader } from "./ColdLoader.js"
+import { deviceView } from "./DeviceTelemetry.js"
 import * as Dialects from "./Dialects.js"
 import type { DialectError } from "./Dialects.js"
 import { GatewayConfig } from "./GatewayConfig.js"
@@ -168,7 +169,7 @@ export const makeGatewayApp = Effect.gen(function*() {
     misses: node.misses,
     last_seen: node.lastSeen ? new Date(node.lastSeen).toISOString() : null,
     error: node.lastError ?? null,
-    devices: node.devices.map((d) => ({ id: d.id, name: d.name, total_mb: d.totalMb, free_mb: d.freeMb })),
+    devices: node.devices.map(deviceView),
     models: node.models.filter((m) => m.status !== "available").map((m) => ({
       id: m.id,
       status: m.status,

@@ -1,7 +1,11 @@
 /**
- * Placement: where to cold-load a model and which residents to evict there first, as pure
- * functions. A node's devices form one memory pool (free and total are summed). The Evictor
- * carries out the answer and re-checks free memory after each unload; this module only decides.
+ * Placement: where to cold-load a model (a node and one of its device groups) and which residents
+ * to evict there first, as pure functions. A device group is the devices one neuron worker owns
+ * (`[[device_groups]]`, else each GPU alone): a model loaded there is split across the group's
+ * devices by their free memory (llama.cpp's default split), so it fits a group when the group's
+ * free memory adds up to it, and evicting a model frees memory only on its own group's devices.
+ * Nothing is pooled across groups. The Evictor carries out the answer and re-checks free memory
+ * after each unload; this module only decides.
  */
 export type Strategy = "lru" | "priority"
 
@@ -21,6 +25,8 @@ export interface PlacementModel {
 
 export interface ResidentModel {
   readonly id: string
+  /** The device group it occupies. */
+  readonly group: string
   readonly footprintMb: number
   readonly priority: number
   /** Pinned to this node: never evicted. */
@@ -29,6 +35,14 @@ export interface ResidentModel {
   readonly lastUsed: number
   /** Requests running on it now. */
   readonly inFlight: number
+}
+
+export interface PlacementDevice {
+  readonly id: string
+  /** Its device group (absent: a group of its own, as a neuron without groups runs). */
+  readonly group?: string | undefined
+  readonly totalMb: number
+  readonly freeMb: number
 }
 
 export interface PlacementNode {
@@ -41,7 +55,7 @@ export interface PlacementNode {
   readonly healthy: boolean
   /** The model's file is on this node (only such nodes can load it). */
   readonly hasModel: boolean
-  readonly devices: ReadonlyArray<{ readonly id: string; readonly totalMb: number; readonly freeMb: number }>
+  readonly devices: ReadonlyArray<PlacementDevice>
   readonly resident: ReadonlyArray<ResidentModel>
 }
 
@@ -49,9 +63,11 @@ export type Placement =
   | {
     readonly _tag: "Place"
     readonly node: string
-    /** Ids to unload first, in victim order. */
+    /** The device group on that node. */
+    readonly group: string
+    /** Ids to unload first (all on that group), in victim order. */
     readonly evict: ReadonlyArray<string>
-    /** The node's free memory now. */
+    /** The group's free memory now. */
     readonly freeMb: number
     /** Its free memory once the victims are unloaded. */
     readonly freeAfterMb: number
@@ -143,55 +159,105 @@ export const chooseVictims = (
 
 const sum = (xs: ReadonlyArray<number>) => xs.reduce((s, x) => s + x, 0)
 
-const freeOf = (node: PlacementNode) => sum(node.devices.map((d) => d.freeMb))
-const totalOf = (node: PlacementNode) => sum(node.devices.map((d) => d.totalMb))
+export const groupOf = (d: PlacementDevice) => d.group ?? d.id
 
-/** Why `node` can never hold `model`, or undefined when it is capable. */
-const incapability = (model: PlacementModel, node: PlacementNode): string | undefined => {
-  if (!node.hasModel) return `${node.name}: does not have the model's file`
+export interface DeviceGroup {
+  readonly id: string
+  readonly devices: ReadonlyArray<PlacementDevice>
+}
+
+/** A node's devices by group, groups in name order. */
+export const groupsOf = (node: PlacementNode): Array<DeviceGroup> => {
+  const byId = new Map<string, Array<PlacementDevice>>()
+  for (const d of node.devices) byId.set(groupOf(d), [...(byId.get(groupOf(d)) ?? []), d])
+  return [...byId].map(([id, devices]) => ({ id, devices: devices.sort((a, b) => nameOrder(a.id, b.id)) }))
+    .sort((a, b) => nameOrder(a.id, b.id))
+}
+
+const freeOf = (group: DeviceGroup) => sum(group.devices.map((d) => d.freeMb))
+const totalOf = (group: DeviceGroup) => sum(group.devices.map((d) => d.totalMb))
+
+/**
+ * A load of `requiredMb` split across a group's devices by their free memory (llama.cpp's
+ * default split; evenly when none is free). Each share fits its device iff the sum fits.
+ */
+export const shares = (
+  requiredMb: number,
+  devices: ReadonlyArray<{ readonly id: string; readonly freeMb: number }>
+) => {
+  const free = sum(devices.map((d) => Math.max(0, d.freeMb)))
+  return devices.map((d) => ({
+    id: d.id,
+    mb: free > 0 ? requiredMb * Math.max(0, d.freeMb) / free : requiredMb / devices.length
+  }))
+}
+
+const describeGroup = (group: DeviceGroup) => group.devices.map((d) => `${d.id} ${d.totalMb} MB`).join(" + ")
+
+/** Why `group` can never hold `model`, or undefined when it is capable. */
+const groupIncapability = (model: PlacementModel, group: DeviceGroup): string | undefined => {
   const minDevices = Math.max(1, model.minDevices)
   const minVram = model.minDeviceVramMb
-  const qualifying = node.devices.filter((d) => minVram === undefined || d.totalMb >= minVram).length
+  const qualifying = group.devices.filter((d) => minVram === undefined || d.totalMb >= minVram).length
   if (qualifying < minDevices) {
     const each = minVram === undefined ? "" : ` of >= ${minVram} MB`
-    return `${node.name}: has ${qualifying} device(s)${each}, needs ${minDevices}`
+    return `group ${group.id} has ${qualifying} device(s)${each}, needs ${minDevices}`
   }
-  const total = totalOf(node)
-  if (total < model.requiredMb) return `${node.name}: has ${total} MB in total, needs ${model.requiredMb} MB`
+  const total = totalOf(group)
+  if (total < model.requiredMb) {
+    return `group ${group.id} (${describeGroup(group)}) has ${total} MB in total, needs ${model.requiredMb} MB`
+  }
   return undefined
+}
+
+/** Why `node` can never hold `model` (every group's reason), or undefined when a group is capable. */
+const incapability = (model: PlacementModel, node: PlacementNode): string | undefined => {
+  if (!node.hasModel) return `${node.name}: does not have the model's file`
+  const groups = groupsOf(node)
+  if (groups.length === 0) return `${node.name}: has no devices`
+  const reasons = groups.map((g) => groupIncapability(model, g))
+  if (reasons.some((r) => r === undefined)) return undefined
+  return `${node.name}: ${reasons.join("; ")}`
 }
 
 const nameOrder = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0)
 
 interface Candidate {
   readonly node: PlacementNode
+  readonly group: DeviceGroup
   readonly freeMb: number
   readonly victims: ReadonlyArray<ResidentModel>
 }
 
-/** Why a healthy capable node cannot take the model now, even after every eviction it may make. */
-const blockage = (model: PlacementModel, node: PlacementNode, eligible: ReadonlyArray<ResidentModel>) => {
+/** Why a capable group of a healthy node cannot take the model now, even after every eviction it may make. */
+const blockage = (
+  model: PlacementModel,
+  node: PlacementNode,
+  group: DeviceGroup,
+  eligible: ReadonlyArray<ResidentModel>
+) => {
   const ids = (rs: ReadonlyArray<ResidentModel>) => rs.map((r) => r.id).sort(nameOrder)
-  const others = node.resident.filter((r) => r.id !== model.id)
+  const others = node.resident.filter((r) => r.id !== model.id && r.group === group.id)
   const pinned = ids(others.filter((r) => r.pinned))
   const higher = ids(others.filter((r) => !r.pinned && r.priority > model.priority))
   const busy = ids(eligible.filter((r) => r.inFlight > 0))
   const parts = [
-    `needs ${model.requiredMb} MB, ${freeOf(node)} MB free, evictable models hold ${
+    `needs ${model.requiredMb} MB, ${freeOf(group)} MB free, evictable models hold ${
       sum(eligible.map((r) => r.footprintMb))
     } MB`
   ]
   if (higher.length > 0) parts.push(`higher-class models in the way: ${higher.join(", ")}`)
   if (pinned.length > 0) parts.push(`pinned models in the way: ${pinned.join(", ")}`)
   if (busy.length > 0) parts.push(`evictable but busy: ${busy.join(", ")}`)
-  return `${node.name}: ${parts.join("; ")}`
+  return `${node.name} group ${group.id}: ${parts.join("; ")}`
 }
 
 /**
- * The node to load `model` on and what to evict there first. Healthy capable nodes are ranked:
- * the pinned node, fits in free memory now, fits after evicting only what the model may displace,
- * most free memory, name. Infeasible only when every considered node has been seen and none is
- * capable; a node never seen may be the one with the file.
+ * The node and device group to load `model` on, and what to evict there first (only models on
+ * that group: evicting elsewhere frees nothing there). Capable groups of healthy nodes are
+ * ranked: the pinned node, fits in free memory now, fits after evicting only what the model may
+ * displace, most free memory, node name, group name. Infeasible only when every considered node
+ * has been seen and none has a capable group; a node never seen may be the one with the file.
  */
 export const place = (
   model: PlacementModel,
@@ -221,23 +287,30 @@ export const place = (
   const candidates: Array<Candidate> = []
   for (const node of capable) {
     if (!node.healthy) continue
-    const free = freeOf(node)
-    const eligible = node.resident.filter((r) => !r.pinned && r.priority <= model.priority && r.id !== model.id)
-    const victims = chooseVictims(eligible, model.requiredMb - free, strategy)
-    if (victims === undefined) blocked.push(blockage(model, node, eligible))
-    else candidates.push({ node, freeMb: free, victims })
+    for (const group of groupsOf(node)) {
+      if (groupIncapability(model, group) !== undefined) continue
+      const free = freeOf(group)
+      const eligible = node.resident.filter((r) =>
+        r.group === group.id && !r.pinned && r.priority <= model.priority && r.id !== model.id
+      )
+      const victims = chooseVictims(eligible, model.requiredMb - free, strategy)
+      if (victims === undefined) blocked.push(blockage(model, node, group, eligible))
+      else candidates.push({ node, group, freeMb: free, victims })
+    }
   }
 
   const best = candidates.sort((a, b) =>
     Number(b.node.name === pinnedOn) - Number(a.node.name === pinnedOn) ||
     Number(a.victims.length > 0) - Number(b.victims.length > 0) ||
     b.freeMb - a.freeMb ||
-    nameOrder(a.node.name, b.node.name)
+    nameOrder(a.node.name, b.node.name) ||
+    nameOrder(a.group.id, b.group.id)
   )[0]
   if (best !== undefined) {
     return {
       _tag: "Place",
       node: best.node.name,
+      group: best.group.id,
       evict: best.victims.map((r) => r.id),
       freeMb: best.freeMb,
       freeAfterMb: best.freeMb + sum(best.victims.map((r) => r.footprintMb))

@@ -15,10 +15,16 @@ import type { ModelProfile } from "./GatewayConfig.js"
 import { place, type PlacementNode, residencyPriority, type Strategy, swapOrWait } from "./Placement.js"
 import type { FleetState, NodeState } from "./Poller.js"
 
+export interface Reservation {
+  readonly mb: number
+  /** The device group the load goes to. */
+  readonly group: string
+}
+
 export interface Snapshot {
   readonly fleet: FleetState
-  /** Memory held per node by loads in flight (neuron model id → MB): the poll cannot see it yet. */
-  readonly reserved: ReadonlyMap<string, ReadonlyMap<string, number>>
+  /** Memory held per node by loads in flight (neuron model id → MB on a group): the poll cannot see it yet. */
+  readonly reserved: ReadonlyMap<string, ReadonlyMap<string, Reservation>>
   /** A replica claimed for unloading (a plan's victim, or the idle sweep's): neither evictable nor free. */
   readonly claimed: (node: string, model: string) => boolean
   /** Requests this gateway has in flight on a replica. */
@@ -50,6 +56,8 @@ export type Plan =
   | {
     readonly _tag: "Load"
     readonly node: string
+    /** The device group on that node. */
+    readonly group: string
     /** Residents to unload first, in victim order (the Evictor stops once the model fits). */
     readonly evict: ReadonlyArray<string>
     readonly requiredMb: number
@@ -64,16 +72,22 @@ const residentStatuses = new Set(["loaded", "loading", "recovering", "unloading"
 export const profileOf = (profiles: ReadonlyArray<ModelProfile>, neuronId: string): ModelProfile | undefined =>
   profiles.find((p) => (p.file ?? p.id) === neuronId)
 
-/** Memory held on `node` by loads in flight, but for `except`'s own reservation. */
+/** Memory held on `node` (on its `group` when given) by loads in flight, but for `except`'s own reservation. */
 export const reservedOn = (
   reserved: Snapshot["reserved"],
   node: string,
-  except?: string
+  except?: string,
+  group?: string
 ): number => {
   let sum = 0
-  for (const [id, mb] of reserved.get(node) ?? []) if (id !== except) sum += mb
+  for (const [id, r] of reserved.get(node) ?? []) {
+    if (id !== except && (group === undefined || r.group === group)) sum += r.mb
+  }
   return sum
 }
+
+/** A device's group as the neuron reports it (an older neuron: each device alone). */
+export const deviceGroup = (d: { readonly id: string; readonly group?: string | undefined }) => d.group ?? d.id
 
 /** The memory the model needs: its profile's vram_mb, else the largest estimate a neuron gave. */
 export const requiredMb = (model: CatalogueModel, fleet: FleetState): number => {
@@ -86,14 +100,22 @@ export const requiredMb = (model: CatalogueModel, fleet: FleetState): number => 
   return estimates.length > 0 ? Math.max(...estimates) : 0
 }
 
-/** Devices with in-flight loads' memory taken off their free figures (largest free first). */
+/** Devices with in-flight loads' memory taken off their group's free figures (largest free first). */
 const withReservations = (node: NodeState, reserved: Snapshot["reserved"]) => {
-  let held = reservedOn(reserved, node.name)
-  return [...node.devices].sort((a, b) => b.freeMb - a.freeMb).map((d) => {
-    const take = Math.min(held, d.freeMb)
-    held -= take
-    return { id: d.id, totalMb: d.totalMb, freeMb: d.freeMb - take }
+  const held = new Map<string, number>()
+  return [...node.devices].sort((a, b) => b.freeMb - a.freeMb || (a.id < b.id ? -1 : 1)).map((d) => {
+    const group = deviceGroup(d)
+    const left = held.get(group) ?? reservedOn(reserved, node.name, undefined, group)
+    const take = Math.min(left, d.freeMb)
+    held.set(group, left - take)
+    return { id: d.id, group, totalMb: d.totalMb, freeMb: d.freeMb - take }
   })
+}
+
+/** The node's one device group, when it has exactly one (where any resident must be). */
+const onlyGroup = (node: NodeState) => {
+  const groups = new Set(node.devices.map(deviceGroup))
+  return groups.size === 1 ? [...groups][0] : undefined
 }
 
 const placementNodes = (
@@ -116,6 +138,7 @@ const placementNodes = (
         const young = snapshot.now - loadedAt < settings.minResidentMs
         return {
           id: m.id,
+          group: m.group ?? m.device ?? onlyGroup(node) ?? "",
           footprintMb: m.memory_estimate_mb ?? 0,
           priority: residencyPriority(profile ?? {}),
           // Only a settled model can go; one loading or recovering is never a victim.
@@ -195,5 +218,5 @@ export const planLoad = (ask: LoadAsk, snapshot: Snapshot, settings: SchedulerSe
   if (step._tag === "Wait") {
     return { _tag: "Wait", node: node.name, reason: `victims busy or just loaded: ${step.blocking.join(", ")}` }
   }
-  return { _tag: "Load", node: node.name, evict: placement.evict, requiredMb: required }
+  return { _tag: "Load", node: node.name, group: placement.group, evict: placement.evict, requiredMb: required }
 }

@@ -5,6 +5,7 @@ import { Effect, Layer, Metric, MetricLabel, Schedule } from "effect"
 import { createServer } from "node:http"
 import { Catalogue } from "../gateway/Catalogue.js"
 import { ColdLoader } from "../gateway/ColdLoader.js"
+import { deviceGauges } from "../gateway/DeviceTelemetry.js"
 import { Evictor } from "../gateway/Evictor.js"
 import { Failover } from "../gateway/Failover.js"
 import { GatewayConfig, type GatewaySettings } from "../gateway/GatewayConfig.js"
@@ -35,6 +36,7 @@ const fleetGauges = Effect.gen(function*() {
       yield* Metric.set(Metric.taggedWithLabels(M.deviceVramUsed, labels), d.usedMb)
       yield* Metric.set(Metric.taggedWithLabels(M.deviceVramFree, labels), d.freeMb)
     }
+    yield* deviceGauges(node)
   }
 })
 

@@ -1,7 +1,7 @@
 /**
- * One device worker: a child process that owns node-llama-cpp for a group of devices (one GPU
- * today, several once models span GPUs; or the CPU), as a scoped resource. `make` spawns the
- * child and waits for it to be ready; closing the scope shuts it down gracefully, bounded, then
+ * One device worker: a child process that owns node-llama-cpp for a group of devices (one GPU,
+ * several with `CUDA_VISIBLE_DEVICES` listing them, or the CPU), as a scoped resource. `make`
+ * spawns the child and waits for it to be ready; closing the scope shuts it down gracefully, bounded, then
  * kills it. Inside the scope a supervisor restarts a child that died, with backoff from a
  * `Schedule`, and publishes `Crashed` / `Restarted` on the events `PubSub`. Every pending job of
  * a dead child fails with `WorkerError` (reason "Crashed"); a job the worker refuses fails with
@@ -180,7 +180,8 @@ export const make = (
         env: {
           ...process.env,
           CORTEX_WORKER_THREADS: String(options.threads),
-          CORTEX_WORKER_GPU: cuda.length > 0 ? "1" : "0",
+          // A simulated GPU (tests) runs on the CPU; its group still gets CUDA_VISIBLE_DEVICES below.
+          CORTEX_WORKER_GPU: cuda.some((d) => d.simulated !== true) ? "1" : "0",
           ...(cuda.length > 0 ? { CUDA_VISIBLE_DEVICES: cuda.map((d) => d.index).join(",") } : {})
         },
         stdio: ["ignore", "inherit", "inherit", "ipc"],

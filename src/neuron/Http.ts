@@ -29,6 +29,7 @@ import {
 import { buildInfo } from "../telemetry/BuildInfo.js"
 import { tokenMatches } from "./ApiToken.js"
 import { toWorkerMessages } from "./ChatMessages.js"
+import { deviceTelemetry, driverFields } from "./DeviceViews.js"
 import { hostInfo } from "./Discovery.js"
 import { errorResponse, newRequestId, reportInternal } from "./ErrorAnswers.js"
 import { Inference } from "./Inference.js"
@@ -128,7 +129,8 @@ export const makeRouter = Effect.gen(function*() {
           free_mb: d.freeMb,
           used_mb: d.usedMb,
           worker_alive: d.worker.alive,
-          worker_restarts: d.worker.restarts
+          worker_restarts: d.worker.restarts,
+          ...deviceTelemetry(d)
         })),
         in_flight: totals.inFlight,
         queued: totals.queued,
@@ -158,8 +160,14 @@ export const makeRouter = Effect.gen(function*() {
           index: d.index,
           name: d.name,
           total_mb: d.totalMb,
-          free_mb: d.freeMb
-        }))
+          free_mb: d.freeMb,
+          used_mb: d.usedMb,
+          group: d.group,
+          worker_pid: d.worker.pid,
+          ...(d.simulated === true ? { simulated: true } : {}),
+          ...deviceTelemetry(d)
+        })),
+        ...driverFields(models.driver())
       } satisfies NeuronDiscovery
     )
   })
@@ -185,7 +193,7 @@ export const makeRouter = Effect.gen(function*() {
   /** A load (the gateway's cold loads come here, in the request's trace), failures counted. */
   const load = Effect.gen(function*() {
     const request = yield* body(LoadRequest)
-    const view = yield* models.load(request.model, request.context_size).pipe(
+    const view = yield* models.load(request.model, request.context_size, request.group).pipe(
       Effect.tapError((error) =>
         Effect.sync(() =>
           NM.recordLoadFailure(

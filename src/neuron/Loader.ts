@@ -18,10 +18,10 @@ import {
   ShuttingDown,
   type WorkerCrashed
 } from "../domain/errors.js"
+import { splitByFree } from "./DeviceGroups.js"
 import type { DeviceWorker, WorkerError, WorkerEvent } from "./DeviceWorker.js"
 import { DeviceWorkers } from "./DeviceWorkers.js"
-import type { Device } from "./Discovery.js"
-import { type Entry, memoryOf, ModelRegistry, residentStatuses } from "./ModelRegistry.js"
+import { type Entry, memoryOf, ModelRegistry, onGpu, residentStatuses } from "./ModelRegistry.js"
 import { NeuronConfig } from "./NeuronConfig.js"
 import { Seats } from "./Seats.js"
 import { LoadedInfo, type ModelEstimate } from "./worker/protocol.js"
@@ -29,11 +29,12 @@ import { LoadedInfo, type ModelEstimate } from "./worker/protocol.js"
 export type LoadFailure = InsufficientVram | ModelLoadFailed | WorkerCrashed | ModelUnavailable
 
 interface Target {
-  readonly device: Device
   readonly worker: DeviceWorker
   readonly free: number
   readonly required: number
   readonly estimate: ModelEstimate
+  /** The load's memory per device of the group. */
+  readonly shares: ReadonlyArray<{ readonly id: string; readonly mb: number }>
 }
 
 const toLoadError = (id: string) => (error: WorkerError) =>
@@ -67,33 +68,44 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
     }
 
     /**
-     * The device with the most free memory where `e` fits with `contextSize`. When `e` is being
-     * reloaded, the memory it holds now counts as free on its own device: that is what the
-     * reload would give back first.
+     * The device group with the most free memory where `e` fits with `contextSize` (only `wanted`
+     * when the gateway names one). A group's load is split across its devices by their free
+     * memory (llama.cpp's default split), so it fits when the group's free memory adds up to it;
+     * a refusal names the group's devices and their free figures. When `e` is being reloaded,
+     * the memory it holds now counts as free on its own devices: that is what the reload would
+     * give back first.
      */
-    const pickDevice = (e: Entry, contextSize: number, reloading = false) =>
+    const pickDevice = (e: Entry, contextSize: number, reloading = false, wanted?: string) =>
       Effect.gen(function*() {
         let best: Target | undefined
         let refusal: InsufficientVram | undefined
-        for (const device of workers.devices()) {
-          const worker = workers.worker(device.id)
-          if (!worker?.alive) continue
+        const groups = workers.workers().filter((w) => wanted === undefined || w.id === wanted)
+        for (const worker of groups) {
+          if (!worker.alive) continue
           const estimate = yield* registry.estimate(e, contextSize, worker).pipe(
             Effect.mapError(toLoadError(e.file.id))
           )
-          const required = memoryOf(estimate, device.id)
-          const free = registry.freeMb(device) + (reloading && e.device === device.id ? registry.footprint(e) : 0)
+          const required = memoryOf(estimate, onGpu(worker))
+          const devices = registry.groupDevices(worker).map((d) => ({
+            id: d.id,
+            freeMb: registry.freeMb(d) + (reloading && e.device === worker.id ? registry.shareOn(e, d.id) : 0)
+          }))
+          const free = devices.reduce((sum, d) => sum + d.freeMb, 0)
           if (required > free) {
             refusal ??= new InsufficientVram({
               model: e.file.id,
-              device: device.id,
+              device: devices.length > 1
+                ? devices.map((d) => `${d.id} (${Math.floor(d.freeMb)} MB free)`).join(" + ")
+                : worker.id,
               required_mb: required,
-              free_mb: free,
+              free_mb: Math.floor(free),
               phase: "load"
             })
             continue
           }
-          if (!best || free > best.free) best = { device, worker, free, required, estimate }
+          if (!best || free > best.free) {
+            best = { worker, free, required, estimate, shares: splitByFree(required, devices) }
+          }
         }
         if (best) return best
         return yield* refusal ??
@@ -101,19 +113,24 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
       })
 
     /** Start the load of `e` in the service's scope; its outcome completes `done`. */
-    const startLoad = (e: Entry, done: Deferred.Deferred<LoadedInfo, LoadFailure>) => {
+    const startLoad = (e: Entry, done: Deferred.Deferred<LoadedInfo, LoadFailure>, group: string | undefined) => {
       const id = e.file.id
       const previous = e.status
       e.status = "loading"
       e.error = undefined
       const attempt = Effect.gen(function*() {
-        const target = yield* pickDevice(e, e.requestedContext ?? config.contextSize)
-        e.device = target.device.id
+        const target = yield* pickDevice(e, e.requestedContext ?? config.contextSize, false, group)
+        e.device = target.worker.id
         e.reservedMb = target.required
+        e.shares = target.shares
         yield* registry.changed
         if (config.loadDelayMs > 0) yield* Effect.sleep(`${config.loadDelayMs} millis`)
         yield* Effect.logInfo(
-          `loading ${id} on ${target.device.id} (needs ~${target.required} MB, ${target.free} MB free)`
+          `loading ${id} on ${target.worker.id} (needs ~${target.required} MB${
+            target.shares.length > 1
+              ? `: ${target.shares.map((s) => `${Math.round(s.mb)} MB on ${s.id}`).join(", ")}`
+              : ""
+          }; ${Math.floor(target.free)} MB free)`
         )
         return yield* loadOn(target.worker, e, target.estimate).pipe(Effect.mapError(toLoadError(id)))
       }).pipe(loadLock.withPermits(1))
@@ -132,6 +149,7 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
           onFailure: (error) =>
             Effect.sync(() => {
               e.device = undefined
+              e.shares = undefined
               e.reservedMb = undefined
               e.loaded = undefined
               e.status = error._tag === "InsufficientVram" && previous !== "failed" ? "available" : "failed"
@@ -149,7 +167,8 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
       )
     }
 
-    const load = Effect.fn("Loader.load")(function*(id: string, contextSize?: number) {
+    /** Load `id` (on device group `group` when given: the gateway places loads itself). */
+    const load = Effect.fn("Loader.load")(function*(id: string, contextSize?: number, group?: string) {
       if (seats.isDraining()) return yield* new ShuttingDown()
       const e = yield* registry.find(id)
       if (e.status === "loaded" && (contextSize === undefined || contextSize === e.requestedContext)) {
@@ -164,7 +183,7 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
         // (507) leaves the model loaded and serving. A concurrent load may still take the
         // memory between this check and the reload; the reload then fails as any load would.
         // The estimate is cached: the reload's own pre-flight does not ask the worker again.
-        yield* pickDevice(e, contextSize ?? config.contextSize, true)
+        yield* pickDevice(e, contextSize ?? config.contextSize, true, group)
         yield* unload(id)
       }
       let done = loading.get(e)
@@ -172,7 +191,7 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
         done = yield* Deferred.make<LoadedInfo, LoadFailure>()
         loading.set(e, done)
         e.requestedContext = contextSize ?? e.requestedContext
-        yield* startLoad(e, done)
+        yield* startLoad(e, done, group)
       }
       yield* Deferred.await(done)
       return registry.view(e)
@@ -192,6 +211,7 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
       if (worker?.alive) yield* worker.request({ _tag: "unload", model: id }, Schema.Unknown).pipe(Effect.ignore)
       e.status = "available"
       e.device = undefined
+      e.shares = undefined
       e.loaded = undefined
       e.loadedAt = undefined
       yield* seats.reset(e, "unloaded")
@@ -218,7 +238,7 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
         return e
       })
 
-    const onWorker = (worker: DeviceWorker) => (e: Entry) => worker.devices.some((d) => d.id === e.device)
+    const onWorker = (worker: DeviceWorker) => (e: Entry) => e.device === worker.id
 
     const crashed = (worker: DeviceWorker, error: WorkerError) =>
       Effect.forEach([...registry.entries()], (e) => {
@@ -250,6 +270,7 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
             e.status = "failed"
             e.error = `recovery failed: ${exit.cause}`
             e.device = undefined
+            e.shares = undefined
             e.loaded = undefined
             return Effect.logWarning(`model ${e.file.id} could not be recovered`)
           }),
@@ -303,7 +324,21 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
         Effect.ignore
       ), { discard: true })
 
-    return { load, unload, resident, restartWorker, loadDefaults } as const
+    /** A load as the API asks for it: a group that does not exist is the caller's mistake (422 naming `group`). */
+    const loadIn = (id: string, contextSize?: number, group?: string) =>
+      Effect.gen(function*() {
+        if (group !== undefined && !workers.workers().some((w) => w.id === group)) {
+          return yield* new InvalidRequest({
+            message: `This neuron has no device group '${group}' (its groups: ${
+              workers.workers().map((w) => w.id).join(", ")
+            })`,
+            param: "group"
+          })
+        }
+        return yield* load(id, contextSize, group)
+      })
+
+    return { load: loadIn, unload, resident, restartWorker, loadDefaults } as const
   }),
   dependencies: [Seats.Default, ModelRegistry.Default, DeviceWorkers.Default]
 }) {}

@@ -64,7 +64,8 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
       drain: seats.drain,
       totals: seats.totals,
       isDraining: seats.isDraining,
-      engine: workers.engine
+      engine: workers.engine,
+      driver: workers.driver
     } as const
   }),
   dependencies: [Loader.Default, Seats.Default, ModelRegistry.Default, DeviceWorkers.Default]

@@ -22,7 +22,10 @@ export interface Entry {
   file: ModelFile
   status: ModelStatus
   error: string | undefined
+  /** The device group (its worker's id: "cuda:0", "cuda:0+cuda:1", "cpu") it is on. */
   device: string | undefined
+  /** Its memory per device of that group (split by free memory at load; see DeviceGroups.ts). */
+  shares: ReadonlyArray<{ readonly id: string; readonly mb: number }> | undefined
   requestedContext: number | undefined
   loaded: LoadedInfo | undefined
   /** The estimate at the default context on the first worker, for `/models` before a load. */
@@ -44,6 +47,8 @@ export interface ModelView {
   readonly status: ModelStatus
   readonly error: string | null
   readonly device: string | null
+  readonly group: string | null
+  readonly device_memory_mb: Readonly<Record<string, number>> | null
   readonly size_bytes: number
   readonly memory_estimate_mb: number | null
   readonly context_limit: number | null
@@ -59,14 +64,19 @@ export interface ModelView {
 export interface DeviceView extends Device {
   readonly usedMb: number
   readonly budgetMb: number | null
+  /** The group (worker id) the device belongs to. */
+  readonly group: string
   readonly worker: { readonly pid: number | null; readonly alive: boolean; readonly restarts: number }
 }
 
 /** Statuses whose model holds (or is about to hold) memory on its device. */
 export const residentStatuses: ReadonlySet<ModelStatus> = new Set(["loaded", "loading", "unloading", "recovering"])
 
-export const memoryOf = (estimate: ModelEstimate, deviceId: string | undefined) =>
-  deviceId?.startsWith("cuda") ? estimate.vramMb : estimate.ramMb
+/** Whether a worker's models live in VRAM (a real GPU; a simulated one runs on the CPU). */
+export const onGpu = (worker: DeviceWorker | undefined) =>
+  worker?.devices.some((d) => d.kind === "cuda" && d.simulated !== true) ?? false
+
+export const memoryOf = (estimate: ModelEstimate, gpu: boolean) => gpu ? estimate.vramMb : estimate.ramMb
 
 const fileKey = (file: ModelFile) => `${file.path}:${file.mtimeMs}`
 
@@ -75,6 +85,7 @@ const newEntry = (file: ModelFile): Entry => ({
   status: "available",
   error: undefined,
   device: undefined,
+  shares: undefined,
   requestedContext: undefined,
   loaded: undefined,
   estimate: undefined,
@@ -142,7 +153,7 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("cortex/Model
 
     // ---- estimates ----------------------------------------------------------------------
     const estimateKey = (contextSize: number, worker: DeviceWorker) =>
-      `${contextSize}:${worker.devices.some((d) => d.kind === "cuda") ? "cuda" : "cpu"}`
+      `${contextSize}:${onGpu(worker) ? "cuda" : "cpu"}`
 
     /** Weights + KV cache of `e` at `contextSize` on `worker`'s kind of device, asked of the worker once. */
     const estimate = (e: Entry, contextSize: number, worker: DeviceWorker): Effect.Effect<ModelEstimate, WorkerError> =>
@@ -191,16 +202,36 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("cortex/Model
     )
 
     // ---- memory -------------------------------------------------------------------------
-    const footprint = (e: Entry) => e.loaded ? memoryOf(e.loaded.estimate, e.device) : e.reservedMb ?? 0
+    const gpuOf = (e: Entry) => onGpu(e.device !== undefined ? workers.worker(e.device) : undefined)
+    const footprint = (e: Entry) => e.loaded ? memoryOf(e.loaded.estimate, gpuOf(e)) : e.reservedMb ?? 0
+    /** `e`'s memory on one device of its group. */
+    const shareOn = (e: Entry, deviceId: string) => {
+      const share = e.shares?.find((s) => s.id === deviceId)
+      if (share) return share.mb
+      return e.device === deviceId ? footprint(e) : 0
+    }
     const usedMb = (deviceId: string) => {
       let used = 0
       for (const e of entries.values()) {
-        if (e.device === deviceId && residentStatuses.has(e.status)) used += footprint(e)
+        if (residentStatuses.has(e.status)) used += shareOn(e, deviceId)
       }
       return used
     }
+    /**
+     * Free memory: the budget less what is accounted; a simulated GPU's total less what is
+     * accounted; a real device's last measured figure.
+     */
     const freeMb = (device: Device) =>
-      config.memoryBudgetMb !== undefined ? Math.max(0, config.memoryBudgetMb - usedMb(device.id)) : device.freeMb
+      config.memoryBudgetMb !== undefined
+        ? Math.max(0, config.memoryBudgetMb - usedMb(device.id))
+        : device.simulated === true
+        ? Math.max(0, device.totalMb - usedMb(device.id))
+        : device.freeMb
+    /** The devices of a worker's group with their current figures. */
+    const groupDevices = (worker: DeviceWorker): Array<Device> =>
+      worker.devices.map((g) => workers.devices().find((d) => d.id === g.id) ?? g)
+    /** Free memory over a worker's whole group. */
+    const groupFreeMb = (worker: DeviceWorker) => groupDevices(worker).reduce((sum, d) => sum + freeMb(d), 0)
 
     // ---- views --------------------------------------------------------------------------
     const capabilities = (e: Entry) => {
@@ -214,11 +245,17 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("cortex/Model
       status: e.status,
       error: e.error ?? null,
       device: e.device ?? null,
+      group: e.device ?? null,
+      device_memory_mb: e.device !== undefined && residentStatuses.has(e.status)
+        ? Object.fromEntries(
+          (workers.worker(e.device)?.devices ?? []).map((d) => [d.id, Math.round(shareOn(e, d.id) * 10) / 10])
+        )
+        : null,
       size_bytes: e.file.sizeBytes,
       memory_estimate_mb: e.loaded
-        ? memoryOf(e.loaded.estimate, e.device)
+        ? memoryOf(e.loaded.estimate, gpuOf(e))
         : e.estimate
-        ? memoryOf(e.estimate, workers.devices()[0]?.id)
+        ? memoryOf(e.estimate, onGpu(workers.workers()[0]))
         : null,
       context_limit: e.loaded?.contextSize ??
         (e.estimate?.trainContextSize != null
@@ -243,6 +280,7 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("cortex/Model
           freeMb: freeMb(d),
           usedMb: usedMb(d.id),
           budgetMb: config.memoryBudgetMb ?? null,
+          group: w?.id ?? d.id,
           worker: { pid: w?.pid ?? null, alive: w?.alive ?? false, restarts: w?.restarts ?? 0 }
         }
       })
@@ -254,6 +292,9 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("cortex/Model
       cachedEstimate,
       footprint,
       freeMb,
+      groupDevices,
+      groupFreeMb,
+      shareOn,
       view,
       snapshot: () => [...entries.values()].map(view),
       deviceViews,

@@ -10,6 +10,7 @@ import * as path from "node:path"
 import { parse as parseToml } from "smol-toml"
 import { ConfigError } from "../domain/contract.js"
 import { NeuronTelemetryTable, resolveTelemetry, type TelemetrySettings } from "../telemetry/TelemetryConfig.js"
+import { checkGroups, DeviceGroupTable, type SimulatedDevice, SimulateTable } from "./DeviceGroups.js"
 
 const Port = Schema.Int.pipe(Schema.between(0, 65535))
 const PositiveInt = Schema.Int.pipe(Schema.positive())
@@ -39,7 +40,11 @@ export const NeuronFile = Schema.Struct({
   /** Prometheus metrics on this port (at /metrics, on `host`); off when unset. */
   metrics_port: opt(Port),
   /** Trace export (src/telemetry/TelemetryConfig.ts; OTEL_* variables win). */
-  telemetry: opt(NeuronTelemetryTable)
+  telemetry: opt(NeuronTelemetryTable),
+  /** GPUs that share one worker (a model there is split across them; see DeviceGroups.ts). */
+  device_groups: opt(Schema.Array(DeviceGroupTable)),
+  /** Testing aid: declared GPUs instead of nvidia-smi's (see DeviceSource.ts). */
+  simulate: opt(SimulateTable)
 }).annotations({ parseOptions: { onExcessProperty: "error" } })
 export type NeuronFile = typeof NeuronFile.Type
 
@@ -67,6 +72,9 @@ export interface NeuronSettings {
   readonly prefillMbPer1kTokens: number
   readonly metricsPort: number | undefined
   readonly telemetry: TelemetrySettings
+  /** Configured device groups by GPU index (other GPUs are groups of their own). */
+  readonly deviceGroups: ReadonlyArray<ReadonlyArray<number>> | undefined
+  readonly simulate: ReadonlyArray<SimulatedDevice> | undefined
 }
 
 export class NeuronConfig extends Context.Tag("cortex/NeuronConfig")<NeuronConfig, NeuronSettings>() {}
@@ -225,6 +233,8 @@ export const loadNeuronConfig = (options: {
       env,
       defaultServiceName: "cortex-neuron"
     }).pipe(Effect.mapError((issue) => new ConfigError({ file: issue.file, key: issue.key, reason: issue.reason })))
+    const deviceGroups = checkGroups(file ?? "neuron.toml", merged.device_groups)
+    if (deviceGroups instanceof ConfigError) return yield* deviceGroups
     return {
       configFile: file,
       host: merged.host ?? "0.0.0.0",
@@ -248,6 +258,14 @@ export const loadNeuronConfig = (options: {
       prefillBaseMb: yield* envNumber("prefill_base_mb", fromVariables.prefillBaseMb, 4),
       prefillMbPer1kTokens: yield* envNumber("prefill_mb_per_1k_tokens", fromVariables.prefillMbPer1kTokens, 8),
       metricsPort: merged.metrics_port,
-      telemetry
+      telemetry,
+      deviceGroups,
+      simulate: merged.simulate?.devices.map((d) => ({
+        totalMb: d.total_mb,
+        name: d.name,
+        utilization: d.utilization,
+        temperatureC: d.temperature_c,
+        powerW: d.power_w
+      }))
     } satisfies NeuronSettings
   })

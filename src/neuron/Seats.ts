@@ -74,14 +74,15 @@ export class Seats extends Effect.Service<Seats>()("cortex/Seats", {
 
     /** The worker serving a loaded model and its limits, without taking a seat (tokenizing needs none). */
     const peek = (e: Entry, queueMs = 0, seats = 1): Seat => {
-      const device = workers.devices().find((d) => d.id === e.device)!
+      const worker = workers.worker(e.device!)!
       return {
         model: e.file.id,
-        worker: workers.worker(device.id)!,
+        worker,
         contextSize: e.loaded!.contextSize,
         maxTokenBytes: e.loaded!.maxTokenBytes,
-        freeMb: registry.freeMb(device),
-        device: device.id,
+        // A request's memory is split across the group as the model is.
+        freeMb: registry.groupFreeMb(worker),
+        device: worker.id,
         queueMs,
         seats
       }
