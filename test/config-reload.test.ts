@@ -240,3 +240,63 @@ describe("watch_config", () => {
     }
   })
 })
+
+describe("neuron SIGHUP", () => {
+  it("applies api_token, max_n and new default models live, refuses a bad file, names restart-only keys", async () => {
+    const n = await startNeuron({
+      models: ["tiny", "tiny-b"],
+      toml: `max_n = 1\ndefault_models = ["tiny"]\napi_token = "tok-one-0123"\n`,
+      // default_models from the file, not the fixture's variable.
+      env: { NEURON_DEFAULT_MODELS: undefined as unknown as string }
+    })
+    try {
+      const as = (token: string) => ({ authorization: `Bearer ${token}` })
+      const status = async (token: string, id: string) => {
+        const res = await fetch(`${n.url}/models`, { headers: as(token) })
+        return ((await res.json()) as any).data.find((m: any) => m.id === id)?.status as string | undefined
+      }
+      const chat = (token: string, choices: number) =>
+        postJson(`${n.url}/v1/chat/completions`, {
+          model: "tiny",
+          n: choices,
+          max_tokens: 2,
+          messages: [{ role: "user", content: "hi" }]
+        }, as(token))
+      await waitFor("tiny loaded", async () => (await status("tok-one-0123", "tiny")) === "loaded" || undefined)
+      const one = await chat("tok-one-0123", 2)
+      expect(one.status).toBe(422)
+      expect(((await one.json()) as any).error.message).toContain("max_n")
+
+      await writeFile(
+        n.configFile!,
+        `max_n = 2\ndefault_models = ["tiny", "tiny-b"]\napi_token = "tok-two-0123"\nmax_queue_depth = 5\n`
+      )
+      const mark = n.logs().length
+      n.process.kill("SIGHUP")
+      await waitFor("the reload", async () => n.logs().slice(mark).includes("config reloaded (SIGHUP)") || undefined)
+      const logged = () => n.logs().slice(mark)
+      expect(logged()).toContain(`api_token changed; max_n: 1 → 2; default_models: ["tiny"] → ["tiny","tiny-b"]`)
+      await waitFor(
+        "the restart note",
+        async () => logged().includes("changed but needs a restart to take effect: max_queue_depth") || undefined
+      )
+      expect((await chat("tok-one-0123", 2)).status).toBe(401)
+      const two = await chat("tok-two-0123", 2)
+      expect(two.status).toBe(200)
+      expect(((await two.json()) as any).choices).toHaveLength(2)
+      await waitFor("tiny-b loaded", async () => (await status("tok-two-0123", "tiny-b")) === "loaded" || undefined)
+
+      await writeFile(n.configFile!, `max_n = 0\napi_token = "tok-three-0123"\n`)
+      const mark2 = n.logs().length
+      n.process.kill("SIGHUP")
+      await waitFor("the refusal", async () => n.logs().slice(mark2).includes("refused") || undefined)
+      expect(n.logs().slice(mark2)).toContain(
+        `config reload (SIGHUP) refused, the running config keeps serving: invalid configuration: ${n.configFile}: max_n:`
+      )
+      expect((await chat("tok-two-0123", 2)).status).toBe(200)
+      expect(n.process.exitCode).toBeNull()
+    } finally {
+      await n.stop()
+    }
+  })
+})

@@ -7,6 +7,7 @@
  * retry policies) keep their startup value in the view; a reload that changes them is told so.
  */
 import { Context, Effect, Layer, SubscriptionRef } from "effect"
+import { liveView } from "../domain/live-settings.js"
 import { GatewayConfig, type GatewaySettings } from "./GatewayConfig.js"
 
 /** Settings read once at start: changing them needs a restart. Value: the file key to name. */
@@ -35,21 +36,6 @@ export class LiveConfig extends Context.Tag("cortex/LiveConfig")<LiveConfig, Liv
 
 const restartOnly = new Set<string>(RESTART_ONLY.map(([key]) => key))
 
-/** A settings object whose properties read the live value (restart-only ones: the startup value). */
-const liveView = (startup: GatewaySettings, current: () => GatewaySettings): GatewaySettings => {
-  const view = {}
-  const keys = new Set([...Object.keys(startup), "watchConfig", "source"])
-  for (const key of keys) {
-    Object.defineProperty(view, key, {
-      enumerable: true,
-      get: restartOnly.has(key)
-        ? () => startup[key as keyof GatewaySettings]
-        : () => current()[key as keyof GatewaySettings]
-    })
-  }
-  return view as GatewaySettings
-}
-
 /** LiveConfig and the GatewayConfig view of it, from the settings loaded at start. */
 export const LiveConfigLive = (startup: GatewaySettings) => {
   const live = Layer.effect(
@@ -71,7 +57,7 @@ export const LiveConfigLive = (startup: GatewaySettings) => {
   )
   const view = Layer.effect(
     GatewayConfig,
-    Effect.map(LiveConfig, (live) => liveView(live.startup, live.current))
+    Effect.map(LiveConfig, (live) => liveView(live.startup, live.current, restartOnly, ["watchConfig", "source"]))
   )
   return Layer.provideMerge(view, live)
 }

@@ -67,6 +67,14 @@ export interface NeuronSettings {
   readonly prefillMbPer1kTokens: number
   readonly metricsPort: number | undefined
   readonly telemetry: TelemetrySettings
+  /** How these settings were loaded, so a reload (NeuronReload.ts) reads them the same way. */
+  readonly source?: NeuronConfigSource
+}
+
+export interface NeuronConfigSource {
+  readonly file?: string | undefined
+  readonly port?: number | undefined
+  readonly env?: Record<string, string | undefined>
 }
 
 export class NeuronConfig extends Context.Tag("cortex/NeuronConfig")<NeuronConfig, NeuronSettings>() {}
@@ -174,11 +182,7 @@ const envNumber = (key: string, raw: Option.Option<string>, fallback: number) =>
     )
 }
 
-export const loadNeuronConfig = (options: {
-  readonly file?: string | undefined
-  readonly port?: number | undefined
-  readonly env?: Record<string, string | undefined>
-}) =>
+export const loadNeuronConfig = (options: NeuronConfigSource) =>
   Effect.gen(function*() {
     const env = options.env ?? process.env
     const file = options.file ? path.resolve(options.file) : undefined
@@ -248,6 +252,7 @@ export const loadNeuronConfig = (options: {
       prefillBaseMb: yield* envNumber("prefill_base_mb", fromVariables.prefillBaseMb, 4),
       prefillMbPer1kTokens: yield* envNumber("prefill_mb_per_1k_tokens", fromVariables.prefillMbPer1kTokens, 8),
       metricsPort: merged.metrics_port,
-      telemetry
+      telemetry,
+      source: options
     } satisfies NeuronSettings
   })
