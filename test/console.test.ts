@@ -131,19 +131,28 @@ describe.skipIf(!found)("web console", () => {
       await page.locator("#pg-model").selectOption("small")
       await page.locator("#pg-dialect").selectOption(dialect)
       await page.locator("#pg-max").fill("24")
-      // Count the answer's updates as they land: a streamed answer grows in several steps.
+      // Count the answer's updates as they land: a streamed answer grows event by event.
       await page.evaluate(() => {
         // Runs in the page (this file's lib has no DOM types).
         const w = globalThis as any
         w.updates = 0
-        new w.MutationObserver(() => w.updates++).observe(w.document.getElementById("pg-transcript"), {
-          subtree: true,
-          childList: true,
-          characterData: true
-        })
+        new w.MutationObserver((records: Array<unknown>) => (w.updates += records.length)).observe(
+          w.document.getElementById("pg-transcript"),
+          {
+            subtree: true,
+            childList: true,
+            characterData: true
+          }
+        )
       })
       await page.locator("#pg-input").fill("Hello there")
+      const route = dialect === "openai" ? "/v1/chat/completions" : "/v1/messages"
+      const response = page.waitForResponse((r) => r.url().endsWith(route))
       await page.locator("#pg-send").click()
+      // The page asked for a stream and got one.
+      const answered = await response
+      expect(JSON.parse(answered.request().postData()!)).toMatchObject({ model: "small", stream: true })
+      expect(answered.headers()["content-type"]).toContain("text/event-stream")
       const answer = page.locator(`.msg.assistant[data-dialect="${dialect}"]`).last()
       await answer.and(page.locator("[data-done]")).waitFor({ timeout: 60_000 })
       expect(await answer.getAttribute("data-done")).toBe("true")

@@ -7,10 +7,11 @@
  * neuron gets no new requests and is dropped once the requests it holds have finished. Requests
  * in flight keep the route and connection they have, so no stream is cut.
  */
-import { Effect, Equal, Runtime, Schedule } from "effect"
+import { Effect, Redacted, Runtime, Schedule } from "effect"
 import { watch } from "node:fs"
 import * as path from "node:path"
 import type { ConfigError } from "../domain/contract.js"
+import { sameSettings } from "../domain/live-settings.js"
 import { type GatewaySettings, loadGatewayConfig } from "./GatewayConfig.js"
 import { InFlight } from "./InFlight.js"
 import { LiveConfig, RESTART_ONLY } from "./LiveConfig.js"
@@ -27,7 +28,8 @@ export interface ReloadAnswer {
   readonly draining: ReadonlyArray<string>
 }
 
-const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b)
+const same = sameSettings
+const secret = (token: Redacted.Redacted<string> | undefined) => token && Redacted.value(token)
 
 /** What differs between two settings, as short lines for the log and the answer. */
 export const describeChanges = (before: GatewaySettings, after: GatewaySettings): Array<string> => {
@@ -47,7 +49,7 @@ export const describeChanges = (before: GatewaySettings, after: GatewaySettings)
   for (const [name, n] of newNeurons!) {
     const old = oldNeurons!.get(name)
     if (!old) lines.push(`neuron added: ${name} (${n.endpoint})`)
-    else if (old.endpoint !== n.endpoint || !Equal.equals(old.token, n.token)) lines.push(`neuron changed: ${name}`)
+    else if (old.endpoint !== n.endpoint || secret(old.token) !== secret(n.token)) lines.push(`neuron changed: ${name}`)
   }
   for (const name of oldNeurons!.keys()) if (!newNeurons!.has(name)) lines.push(`neuron removed: ${name} (draining)`)
   const names = (keys: GatewaySettings["keys"]) => keys.map((k) => k.name).sort().join(",")

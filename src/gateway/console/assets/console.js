@@ -192,7 +192,7 @@ const act = async (action, body) => {
 }
 
 const actionButton = (action, label, model, node) => {
-  const body = action === "pin" ? { model, node } : { model, node }
+  const body = { model, node }
   const busy = state.busy.has(`${action}:${model}:${node ?? ""}`)
   return h("button", {
     type: "button",
@@ -239,8 +239,12 @@ const renderNode = (node, pins) => {
         : null,
       m.memory_estimate_mb ? h("span", { class: "note" }, mb(m.memory_estimate_mb)) : null,
       m.error ? h("span", { class: "note error" }, m.error) : null,
-      loaded ? actionButton("unload", "Unload", m.id, node.name) : actionButton("load", "Load", m.id, node.name),
-      pinned ? actionButton("pin", "Unpin", m.id, null) : actionButton("pin", "Pin here", m.id, node.name)
+      h(
+        "span",
+        { class: "actions" },
+        loaded ? actionButton("unload", "Unload", m.id, node.name) : actionButton("load", "Load", m.id, node.name),
+        pinned ? actionButton("pin", "Unpin", m.id, null) : actionButton("pin", "Pin here", m.id, node.name)
+      )
     )
   })
   return h(
