@@ -84,10 +84,10 @@ export const NeuronReload = Layer.scopedDiscard(Effect.gen(function*() {
       name
     )
     live.replace(next)
-    yield* Effect.logInfo(`config reloaded (SIGHUP): ${changes.length > 0 ? changes.join("; ") : "no changes"}`)
+    yield* Effect.logInfo(`neuron config reloaded (SIGHUP): ${changes.length > 0 ? changes.join("; ") : "no changes"}`)
     if (restart.length > 0) {
       yield* Effect.logWarning(
-        `config reload (SIGHUP): changed but needs a restart to take effect: ${restart.join(", ")}`
+        `neuron config reload (SIGHUP): changed but needs a restart to take effect: ${restart.join(", ")}`
       )
     }
     const added = next.defaultModels.filter((id) => !before.defaultModels.includes(id))
@@ -100,7 +100,7 @@ export const NeuronReload = Layer.scopedDiscard(Effect.gen(function*() {
   })).pipe(
     Effect.catchTag("ConfigError", (error) =>
       Effect.logError(
-        `config reload (SIGHUP) refused, the running config keeps serving: invalid configuration: ${error.message}`
+        `neuron config reload (SIGHUP) refused, the running config keeps serving: invalid configuration: ${error.message}`
       ))
   )
 
