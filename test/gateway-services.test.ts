@@ -79,7 +79,9 @@ const fakePoller = (world: World) =>
     Poller.make({
       get: Effect.sync(() => world.state),
       now: () => world.state,
-      refresh: (name: string) => Effect.sync(() => void world.refreshes.push(name))
+      refresh: (name: string) => Effect.sync(() => void world.refreshes.push(name)),
+      reconcile: Effect.void,
+      remove: () => Effect.void
     })
   )
 

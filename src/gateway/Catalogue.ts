@@ -115,9 +115,15 @@ export class Catalogue extends Effect.Service<Catalogue>()("cortex/Catalogue", {
   effect: Effect.gen(function*() {
     const config = yield* GatewayConfig
     const poller = yield* Poller
-    let cached: { state: FleetState; catalogue: ReadonlyMap<string, CatalogueModel> } | undefined
+    let cached:
+      | { state: FleetState; profiles: ReadonlyArray<ModelProfile>; catalogue: ReadonlyMap<string, CatalogueModel> }
+      | undefined
     const of = (state: FleetState) => {
-      if (cached?.state !== state) cached = { state, catalogue: buildCatalogue(config.models, state) }
+      // Rebuilt when the fleet changes or a config reload brings other profiles.
+      const profiles = config.models
+      if (cached?.state !== state || cached.profiles !== profiles) {
+        cached = { state, profiles, catalogue: buildCatalogue(profiles, state) }
+      }
       return cached.catalogue
     }
     return {

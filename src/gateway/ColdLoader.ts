@@ -65,11 +65,20 @@ export class ColdLoader extends Effect.Service<ColdLoader>()("cortex/ColdLoader"
       readonly since: number
       waiters: number
     }>()
+    // Getters: a config reload (LiveConfig.ts) changes profiles and eviction settings.
     const settings: SchedulerSettings = {
-      profiles: config.models,
-      strategy: config.eviction.strategy,
-      minResidentMs: config.eviction.minResidentSecs * 1000,
-      loadTimeoutMs: config.loadTimeoutSecs * 1000
+      get profiles() {
+        return config.models
+      },
+      get strategy() {
+        return config.eviction.strategy
+      },
+      get minResidentMs() {
+        return config.eviction.minResidentSecs * 1000
+      },
+      get loadTimeoutMs() {
+        return config.loadTimeoutSecs * 1000
+      }
     }
 
     const neuronError = (model: string) => (error: NeuronError): ApiError =>

@@ -57,7 +57,9 @@ export const CortexFile = Schema.Struct({
       poll_interval_secs: opt(Schema.Number.pipe(Schema.positive())),
       load_timeout_secs: opt(Schema.Number.pipe(Schema.positive())),
       retry_on: opt(Schema.Array(RetryOn)),
-      max_attempts: opt(Schema.Int.pipe(Schema.positive()))
+      max_attempts: opt(Schema.Int.pipe(Schema.positive())),
+      /** Re-read cortex.toml and models.toml when either changes (src/gateway/LiveConfig.ts). */
+      watch_config: opt(Schema.Boolean)
     }).annotations(strict)
   ),
   eviction: opt(
@@ -171,6 +173,10 @@ export interface GatewaySettings {
   readonly models: ReadonlyArray<ModelProfile>
   readonly aliases: Readonly<Record<string, string>>
   readonly telemetry: TelemetrySettings
+  /** `[gateway] watch_config`: reload when the files change. */
+  readonly watchConfig?: boolean
+  /** How these settings were loaded, so a reload (LiveConfig.ts) reads them the same way. */
+  readonly source?: GatewayConfigSource
 }
 
 export class GatewayConfig extends Context.Tag("cortex/GatewayConfig")<GatewayConfig, GatewaySettings>() {}
@@ -223,13 +229,15 @@ const checkModels = (file: string, models: ModelsFile) =>
     return models
   })
 
-export const loadGatewayConfig = (options: {
+export interface GatewayConfigSource {
   readonly file?: string | undefined
   readonly env?: Record<string, string | undefined>
   /** Extra neurons (cortex up) and listen override. */
   readonly neurons?: ReadonlyArray<NeuronEndpoint>
   readonly listen?: string | undefined
-}) =>
+}
+
+export const loadGatewayConfig = (options: GatewayConfigSource) =>
   Effect.gen(function*() {
     const env = options.env ?? process.env
     const file = options.file ? path.resolve(options.file) : undefined
@@ -319,6 +327,8 @@ export const loadGatewayConfig = (options: {
       keys: (cortex.auth?.keys ?? []).map((k) => ({ key: Redacted.make(k.key), name: k.name })),
       models: models.models ?? [],
       aliases: models.aliases ?? {},
-      telemetry
+      telemetry,
+      watchConfig: cortex.gateway?.watch_config ?? false,
+      source: options
     } satisfies GatewaySettings
   })

@@ -23,6 +23,8 @@ import { buildInfo } from "../telemetry/BuildInfo.js"
 import { principalFor } from "./Auth.js"
 import { Catalogue, catalogueList } from "./Catalogue.js"
 import { ColdLoader } from "./ColdLoader.js"
+import { ConfigReload } from "./ConfigReload.js"
+import { makeConsoleRouter } from "./console/ConsoleRoutes.js"
 import { deviceView } from "./DeviceTelemetry.js"
 import * as Dialects from "./Dialects.js"
 import type { DialectError } from "./Dialects.js"
@@ -57,6 +59,7 @@ export const makeGatewayApp = Effect.gen(function*() {
   const router = yield* Router
   const catalogue = yield* Catalogue
   const loader = yield* ColdLoader
+  const reloader = yield* ConfigReload
 
   const principal = Effect.map(HttpServerRequest.HttpServerRequest, (request) =>
     principalFor(
@@ -230,6 +233,7 @@ export const makeGatewayApp = Effect.gen(function*() {
         if (value.node !== undefined && targets.length === 0) {
           return yield* new InvalidRequest({ message: `no neuron named '${value.node}'`, param: "node" })
         }
+        yield* Effect.logInfo(`admin: ${action} ${model.id} on ${targets.map((n) => n.name).join(", ") || "no node"}`)
         const results = yield* Effect.forEach(targets, (node) =>
           callNeuron(node.endpoint, `/models/${action}`, NeuronModel, {
             body: { model: model.neuronId },
@@ -250,6 +254,18 @@ export const makeGatewayApp = Effect.gen(function*() {
         return HttpServerResponse.unsafeJson({ model: model.id, results } satisfies AdminLifecycleAnswer)
       }))
 
+  /** Re-read cortex.toml and models.toml (ConfigReload.ts); a bad file is a 422 naming file, key and reason. */
+  const adminReload = guarded(openaiError, () =>
+    reloader.reload("POST /admin/reload").pipe(
+      Effect.map((answer) => HttpServerResponse.unsafeJson(answer)),
+      Effect.mapError((error) =>
+        new InvalidRequest({
+          message: `config reload refused, the running config keeps serving: invalid configuration: ${error.message}`,
+          param: error.key ?? null
+        })
+      )
+    ))
+
   const app = HttpRouter.empty.pipe(
     HttpRouter.get("/health", health),
     HttpRouter.get("/version", version),
@@ -258,7 +274,9 @@ export const makeGatewayApp = Effect.gen(function*() {
     HttpRouter.post("/v1/messages/count_tokens", countTokens),
     HttpRouter.get("/admin/status", adminStatus),
     HttpRouter.post("/admin/load", adminLifecycle("load")),
-    HttpRouter.post("/admin/unload", adminLifecycle("unload"))
+    HttpRouter.post("/admin/unload", adminLifecycle("unload")),
+    HttpRouter.post("/admin/reload", adminReload),
+    HttpRouter.concat(yield* makeConsoleRouter)
   )
   return app.pipe(
     Effect.catchTag("RouteNotFound", (e) => {

@@ -31,6 +31,12 @@ export class InFlight extends Effect.Service<InFlight>()("cortex/InFlight", {
     return {
       track,
       busy: (node: string, model: string) => counts.get(key(node, model)) ?? 0,
+      /** Requests on any model of a node (a node removed by a reload drains until this is 0). */
+      onNode: (node: string) => {
+        let n = 0
+        for (const [k, c] of counts) if (k.startsWith(`${node}\u0000`)) n += c
+        return n
+      },
       /** ms epoch of the replica's last use through this gateway (0 = never). */
       lastUse: (node: string, model: string) => lastUse.get(key(node, model)) ?? 0,
       markUsed: (node: string, model: string) => void lastUse.set(key(node, model), Date.now())

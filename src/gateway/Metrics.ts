@@ -5,6 +5,7 @@
 import { Metric, MetricLabel } from "effect"
 import { loadSeconds, seconds, tokensPerSecond } from "../domain/buckets.js"
 import type { Usage } from "../domain/openai-output.js"
+import type { RecentRequest } from "./console/ConsoleFeed.js"
 
 export const requests = Metric.counter("cortex_requests_total", {
   description: "Requests received, by model, node, route and HTTP status",
@@ -95,7 +96,11 @@ export const reasonLabel = (reason: string): string =>
 export class RequestRecorder {
   private readonly cache = new Map<string, ReturnType<typeof tagged>>()
 
-  constructor(private readonly modelLabel: (model: string) => string) {}
+  constructor(
+    private readonly modelLabel: (model: string) => string,
+    /** The console's recent-request window (console/ConsoleFeed.ts), fed the same figures. */
+    private readonly recent?: (entry: RecentRequest) => void
+  ) {}
 
   record(model: string, node: string, route: string, received: number, outcome: Outcome) {
     const label = this.modelLabel(model)
@@ -118,10 +123,24 @@ export class RequestRecorder {
       t.prompt.unsafeUpdate(usage.prompt_tokens, none)
       t.completion.unsafeUpdate(usage.completion_tokens, none)
       t.cached.unsafeUpdate(usage.prompt_tokens_details?.cached_tokens ?? 0, none)
-      if (usage.timing && usage.timing.decode_ms > 0 && usage.completion_tokens > 1) {
-        t.rate.unsafeUpdate((usage.completion_tokens - 1) / (usage.timing.decode_ms / 1000), none)
-      }
     }
+    const rate = usage?.timing && usage.timing.decode_ms > 0 && usage.completion_tokens > 1
+      ? (usage.completion_tokens - 1) / (usage.timing.decode_ms / 1000)
+      : undefined
+    if (rate !== undefined) t.rate.unsafeUpdate(rate, none)
+    this.recent?.({
+      at: Date.now(),
+      model: label,
+      node,
+      route,
+      status: outcome.status,
+      duration_ms: Date.now() - received,
+      ttft_ms: outcome.ttftMs ?? null,
+      tokens_per_second: rate ?? null,
+      prompt_tokens: usage?.prompt_tokens ?? null,
+      completion_tokens: usage?.completion_tokens ?? null,
+      error: outcome.error ?? null
+    })
   }
 }
 

@@ -3,7 +3,7 @@
  * timeouts into one FleetState. A node starts unhealthy, turns healthy on its first answer and
  * unhealthy again after 3 consecutive misses (one slow poll does not take it out).
  */
-import { Effect, Schedule } from "effect"
+import { Effect, Redacted, Schedule } from "effect"
 import { type NeuronDevice, NeuronDiscovery, NeuronHealth, type NeuronModel, NeuronModels } from "../domain/contract.js"
 import { GatewayConfig, type NeuronEndpoint } from "./GatewayConfig.js"
 import { callNeuron, describeNeuronError } from "./NeuronClient.js"
@@ -23,6 +23,8 @@ export interface NodeState {
   readonly discovery: NeuronDiscovery | undefined
   readonly models: ReadonlyArray<NeuronModel>
   readonly devices: ReadonlyArray<NeuronDevice>
+  /** Removed from the config by a reload: no new requests, dropped once its requests finish. */
+  readonly retired?: boolean
 }
 
 export type FleetState = ReadonlyMap<string, NodeState>
@@ -39,6 +41,8 @@ const initial = (endpoint: NeuronEndpoint): NodeState => ({
   models: [],
   devices: []
 })
+
+const secret = (token: Redacted.Redacted<string> | undefined) => token && Redacted.value(token)
 
 export class Poller extends Effect.Service<Poller>()("cortex/Poller", {
   scoped: Effect.gen(function*() {
@@ -65,7 +69,7 @@ export class Poller extends Effect.Service<Poller>()("cortex/Poller", {
           models: callNeuron(endpoint, "/models", NeuronModels, { timeoutMs })
         }, { concurrency: 2 }))
         const before = (yield* get).get(endpoint.name)
-        if (!before) return
+        if (!before || before.retired || before.endpoint !== endpoint) return
         let after: NodeState
         if (polled._tag === "Right") {
           const snap = polled.right
@@ -86,7 +90,8 @@ export class Poller extends Effect.Service<Poller>()("cortex/Poller", {
           const detail = describeNeuronError(error)
           after = { ...before, misses, healthy, lastError: detail, status: healthy ? before.status : "unreachable" }
         }
-        yield* update(endpoint.name, () => after)
+        // A reload may have retired or re-pointed the node while this poll was out.
+        yield* update(endpoint.name, (now) => now.retired || now.endpoint !== endpoint ? now : after)
         if (!before.healthy && after.healthy) yield* Effect.logInfo(`neuron ${endpoint.name} is up`)
         if (before.healthy && !after.healthy) {
           yield* Effect.logWarning(
@@ -107,7 +112,42 @@ export class Poller extends Effect.Service<Poller>()("cortex/Poller", {
         if (discovery._tag === "Some") yield* update(endpoint.name, (n) => ({ ...n, discovery: discovery.value }))
       })
 
-    const pollAll = Effect.forEach(config.neurons, pollNode, { concurrency: "unbounded", discard: true })
+    /**
+     * Follow the configured neuron list after a reload: new neurons start unpolled, a changed
+     * endpoint starts over, a removed one is retired (unhealthy, so nothing new routes to it)
+     * until `remove` drops it.
+     */
+    const reconcile = Effect.sync(() => {
+      const wanted = new Map(config.neurons.map((n) => [n.name, n]))
+      const next = new Map<string, NodeState>()
+      for (const [name, node] of state) {
+        const endpoint = wanted.get(name)
+        if (endpoint === undefined) {
+          next.set(name, node.retired ? node : { ...node, retired: true, healthy: false, status: "draining" })
+        } else if (
+          node.retired || endpoint.endpoint !== node.endpoint.endpoint ||
+          secret(endpoint.token) !== secret(node.endpoint.token)
+        ) {
+          next.set(name, initial(endpoint))
+        } else {
+          next.set(name, { ...node, endpoint })
+        }
+      }
+      for (const [name, endpoint] of wanted) if (!next.has(name)) next.set(name, initial(endpoint))
+      state = next
+    })
+
+    const remove = (name: string) =>
+      Effect.sync(() => {
+        if (!state.get(name)?.retired) return
+        const next = new Map(state)
+        next.delete(name)
+        state = next
+      })
+
+    const pollAll = Effect.suspend(() =>
+      Effect.forEach(config.neurons, pollNode, { concurrency: "unbounded", discard: true })
+    )
 
     /** Re-read one node now (after a load or unload), so routing sees the change at once. */
     const refresh = (name: string) => {
@@ -123,7 +163,9 @@ export class Poller extends Effect.Service<Poller>()("cortex/Poller", {
     return {
       get,
       now: (): FleetState => state,
-      refresh
+      refresh,
+      reconcile,
+      remove
     } as const
   })
 }) {}

@@ -16,6 +16,7 @@ import type { ServerResponse } from "node:http"
 import { type ApiError, InternalError, isApiError } from "../domain/errors.js"
 import type { Usage } from "../domain/openai-output.js"
 import { Catalogue, resolveAlias } from "./Catalogue.js"
+import { ConsoleFeed } from "./console/ConsoleFeed.js"
 import { sendError, sendJson } from "./Dialects.js"
 import { Aborted, type Attempt, Failover, type ProxyRequest } from "./Failover.js"
 import { GatewayConfig } from "./GatewayConfig.js"
@@ -65,10 +66,11 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
     const logWarning = (message: string) => runFork(Effect.logWarning(message))
 
     /** Request metrics, labelled by catalogue id (or "unknown"), never by the name a client sent. */
+    const feed = yield* ConsoleFeed
     const recorder = new M.RequestRecorder((name) => {
       const id = resolveAlias(config.aliases, name)
       return catalogue.now().has(id) ? id : M.UNKNOWN_MODEL
-    })
+    }, feed.request)
     const record = (request: ProxyRequest, node: string, outcome: M.Outcome) => {
       recorder.record(request.model, node, request.dialect.route, request.received, outcome)
       const s = request.summary

@@ -5,6 +5,8 @@ import { Effect, Layer, Metric, MetricLabel, Schedule } from "effect"
 import { createServer } from "node:http"
 import { Catalogue } from "../gateway/Catalogue.js"
 import { ColdLoader } from "../gateway/ColdLoader.js"
+import { ConfigReload } from "../gateway/ConfigReload.js"
+import { ConsoleFeed, ConsoleLogger } from "../gateway/console/ConsoleFeed.js"
 import { deviceGauges } from "../gateway/DeviceTelemetry.js"
 import { Evictor } from "../gateway/Evictor.js"
 import { Failover } from "../gateway/Failover.js"
@@ -12,6 +14,7 @@ import { GatewayConfig, type GatewaySettings } from "../gateway/GatewayConfig.js
 import { makeGatewayApp } from "../gateway/Http.js"
 import { InferenceRoutes } from "../gateway/InferenceRoutes.js"
 import { InFlight } from "../gateway/InFlight.js"
+import { LiveConfigLive } from "../gateway/LiveConfig.js"
 import * as M from "../gateway/Metrics.js"
 import { NeuronClient } from "../gateway/NeuronClient.js"
 import { Poller } from "../gateway/Poller.js"
@@ -68,8 +71,12 @@ export const GatewayLive = (settings: GatewaySettings) =>
     Layer.provideMerge(Router.DefaultWithoutDependencies),
     Layer.provideMerge(ColdLoader.DefaultWithoutDependencies),
     Layer.provideMerge(Evictor.DefaultWithoutDependencies),
+    Layer.provideMerge(ConfigReload.Default),
     Layer.provideMerge(Layer.mergeAll(Catalogue.DefaultWithoutDependencies, InFlight.Default, NeuronClient.Default)),
     Layer.provideMerge(Poller.Default),
-    Layer.provide(Layer.succeed(GatewayConfig, settings)),
+    // Log lines from here up also reach the console's log tail.
+    Layer.provide(ConsoleLogger),
+    Layer.provideMerge(ConsoleFeed.Default),
+    Layer.provideMerge(LiveConfigLive(settings)),
     Layer.provide(TelemetryLive({ metrics: settings.metricsListen, telemetry: settings.telemetry }))
   )

@@ -8,6 +8,7 @@ import { Inference } from "../neuron/Inference.js"
 import { makeStateGauges } from "../neuron/Metrics.js"
 import { ModelManager } from "../neuron/ModelManager.js"
 import { NeuronConfig, type NeuronSettings } from "../neuron/NeuronConfig.js"
+import { NeuronConfigLive, NeuronReload } from "../neuron/NeuronReload.js"
 import { TelemetryLive } from "./TelemetryLive.js"
 
 const Serve = Layer.scopedDiscard(Effect.gen(function*() {
@@ -34,8 +35,10 @@ export const NeuronLive = (settings: NeuronSettings) =>
       host: settings.host
     })),
     Layer.provide(Inference.Default),
+    Layer.merge(NeuronReload),
     Layer.provideMerge(ModelManager.Default),
-    Layer.provide(Layer.succeed(NeuronConfig, settings)),
+    // NeuronConfig is a view of the settings in force: SIGHUP replaces them (NeuronReload.ts).
+    Layer.provide(NeuronConfigLive(settings)),
     Layer.provide(TelemetryLive({
       metrics: settings.metricsPort !== undefined ? { host: settings.host, port: settings.metricsPort } : undefined,
       telemetry: settings.telemetry

@@ -75,6 +75,14 @@ export interface NeuronSettings {
   /** Configured device groups by GPU index (other GPUs are groups of their own). */
   readonly deviceGroups: ReadonlyArray<ReadonlyArray<number>> | undefined
   readonly simulate: ReadonlyArray<SimulatedDevice> | undefined
+  /** How these settings were loaded, so a reload (NeuronReload.ts) reads them the same way. */
+  readonly source?: NeuronConfigSource
+}
+
+export interface NeuronConfigSource {
+  readonly file?: string | undefined
+  readonly port?: number | undefined
+  readonly env?: Record<string, string | undefined>
 }
 
 export class NeuronConfig extends Context.Tag("cortex/NeuronConfig")<NeuronConfig, NeuronSettings>() {}
@@ -182,11 +190,7 @@ const envNumber = (key: string, raw: Option.Option<string>, fallback: number) =>
     )
 }
 
-export const loadNeuronConfig = (options: {
-  readonly file?: string | undefined
-  readonly port?: number | undefined
-  readonly env?: Record<string, string | undefined>
-}) =>
+export const loadNeuronConfig = (options: NeuronConfigSource) =>
   Effect.gen(function*() {
     const env = options.env ?? process.env
     const file = options.file ? path.resolve(options.file) : undefined
@@ -266,6 +270,7 @@ export const loadNeuronConfig = (options: {
         utilization: d.utilization,
         temperatureC: d.temperature_c,
         powerW: d.power_w
-      }))
+      })),
+      source: options
     } satisfies NeuronSettings
   })
