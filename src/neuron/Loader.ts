@@ -9,6 +9,7 @@
  * queues; a restart reloads them.
  */
 import { Deferred, Effect, Exit, Queue, Schema } from "effect"
+import { isHfId } from "../domain/modelSource.js"
 import {
   InsufficientVram,
   InvalidRequest,
@@ -23,10 +24,11 @@ import { DeviceWorkers } from "./DeviceWorkers.js"
 import type { Device } from "./Discovery.js"
 import { type Entry, memoryOf, ModelRegistry, residentStatuses } from "./ModelRegistry.js"
 import { NeuronConfig } from "./NeuronConfig.js"
+import { Puller, type PullError } from "./Puller.js"
 import { Seats } from "./Seats.js"
 import { LoadedInfo, type ModelEstimate } from "./worker/protocol.js"
 
-export type LoadFailure = InsufficientVram | ModelLoadFailed | WorkerCrashed | ModelUnavailable
+export type LoadFailure = InsufficientVram | ModelLoadFailed | WorkerCrashed | ModelUnavailable | PullError | InvalidRequest
 
 interface Target {
   readonly device: Device
@@ -48,6 +50,7 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
     const registry = yield* ModelRegistry
     const workers = yield* DeviceWorkers
     const seats = yield* Seats
+    const puller = yield* Puller
     // Loads run in the service's scope: a caller that goes away does not cancel a load others await.
     const scope = yield* Effect.scope
     const loadLock = yield* Effect.makeSemaphore(1)
@@ -149,9 +152,22 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
       )
     }
 
+    /**
+     * The model's entry; an `hf:` model that is not on disk yet (or still downloading) is pulled
+     * first, joining any pull of it under way.
+     */
+    const findOrPull = (id: string): Effect.Effect<Entry, ModelNotFound | PullError | InvalidRequest> =>
+      registry.find(id).pipe(
+        Effect.catchTag("ModelNotFound", (error) =>
+          isHfId(id) ? Effect.zipRight(puller.ensure(id), registry.find(id)) : Effect.fail(error)),
+        Effect.flatMap((e) =>
+          e.status === "downloading" ? Effect.zipRight(puller.ensure(id), registry.find(id)) : Effect.succeed(e)
+        )
+      )
+
     const load = Effect.fn("Loader.load")(function*(id: string, contextSize?: number) {
       if (seats.isDraining()) return yield* new ShuttingDown()
-      const e = yield* registry.find(id)
+      const e = yield* findOrPull(id)
       if (e.status === "loaded" && (contextSize === undefined || contextSize === e.requestedContext)) {
         return registry.view(e)
       }
@@ -206,7 +222,7 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
     ): Effect.Effect<Entry, ModelNotFound | LoadFailure | ShuttingDown> =>
       Effect.gen(function*() {
         if (seats.isDraining()) return yield* new ShuttingDown()
-        const e = yield* registry.find(id)
+        const e = autoLoad ? yield* findOrPull(id) : yield* registry.find(id)
         if ((e.status === "available" || e.status === "loading") && autoLoad) yield* load(id)
         if (e.status !== "loaded") {
           return yield* new ModelUnavailable({
@@ -305,5 +321,5 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
 
     return { load, unload, resident, restartWorker, loadDefaults } as const
   }),
-  dependencies: [Seats.Default, ModelRegistry.Default, DeviceWorkers.Default]
+  dependencies: [Seats.Default, ModelRegistry.Default, DeviceWorkers.Default, Puller.Default]
 }) {}

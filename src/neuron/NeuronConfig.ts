@@ -10,6 +10,7 @@ import * as path from "node:path"
 import { parse as parseToml } from "smol-toml"
 import { ConfigError } from "../domain/contract.js"
 import { NeuronTelemetryTable, resolveTelemetry, type TelemetrySettings } from "../telemetry/TelemetryConfig.js"
+import { resolveSources, type SourceSettings, SourcesTable } from "./Sources.js"
 
 const Port = Schema.Int.pipe(Schema.between(0, 65535))
 const PositiveInt = Schema.Int.pipe(Schema.positive())
@@ -39,7 +40,10 @@ export const NeuronFile = Schema.Struct({
   /** Prometheus metrics on this port (at /metrics, on `host`); off when unset. */
   metrics_port: opt(Port),
   /** Trace export (src/telemetry/TelemetryConfig.ts; OTEL_* variables win). */
-  telemetry: opt(NeuronTelemetryTable)
+  telemetry: opt(NeuronTelemetryTable),
+  /** Where pulled models are kept (default `<models_dir>/.cache/hf`); see src/neuron/Sources.ts. */
+  cache_dir: opt(Schema.String),
+  sources: opt(SourcesTable)
 }).annotations({ parseOptions: { onExcessProperty: "error" } })
 export type NeuronFile = typeof NeuronFile.Type
 
@@ -67,6 +71,7 @@ export interface NeuronSettings {
   readonly prefillMbPer1kTokens: number
   readonly metricsPort: number | undefined
   readonly telemetry: TelemetrySettings
+  readonly sources: SourceSettings
 }
 
 export class NeuronConfig extends Context.Tag("cortex/NeuronConfig")<NeuronConfig, NeuronSettings>() {}
@@ -103,7 +108,8 @@ const ENV_KEYS = [
   "drain_secs",
   "auto_load",
   "load_delay_ms",
-  "metrics_port"
+  "metrics_port",
+  "cache_dir"
 ] as const satisfies ReadonlyArray<keyof NeuronFile>
 type EnvKey = typeof ENV_KEYS[number]
 
@@ -135,6 +141,7 @@ const envProvider = (env: Record<string, string | undefined>) =>
 const envValue = (key: EnvKey, raw: string): unknown => {
   switch (key) {
     case "host":
+    case "cache_dir":
     case "models_dir":
     case "api_token":
     case "gpu":
@@ -248,6 +255,7 @@ export const loadNeuronConfig = (options: {
       prefillBaseMb: yield* envNumber("prefill_base_mb", fromVariables.prefillBaseMb, 4),
       prefillMbPer1kTokens: yield* envNumber("prefill_mb_per_1k_tokens", fromVariables.prefillMbPer1kTokens, 8),
       metricsPort: merged.metrics_port,
-      telemetry
+      telemetry,
+      sources: resolveSources(merged, path.resolve(base, merged.models_dir ?? "models"), base, env)
     } satisfies NeuronSettings
   })
