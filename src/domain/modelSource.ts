@@ -72,7 +72,12 @@ export const refOfId = (id: string): HfRef | { readonly error: string } | undefi
  * `file` (a path under models_dir, or an exact `hf:` file), else its id.
  */
 export const neuronIdOf = (
-  profile: { readonly id: string; readonly file?: string | undefined; readonly source?: string | undefined; readonly quant?: string | undefined }
+  profile: {
+    readonly id: string
+    readonly file?: string | undefined
+    readonly source?: string | undefined
+    readonly quant?: string | undefined
+  }
 ): string => {
   if (profile.source !== undefined) {
     const ref = parseHfRef(profile.source, profile.quant)

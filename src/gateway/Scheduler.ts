@@ -9,8 +9,8 @@
  * load or unload under way on a node that could take the model; the model itself being unloaded);
  * refuse with the error the client gets (404 infeasible, 503 unavailable).
  */
-import { isHfId, neuronIdOf } from "../domain/modelSource.js"
 import { type ApiError, ModelInfeasible, ModelUnavailable } from "../domain/errors.js"
+import { isHfId, neuronIdOf } from "../domain/modelSource.js"
 import type { CatalogueModel } from "./Catalogue.js"
 import type { ModelProfile } from "./GatewayConfig.js"
 import { place, type PlacementNode, residencyPriority, type Strategy, swapOrWait } from "./Placement.js"

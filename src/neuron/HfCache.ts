@@ -44,8 +44,7 @@ export const sha256Of = (file: string) =>
   new Promise<string>((resolve, reject) => {
     const hash = createHash("sha256")
     createReadStream(file).on("data", (d) => hash.update(d)).on("error", reject).on("end", () =>
-      resolve(hash.digest("hex"))
-    )
+      resolve(hash.digest("hex")))
   })
 
 export const writeManifest = async (cacheDir: string, manifest: Manifest) => {

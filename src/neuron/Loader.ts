@@ -9,7 +9,6 @@
  * queues; a restart reloads them.
  */
 import { Deferred, Effect, Exit, Queue, Schema } from "effect"
-import { isHfId } from "../domain/modelSource.js"
 import {
   InsufficientVram,
   InvalidRequest,
@@ -19,6 +18,7 @@ import {
   ShuttingDown,
   type WorkerCrashed
 } from "../domain/errors.js"
+import { isHfId } from "../domain/modelSource.js"
 import type { DeviceWorker, WorkerError, WorkerEvent } from "./DeviceWorker.js"
 import { DeviceWorkers } from "./DeviceWorkers.js"
 import type { Device } from "./Discovery.js"
@@ -28,7 +28,13 @@ import { Puller, type PullError } from "./Puller.js"
 import { Seats } from "./Seats.js"
 import { LoadedInfo, type ModelEstimate } from "./worker/protocol.js"
 
-export type LoadFailure = InsufficientVram | ModelLoadFailed | WorkerCrashed | ModelUnavailable | PullError | InvalidRequest
+export type LoadFailure =
+  | InsufficientVram
+  | ModelLoadFailed
+  | WorkerCrashed
+  | ModelUnavailable
+  | PullError
+  | InvalidRequest
 
 interface Target {
   readonly device: Device
@@ -158,8 +164,10 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
      */
     const findOrPull = (id: string): Effect.Effect<Entry, ModelNotFound | PullError | InvalidRequest> =>
       registry.find(id).pipe(
-        Effect.catchTag("ModelNotFound", (error) =>
-          isHfId(id) ? Effect.zipRight(puller.ensure(id), registry.find(id)) : Effect.fail(error)),
+        Effect.catchTag(
+          "ModelNotFound",
+          (error) => isHfId(id) ? Effect.zipRight(puller.ensure(id), registry.find(id)) : Effect.fail(error)
+        ),
         Effect.flatMap((e) =>
           e.status === "downloading" ? Effect.zipRight(puller.ensure(id), registry.find(id)) : Effect.succeed(e)
         )

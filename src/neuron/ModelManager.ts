@@ -8,7 +8,7 @@
 import { Effect, type Scope } from "effect"
 import type { ModelNotFound, Overloaded, ShuttingDown } from "../domain/errors.js"
 import { DeviceWorkers } from "./DeviceWorkers.js"
-import { type LoadFailure, Loader } from "./Loader.js"
+import { Loader, type LoadFailure } from "./Loader.js"
 import { ModelRegistry } from "./ModelRegistry.js"
 import { NeuronConfig } from "./NeuronConfig.js"
 import { Puller } from "./Puller.js"

@@ -35,7 +35,9 @@ export const idOfPull = (request: PullRequest): string | InvalidRequest => {
     return new InvalidRequest({ message: "quant goes with source", param: "quant" })
   }
   const ref = parseHfRef(named[0]!, request.quant)
-  return isRefError(ref) ? new InvalidRequest({ message: ref.error, param: request.model ? "model" : "source" }) : ref.id
+  return isRefError(ref)
+    ? new InvalidRequest({ message: ref.error, param: request.model ? "model" : "source" })
+    : ref.id
 }
 
 const bodyOf = <A, I>(schema: Schema.Schema<A, I>) =>

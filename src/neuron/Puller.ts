@@ -1,30 +1,43 @@
 /**
  * Pulls: a model named by its source (`hf:Org/Repo:Q4_K_M`, `hf:Org/Repo/file.gguf`) downloaded
- * into the cache with node-llama-cpp's own downloader (`createModelDownloader` per file set,
- * `combineModelDownloaders` for the model and its projector: resumable, parallel, split-aware,
- * pointed at `[sources.hf] endpoint`). Single-flight per model: a pull, a load that needs the
- * file and a second pull all wait on one download. Before it starts: the repository listing
- * (Sources.listRepo), a disk check (InsufficientDisk, 507) and, with `max_cache_gb`, eviction of
- * the least recently used cached models that are not loaded. After it ends: size and sha256
- * checked against the hub's listing, then the manifest is written and the model listed. A
- * failure leaves nothing listed; a partial file stays as `<file>.ipull` so the next pull resumes.
- * Downloads run in the service's scope, off every request path: `/health` and inference never
- * wait for them.
+ * into the cache with node-llama-cpp's own downloader, `createModelDownloader` (resumable,
+ * split-aware, pointed at `[sources.hf] endpoint`), once for the model and once for the projector
+ * beside it. Single-flight per model: a pull, a load that needs the file and a second pull all
+ * wait on one download. Before it starts: the repository listing (Sources.listRepo), a disk check
+ * (InsufficientDisk, 507) and, with `max_cache_gb`, eviction of the least recently used cached
+ * models that are not loaded. After it ends: size and sha256 checked against the hub's listing,
+ * then the manifest is written and the model listed. A failure leaves nothing listed; a partial
+ * file stays as `<file>.ipull` so the next pull resumes it. Downloads run in the service's scope,
+ * off every request path: `/health` and inference never wait for them.
  */
 import { Deferred, Effect, Exit, Metric, MetricBoundaries, MetricLabel, Redacted } from "effect"
-import { rm, statfs, stat, mkdir } from "node:fs/promises"
+import { createModelDownloader } from "node-llama-cpp"
+import { mkdir, rm, stat, statfs } from "node:fs/promises"
 import * as path from "node:path"
-import { combineModelDownloaders, createModelDownloader } from "node-llama-cpp"
-import { InsufficientDisk, InvalidRequest, PullFailed } from "../domain/errors.js"
 import type { PullRecord } from "../domain/contract.js"
-import { type HfRef, isRefError, isSelectionFailure, parseHfRef, type RepoFile, selectFiles } from "../domain/modelSource.js"
-import { type CachedModel, type Manifest, relativePath, removeCached, scanCache, sha256Of, writeManifest } from "./HfCache.js"
+import { InsufficientDisk, InvalidRequest, PullFailed } from "../domain/errors.js"
+import {
+  type HfRef,
+  isRefError,
+  isSelectionFailure,
+  parseHfRef,
+  type RepoFile,
+  selectFiles
+} from "../domain/modelSource.js"
+import {
+  type CachedModel,
+  type Manifest,
+  relativePath,
+  removeCached,
+  scanCache,
+  sha256Of,
+  writeManifest
+} from "./HfCache.js"
 import { ModelRegistry, residentStatuses } from "./ModelRegistry.js"
 import { NeuronConfig } from "./NeuronConfig.js"
 import { listRepo } from "./Sources.js"
 
 export type PullError = PullFailed | InsufficientDisk
-
 
 const MB = 1024 * 1024
 
@@ -65,7 +78,9 @@ const downloadError = (model: string, e: unknown): PullError => {
   if (status === 401 || status === 403) {
     return new PullFailed({ model, reason: "unauthorized", detail: `the hub answered ${status} for the file` })
   }
-  if (status === 404) return new PullFailed({ model, reason: "not_found", detail: `the hub has no such file (${message})` })
+  if (status === 404) {
+    return new PullFailed({ model, reason: "not_found", detail: `the hub has no such file (${message})` })
+  }
   return new PullFailed({ model, reason: "unreachable", detail: `download failed: ${message}` })
 }
 
@@ -191,6 +206,7 @@ export class Puller extends Effect.Service<Puller>()("cortex/Puller", {
         try: async (signal) => {
           const endpoints = { huggingFace: `${settings.hf.endpoint}/` }
           const tokens = settings.hf.token ? { huggingFace: Redacted.value(settings.hf.token) } : {}
+          const done = new Map<string, number>()
           const one = (file: string) =>
             createModelDownloader({
               modelUri: `hf:${ref.repo}/${file}`,
@@ -200,13 +216,19 @@ export class Puller extends Effect.Service<Puller>()("cortex/Puller", {
               tokens,
               skipExisting: true,
               // Keep a partial file (and its progress) so the next pull resumes it.
-              deleteTempFileOnCancel: false
+              deleteTempFileOnCancel: false,
+              onProgress: ({ downloadedSize }) => {
+                done.set(file, downloadedSize)
+                let sum = 0
+                for (const n of done.values()) sum += n
+                onProgress(sum)
+              }
             })
-          const downloader = await combineModelDownloaders(
-            [one(entryFile), ...(projector !== undefined ? [one(projector)] : [])],
-            { onProgress: ({ downloadedSize }) => onProgress(downloadedSize) }
-          )
-          await downloader.download({ signal })
+          // Each set downloads on its own rather than through combineModelDownloaders: in 3.21.1
+          // (ipull 3.9.5) a split set inside a combined download is left as `.ipull` files (the
+          // nested sequence loses the rename that ends each part).
+          const downloaders = await Promise.all([entryFile, ...(projector !== undefined ? [projector] : [])].map(one))
+          await Promise.all(downloaders.map((d) => d.download({ signal })))
         },
         catch: (e) => downloadError(ref.id, e)
       })
@@ -314,10 +336,11 @@ export class Puller extends Effect.Service<Puller>()("cortex/Puller", {
           finished_at: new Date().toISOString(),
           error: failure ? { code: failure.body.error.code ?? failure._tag, message: failure.message } : null
         }
+        // Listed (or not) before the pull is seen to end, so whoever watched it finds the model.
+        yield* registry.settle(id, !failure)
         recent.unshift(record)
         if (recent.length > 20) recent.pop()
         pulls.delete(id)
-        yield* registry.settle(id, !failure)
         yield* Metric.update(
           Metric.taggedWithLabels(pullSeconds, [
             MetricLabel.make("model", id),

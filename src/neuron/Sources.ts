@@ -57,7 +57,8 @@ export const resolveSources = (
 ): SourceSettings => {
   const tokenEnv = file.sources?.hf?.token_env ?? "HF_TOKEN"
   const token = env[tokenEnv]
-  const endpoint = file.sources?.hf?.endpoint ?? (env.HF_ENDPOINT?.match(/^https?:\/\//) ? env.HF_ENDPOINT : undefined) ??
+  const endpoint = file.sources?.hf?.endpoint ??
+    (env.HF_ENDPOINT?.match(/^https?:\/\//) ? env.HF_ENDPOINT : undefined) ??
     DEFAULT_HF_ENDPOINT
   return {
     cacheDir: file.cache_dir !== undefined ? path.resolve(base, file.cache_dir) : path.join(modelsDir, ".cache", "hf"),
@@ -142,7 +143,11 @@ export const listRepo = async (
   }
   const body = await res.json().catch(() => undefined) as ReadonlyArray<TreeEntry> | undefined
   if (!Array.isArray(body)) {
-    throw new PullFailed({ model: ref.id, reason: "unreachable", detail: `the listing of ${ref.repo} is not a JSON array` })
+    throw new PullFailed({
+      model: ref.id,
+      reason: "unreachable",
+      detail: `the listing of ${ref.repo} is not a JSON array`
+    })
   }
   return body.filter((e) => e.type === "file" && typeof e.path === "string").map((e) => {
     const sha = e.lfs?.oid ?? e.lfs?.sha256
