@@ -4,7 +4,14 @@
  * unhealthy again after 3 consecutive misses (one slow poll does not take it out).
  */
 import { Effect, Schedule } from "effect"
-import { type NeuronDevice, NeuronDiscovery, NeuronHealth, type NeuronModel, NeuronModels } from "../domain/contract.js"
+import {
+  type NeuronDevice,
+  NeuronDiscovery,
+  NeuronHealth,
+  type NeuronModel,
+  NeuronModels,
+  type PullRecord
+} from "../domain/contract.js"
 import { GatewayConfig, type NeuronEndpoint } from "./GatewayConfig.js"
 import { callNeuron, describeNeuronError } from "./NeuronClient.js"
 
@@ -23,6 +30,8 @@ export interface NodeState {
   readonly discovery: NeuronDiscovery | undefined
   readonly models: ReadonlyArray<NeuronModel>
   readonly devices: ReadonlyArray<NeuronDevice>
+  /** Pulls under way and recent ones (src/gateway/Pulls.ts). */
+  readonly pulls?: ReadonlyArray<PullRecord>
 }
 
 export type FleetState = ReadonlyMap<string, NodeState>
@@ -77,7 +86,8 @@ export class Poller extends Effect.Service<Poller>()("cortex/Poller", {
             lastSeen: Date.now(),
             lastError: undefined,
             models: snap.models.data,
-            devices: snap.models.devices
+            devices: snap.models.devices,
+            pulls: snap.models.pulls ?? []
           }
         } else {
           const error = polled.left
