@@ -135,7 +135,7 @@ const projectorFor = (files: ReadonlyArray<RepoFile>, modelPath: string): RepoFi
   const near = all.filter((f) => f.path.startsWith(dir) && !f.path.slice(dir.length).includes("/"))
   const pool = near.length > 0 ? near : all
   return [...pool].sort((a, b) =>
-    Number(!/f16/i.test(b.path)) - Number(!/f16/i.test(a.path)) || a.path.localeCompare(b.path)
+    Number(!/f16/i.test(a.path)) - Number(!/f16/i.test(b.path)) || a.path.localeCompare(b.path)
   )[0]
 }
 
