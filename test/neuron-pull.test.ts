@@ -6,10 +6,13 @@
  * LRU eviction, and removal (refused while loaded).
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { Schema } from "effect"
 import { createHash } from "node:crypto"
-import { existsSync, readFileSync } from "node:fs"
-import { readdir } from "node:fs/promises"
+import { existsSync, readFileSync, statSync } from "node:fs"
+import { mkdtemp, readdir } from "node:fs/promises"
+import * as os from "node:os"
 import * as path from "node:path"
+import { NeuronModels } from "../src/domain/contract.js"
 import { blob, type Hub, startHub } from "./fixtures/hub.js"
 import { fixturePath } from "./fixtures/models.js"
 import { getJson, type NeuronProcess, postJson, startNeuron, waitFor } from "./fixtures/neuron.js"
@@ -57,6 +60,7 @@ beforeAll(async () => {
     "acme/Private-GGUF": { private: true, files: { "p-Q4_K_M.gguf": { data: blob(64 * 1024, 3) } } },
     // 12 MB: more than one of the downloader's 5 MB chunks, so a resume starts past 0.
     "acme/Cut-GGUF": { files: { "cut-Q4_K_M.gguf": { data: blob(12 * MB, 4), cutAfter: 7 * MB } } },
+    "acme/Restart-GGUF": { files: { "r-Q4_K_M.gguf": { data: blob(12 * MB, 13), holdAfter: 7 * MB } } },
     "acme/Bad-GGUF": { files: { "bad-Q4_K_M.gguf": { data: blob(2 * MB, 5), corrupt: true } } },
     "acme/Huge-GGUF": { files: { "huge-Q4_K_M.gguf": { data: blob(1024, 6), listedSize: 2 ** 50 } } },
     "acme/Slow-GGUF": { files: { "slow-Q8_0.gguf": { data: tinyB, holdAfter: 256 * 1024 } } },
@@ -180,6 +184,49 @@ describe("resume", () => {
   })
 })
 
+describe("resume after a restart", () => {
+  let first: NeuronProcess | undefined
+  let second: NeuronProcess | undefined
+  afterAll(async () => {
+    await first?.stop("SIGKILL")
+    await second?.stop()
+  })
+
+  it("a neuron killed mid-pull resumes the partial file on the next pull", async () => {
+    const cacheDir = await mkdtemp(path.join(os.tmpdir(), "cortex-cache-"))
+    const toml = `cache_dir = "${cacheDir}"\n[sources.hf]\nendpoint = "${hub.url}"\n`
+    const id = "hf:acme/Restart-GGUF:Q4_K_M"
+    const key = "acme/Restart-GGUF/r-Q4_K_M.gguf"
+    first = await startNeuron({ models: [], toml })
+    expect((await postJson(`${first.url}/models/pull`, { model: id })).status).toBe(202)
+    // Past the downloader's first 5 MB chunk: it saves which chunks are complete after the data
+    // in `<file>.ipull` (so the file outgrows the model's 12 MB once that is on disk).
+    const partial = path.join(cacheDir, "acme", "Restart-GGUF", "r-Q4_K_M.gguf.ipull")
+    await waitFor("7 MB on the wire, in /models, and the progress saved", async () => {
+      const body = (await getJson(`${first!.url}/models`)).body
+      const m = body.data.find((x: any) => x.id === id)
+      const saved = existsSync(partial) && statSync(partial).size > 12 * MB
+      return (hub.sent.get(key) ?? 0) >= 7 * MB && m?.download?.bytes_done >= 7 * MB && saved ? true : undefined
+    })
+    await first.stop("SIGKILL")
+    first = undefined
+    const before = hub.requests.length
+    hub.release(key)
+    second = await startNeuron({ models: [], toml })
+    // Nothing half-downloaded is listed after the restart.
+    expect((await getJson(`${second.url}/models`)).body.data.find((x: any) => x.id === id)).toBeUndefined()
+    expect((await postJson(`${second.url}/models/pull`, { model: id })).status).toBe(202)
+    await waitFor("the resumed pull", async () => {
+      const body = (await getJson(`${second!.url}/models`)).body
+      return body.data.find((x: any) => x.id === id && x.status === "available")
+    })
+    const resumed = hub.requests.slice(before).filter((r) => r.path.endsWith("r-Q4_K_M.gguf") && r.range)
+    expect(resumed.length).toBeGreaterThan(0)
+    expect(Math.min(...resumed.map((r) => Number(r.range!.match(/bytes=(\d+)/)![1])))).toBeGreaterThanOrEqual(5 * MB)
+    expect(sha(readFileSync(path.join(cacheDir, "acme", "Restart-GGUF", "r-Q4_K_M.gguf")))).toBe(sha(blob(12 * MB, 13)))
+  }, 120_000)
+})
+
 describe("single flight and progress", () => {
   it("shares one download between a load and two pulls, with progress in /models", async () => {
     const id = "hf:acme/Slow-GGUF:Q8_0"
@@ -194,7 +241,19 @@ describe("single flight and progress", () => {
     })
     expect(m.status).toBe("downloading")
     expect(m.download!.bytes_total).toBe(tinyB.length)
+    // The contract decodes /models mid-pull; /health and inference on another model are not held up.
+    const snapshot = (await getJson(`${neuron.url}/models`)).body
+    expect(Schema.decodeUnknownSync(NeuronModels)(snapshot).data.find((x) => x.id === id)?.download?.bytes_total).toBe(
+      tinyB.length
+    )
     expect((await getJson(`${neuron.url}/health`)).status).toBe(200)
+    const chat = await postJson(`${neuron.url}/v1/chat/completions`, {
+      model: "hf:acme/Tiny-GGUF:q8_0",
+      max_tokens: 2,
+      messages: [{ role: "user", content: "still there?" }]
+    })
+    expect(chat.status).toBe(200)
+    expect((await listed(id))?.status).toBe("downloading")
     hub.release("acme/Slow-GGUF/slow-Q8_0.gguf")
     const loaded = await load
     expect(loaded.status).toBe(200)
