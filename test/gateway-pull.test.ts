@@ -104,6 +104,14 @@ describe("a model named only by its source, on no disk", () => {
       async () =>
         raw.seen.text.match(/: keep-alive pulling hf:acme\/Tiny-GGUF:Q8_0 on local: 0\.[0-9]\/0\.8 MB/) ?? undefined
     )
+    // While it waits, the operator sees the same pull in cortex status and in the neuron's /models.
+    const status = await promisify(execFile)(process.execPath, [CLI, "status", "--endpoint", stack.gateway.url])
+    expect(status.stdout).toMatch(/downloading: hf:acme\/Tiny-GGUF:Q8_0 on local 0\.\d\/0\.8 MB/)
+    const onNeuron = (await getJson(`${stack.neuron.url}/models`)).body.data.find((m: any) =>
+      m.id === "hf:acme/Tiny-GGUF:Q8_0"
+    )
+    expect(onNeuron.status).toBe("downloading")
+    expect(onNeuron.download.bytes_total).toBe(tiny.length)
     hub.release("acme/Tiny-GGUF/tiny-Q8_0.gguf")
     expect((await text).length).toBeGreaterThan(0)
     const models = (await getJson(`${stack.gateway.url}/v1/models`)).body.data as Array<any>
