@@ -43,8 +43,10 @@ export const relativePath = (repo: string, file: string) => [...repo.split("/"),
 export const sha256Of = (file: string) =>
   new Promise<string>((resolve, reject) => {
     const hash = createHash("sha256")
-    createReadStream(file).on("data", (d) => hash.update(d)).on("error", reject).on("end", () =>
-      resolve(hash.digest("hex")))
+    createReadStream(file, { highWaterMark: 4 * 1024 * 1024 }).on("data", (d) => hash.update(d)).on("error", reject).on(
+      "end",
+      () => resolve(hash.digest("hex"))
+    )
   })
 
 export const writeManifest = async (cacheDir: string, manifest: Manifest) => {

@@ -118,18 +118,19 @@ export class Puller extends Effect.Service<Puller>()("cortex/Puller", {
         const done = await stat(full).catch(() => undefined)
         if (done?.size === f.size) n += f.size
         else {
+          // The partial file is as long as the model (written at offsets): count what is on disk.
           const partial = await stat(`${full}.ipull`).catch(() => undefined)
-          if (partial) n += Math.min(partial.size, f.size)
+          if (partial) n += Math.min(partial.blocks * 512, f.size)
         }
       }
       return n
     }
 
     /**
-     * Room in the cache for `needed` more bytes under max_cache_gb: evict cached models that are
-     * not loaded, least recently used first (last use, else when pulled).
+     * Room in the cache for a model of `total` bytes under max_cache_gb: evict cached models that
+     * are not loaded, least recently used first (last use, else when pulled).
      */
-    const makeRoom = (id: string, needed: number, total: number) =>
+    const makeRoom = (id: string, total: number) =>
       Effect.gen(function*() {
         const max = settings.maxCacheBytes
         if (max === undefined) return
@@ -143,7 +144,7 @@ export class Puller extends Effect.Service<Puller>()("cortex/Puller", {
         }
         const cached = (yield* Effect.promise(() => scanCache(settings.cacheDir))).filter((m) => m.id !== id)
         let used = cached.reduce((s, m) => s + m.sizeBytes, 0)
-        if (used + needed <= max) return
+        if (used + total <= max) return
         const lastUse = (m: CachedModel) => {
           const e = [...registry.entries()].find((x) => x.file.id === m.id)
           return e?.lastUsedAt ?? e?.loadedAt ?? Date.parse(m.manifest.pulled_at)
@@ -153,16 +154,16 @@ export class Puller extends Effect.Service<Puller>()("cortex/Puller", {
           return !e || (!residentStatuses.has(e.status) && e.status !== "downloading")
         }).sort((a, b) => lastUse(a) - lastUse(b))
         for (const victim of evictable) {
-          if (used + needed <= max) break
+          if (used + total <= max) break
           yield* Effect.promise(() => removeCached(settings.cacheDir, victim.manifest))
           yield* registry.forget(victim.id)
           used -= victim.sizeBytes
           yield* Effect.logInfo(`evicted cached model ${victim.id} (${Math.round(victim.sizeBytes / MB)} MB) for ${id}`)
         }
-        if (used + needed > max) {
+        if (used + total > max) {
           return yield* new InsufficientDisk({
             model: id,
-            required_mb: Math.ceil(needed / MB),
+            required_mb: Math.ceil(total / MB),
             free_mb: Math.max(0, Math.floor((max - used) / MB)),
             detail: "[sources] max_cache_gb is taken by loaded models"
           })
@@ -269,7 +270,7 @@ export class Puller extends Effect.Service<Puller>()("cortex/Puller", {
             } MB kept free ([sources] min_free_disk_gb)`
           })
         }
-        yield* makeRoom(ref.id, needed, total)
+        yield* makeRoom(ref.id, total)
         const e = yield* registry.track(ref.id, total)
         entry.record = { ...entry.record, bytes_total: total }
         yield* Effect.logInfo(
@@ -277,20 +278,21 @@ export class Puller extends Effect.Service<Puller>()("cortex/Puller", {
             Math.round(present / MB)
           } MB already here) from ${settings.hf.endpoint}`
         )
-        return { e, files, selection }
+        return { e, files, selection, present }
       })
 
     const run = (ref: HfRef, entry: Pull) =>
       Effect.gen(function*() {
         const started = Date.now()
-        const { e, files, selection } = yield* prepare(ref, entry).pipe(
+        const { e, files, present, selection } = yield* prepare(ref, entry).pipe(
           Effect.tapBoth({
             onFailure: (error) => Deferred.fail(entry.prepared, error),
             onSuccess: () => Deferred.succeed(entry.prepared, undefined)
           })
         )
         let last = { at: Date.now(), bytes: 0 }
-        let counted = 0
+        // A resumed download reports the bytes it had already: they were not fetched now.
+        let counted = present
         const onProgress = (done: number) => {
           const now = Date.now()
           const d = e.download
