@@ -291,18 +291,25 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("cortex/Model
         return Effect.as(changed, e)
       })
 
-    /** The pull of `id` ended: verified (listed from the cache from now on) or not (not listed). */
+    /**
+     * The pull of `id` ended: verified (listed from the cache from now on, its file set in the
+     * same step as its status, so no load can start on the placeholder) or not (not listed).
+     */
     const settle = (id: string, verified: boolean) =>
       Effect.gen(function*() {
+        const cached = verified ? yield* Effect.promise(() => scanCache(config.sources.cacheDir)) : []
         const e = entries.get(id)
         if (e?.status === "downloading") {
           e.download = undefined
-          if (verified) {
+          const found = cached.find((m) => m.id === id)
+          if (found) {
+            e.file = { id: found.id, path: found.path, sizeBytes: found.sizeBytes, mtimeMs: found.mtimeMs }
+            e.estimates.clear()
+            e.estimate = undefined
+            e.estimateTried = false
             e.status = "available"
-            e.file = { ...e.file, mtimeMs: -1 }
           } else entries.delete(id)
         }
-        yield* rescan
         yield* changed
       })
 
