@@ -108,8 +108,7 @@ describe("pull", () => {
       messages: [{ role: "user", content: "hi" }]
     })
     const text = await res.text()
-    if (res.status !== 200) console.log(text, neuron.logs().slice(-3000))
-    expect(res.status).toBe(200)
+    expect(res.status, text).toBe(200)
     expect(JSON.parse(text).usage.completion_tokens).toBe(3)
   })
 })
@@ -267,8 +266,7 @@ describe("single flight and progress", () => {
     const id = "hf:acme/Split-GGUF:Q2_K"
     expect((await pull({ source: "hf:acme/Split-GGUF", quant: "Q2_K" })).status).toBe(202)
     const o = await pullOutcome(id)
-    if (o.status !== "done") console.log(JSON.stringify(o))
-    expect(o.status).toBe("done")
+    expect(o.status, JSON.stringify(o)).toBe("done")
     const dir = path.join(neuron.modelsDir, ".cache", "hf", "acme", "Split-GGUF")
     expect((await readdir(dir)).sort()).toEqual([
       "big-Q2_K-00001-of-00002.gguf",
