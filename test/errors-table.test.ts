@@ -8,6 +8,7 @@ import {
   type ApiError,
   ContextLengthExceeded,
   errorTable,
+  InsufficientDisk,
   InsufficientVram,
   InternalError,
   InvalidJson,
@@ -20,6 +21,7 @@ import {
   NotFoundRoute,
   Overloaded,
   PayloadTooLarge,
+  PullFailed,
   ShuttingDown,
   Unauthorized,
   UpstreamError,
@@ -214,6 +216,46 @@ const cases: ReadonlyArray<Case> = [
     openai:
       `{"error":{"message":"The model 'm' cannot be served by this fleet: needs 90 GB","type":"invalid_request_error","code":"model_not_feasible","param":"model"}}`,
     anthropic: [404, "not_found_error", "The model 'm' cannot be served by this fleet: needs 90 GB"]
+  },
+  {
+    error: new PullFailed({ model: "hf:o/r:q4", reason: "not_found", detail: "o/r not found: Repository not found" }),
+    status: 404,
+    headers: {},
+    openai:
+      `{"error":{"message":"Cannot pull 'hf:o/r:q4': o/r not found: Repository not found","type":"source_error","code":"source_not_found","param":"model"}}`,
+    anthropic: [404, "not_found_error", "Cannot pull 'hf:o/r:q4': o/r not found: Repository not found"]
+  },
+  {
+    error: new PullFailed({ model: "hf:o/r:q4", reason: "unauthorized", detail: "401; set HF_TOKEN" }),
+    status: 403,
+    headers: {},
+    openai:
+      `{"error":{"message":"Cannot pull 'hf:o/r:q4': 401; set HF_TOKEN","type":"source_error","code":"source_unauthorized","param":"model"}}`,
+    anthropic: [403, "permission_error", "Cannot pull 'hf:o/r:q4': 401; set HF_TOKEN"]
+  },
+  {
+    error: new PullFailed({ model: "hf:o/r:q", reason: "ambiguous", detail: "a.gguf, b.gguf" }),
+    status: 400,
+    headers: {},
+    openai:
+      `{"error":{"message":"Cannot pull 'hf:o/r:q': a.gguf, b.gguf","type":"source_error","code":"source_ambiguous","param":"model"}}`,
+    anthropic: [400, "invalid_request_error", "Cannot pull 'hf:o/r:q': a.gguf, b.gguf"]
+  },
+  {
+    error: new PullFailed({ model: "hf:o/r/a.gguf", reason: "checksum_mismatch", detail: "sha256 differs" }),
+    status: 502,
+    headers: {},
+    openai:
+      `{"error":{"message":"Cannot pull 'hf:o/r/a.gguf': sha256 differs","type":"source_error","code":"source_checksum_mismatch","param":"model"}}`,
+    anthropic: [500, "api_error", "Cannot pull 'hf:o/r/a.gguf': sha256 differs"]
+  },
+  {
+    error: new InsufficientDisk({ model: "hf:o/r:q4", required_mb: 900, free_mb: 100, detail: "disk" }),
+    status: 507,
+    headers: {},
+    openai:
+      `{"error":{"message":"Not enough disk to pull 'hf:o/r:q4': needs 900 MB, 100 MB available (disk)","type":"insufficient_storage","code":"insufficient_disk","param":null,"required_mb":900,"free_mb":100}}`,
+    anthropic: [529, "overloaded_error", "Not enough disk to pull 'hf:o/r:q4': needs 900 MB, 100 MB available (disk)"]
   }
 ]
 

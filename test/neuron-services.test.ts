@@ -16,7 +16,9 @@ import type { Device } from "../src/neuron/Discovery.js"
 import { Loader } from "../src/neuron/Loader.js"
 import { ModelRegistry } from "../src/neuron/ModelRegistry.js"
 import { NeuronConfig, type NeuronSettings } from "../src/neuron/NeuronConfig.js"
+import { Puller } from "../src/neuron/Puller.js"
 import { Seats } from "../src/neuron/Seats.js"
+import { resolveSources } from "../src/neuron/Sources.js"
 
 const device: Device = { id: "cpu", kind: "cpu", index: 0, name: "fake", totalMb: 1000, freeMb: 1000 }
 
@@ -120,6 +122,7 @@ const settings = (overrides: Partial<NeuronSettings>): NeuronSettings => {
     drainSecs: 5,
     autoLoad: true,
     loadDelayMs: 0,
+    sources: resolveSources({}, modelsDir, modelsDir, {}),
     ...overrides
   } as NeuronSettings
 }
@@ -141,6 +144,7 @@ const setup = (script: Script, overrides: Partial<NeuronSettings> = {}) =>
       })
     )
     const layer = Loader.DefaultWithoutDependencies.pipe(
+      Layer.provideMerge(Puller.DefaultWithoutDependencies),
       Layer.provideMerge(Seats.DefaultWithoutDependencies),
       Layer.provideMerge(ModelRegistry.DefaultWithoutDependencies),
       Layer.provideMerge(workers),

@@ -1,21 +1,26 @@
-/** Operator commands that talk to a running gateway: status, models, load, unload. */
+/** Operator commands that talk to a running gateway: status, models, load, unload (pull and rm: pull.ts). */
 import { Args, Command, Options } from "@effect/cli"
 import { Console, Effect, Either, Option, ParseResult, Schema } from "effect"
 import { AdminLifecycleAnswer, AdminStatus, CatalogueList } from "../domain/admin.js"
 import { deviceCell } from "./devices.js"
 
-const endpointOption = Options.text("endpoint").pipe(
+export const endpointOption = Options.text("endpoint").pipe(
   Options.withDescription("The gateway's URL (default $CORTEX_ENDPOINT or http://127.0.0.1:31313)"),
   Options.optional
 )
 const jsonOption = Options.boolean("json").pipe(Options.withDescription("Print JSON for scripts"))
-const nodeOption = Options.text("node").pipe(Options.withDescription("The neuron to act on"), Options.optional)
+export const nodeOption = Options.text("node").pipe(Options.withDescription("The neuron to act on"), Options.optional)
 
 const base = (endpoint: Option.Option<string>) =>
   Option.getOrElse(endpoint, () => process.env.CORTEX_ENDPOINT ?? "http://127.0.0.1:31313").replace(/\/+$/, "")
 
 /** Call the gateway and decode its answer: another version's answer names the field it lacks. */
-const call = <A, I>(endpoint: Option.Option<string>, path: string, schema: Schema.Schema<A, I>, body?: unknown) =>
+export const call = <A, I>(
+  endpoint: Option.Option<string>,
+  path: string,
+  schema: Schema.Schema<A, I>,
+  body?: unknown
+) =>
   Effect.tryPromise({
     try: async () => {
       const key = process.env.CORTEX_API_KEY
@@ -47,7 +52,7 @@ export const table = (header: ReadonlyArray<string>, rows: ReadonlyArray<Readonl
   return [line(header), ...rows.map(line)].join("\n")
 }
 
-const fail = (error: Error) =>
+export const fail = (error: Error) =>
   Console.error(`cortex: ${error.message}`).pipe(Effect.zipRight(Effect.sync(() => process.exit(1))))
 
 const status = Command.make(
@@ -80,7 +85,15 @@ const status = Command.make(
           s.loads_in_progress.map((l) => `${l.model} on ${l.node ?? "?"} (${l.waiters} waiting)`).join(", ")
         }`
         : ""
-      yield* Console.log(`cortex ${s.version}\n\n${nodes}\n\n${models}${loads}`)
+      const pulling = (s.downloads ?? []).filter((d) => d.status === "downloading")
+      const downloads = pulling.length > 0
+        ? `\n\ndownloading: ${
+          pulling.map((d) =>
+            `${d.model} on ${d.node} ${(d.bytes_done / 2 ** 20).toFixed(1)}/${(d.bytes_total / 2 ** 20).toFixed(1)} MB`
+          ).join(", ")
+        }`
+        : ""
+      yield* Console.log(`cortex ${s.version}\n\n${nodes}\n\n${models}${loads}${downloads}`)
     }).pipe(Effect.catchAll(fail))
 ).pipe(Command.withDescription("Fleet health and models"))
 

@@ -5,7 +5,7 @@
  * names the field, not an `undefined` in a table.
  */
 import { Schema } from "effect"
-import { ModelStatus } from "./contract.js"
+import { ModelStatus, PullRecord } from "./contract.js"
 
 const opt = <S extends Schema.Schema.Any>(s: S) => Schema.optionalWith(s, { exact: true })
 
@@ -75,12 +75,24 @@ export const LoadRecord = Schema.Struct({
 })
 export type LoadRecord = typeof LoadRecord.Type
 
+/** A pull on a node, as `/admin/status` and `/admin/pull` answer it. */
+export const AdminDownload = Schema.Struct({ node: Schema.String, ...PullRecord.fields })
+export type AdminDownload = typeof AdminDownload.Type
+
+export const AdminRemoveAnswer = Schema.Struct({
+  model: Schema.String,
+  results: Schema.Array(Schema.Struct({ node: Schema.String, removed: Schema.Boolean, freed_bytes: Schema.Number }))
+})
+export type AdminRemoveAnswer = typeof AdminRemoveAnswer.Type
+
 export const AdminStatus = Schema.Struct({
   version: Schema.String,
   nodes: Schema.Array(NodeView),
   models: Schema.Array(CatalogueEntry),
   loads_in_progress: Schema.Array(LoadInProgress),
-  recent_loads: Schema.Array(LoadRecord)
+  recent_loads: Schema.Array(LoadRecord),
+  /** Pulls under way and recent ones, per node (absent from a gateway before model sources). */
+  downloads: opt(Schema.Array(AdminDownload))
 })
 export type AdminStatus = typeof AdminStatus.Type
 

@@ -1,6 +1,6 @@
 /**
  * The gateway ⇄ neuron contract, declared once: the neuron's control-plane answers (`/health`,
- * `/discovery`, `/models`, `/models/load`, `/models/unload`, `/tokenize`,
+ * `/discovery`, `/models`, `/models/load`, `/models/unload`, `/models/pull`, `/models/remove`, `/tokenize`,
  * `/admin/restart-worker`), the version both speak, and the configuration error both raise. The
  * neuron's answers have these types; the gateway decodes every answer with these schemas, once
  * per poll and off the request path, so a neuron that answers something else is an error naming
@@ -24,8 +24,49 @@ export class ConfigError extends Data.TaggedError("ConfigError")<{
 
 const opt = <S extends Schema.Schema.Any>(s: S) => Schema.optionalWith(s, { exact: true })
 
-export const ModelStatus = Schema.Literal("available", "loading", "loaded", "unloading", "recovering", "failed")
+export const ModelStatus = Schema.Literal(
+  "downloading",
+  "available",
+  "loading",
+  "loaded",
+  "unloading",
+  "recovering",
+  "failed"
+)
 export type ModelStatus = typeof ModelStatus.Type
+
+export const DownloadProgress = Schema.Struct({
+  bytes_done: Schema.Number,
+  bytes_total: Schema.Number,
+  rate_bps: Schema.Number,
+  started_at: Schema.String
+})
+export type DownloadProgress = typeof DownloadProgress.Type
+
+/** A pull, under way or ended (`POST /models/pull` answers one; `/models` lists them in `pulls`). */
+export const PullRecord = Schema.Struct({
+  model: Schema.String,
+  status: Schema.Literal("downloading", "done", "failed"),
+  bytes_done: Schema.Number,
+  bytes_total: Schema.Number,
+  rate_bps: Schema.Number,
+  started_at: Schema.String,
+  finished_at: Schema.NullOr(Schema.String),
+  error: Schema.NullOr(Schema.Struct({ code: Schema.String, message: Schema.String }))
+})
+export type PullRecord = typeof PullRecord.Type
+
+/** `POST /models/resolve`: what a pull of the model would download (placement sizes it by this). */
+export const ResolveAnswer = Schema.Struct({
+  model: Schema.String,
+  bytes_total: Schema.Number,
+  files: Schema.Array(Schema.Struct({ path: Schema.String, size: Schema.Number }))
+})
+export type ResolveAnswer = typeof ResolveAnswer.Type
+
+/** `POST /models/remove`: a cached download deleted. */
+export const RemoveAnswer = Schema.Struct({ model: Schema.String, removed: Schema.Boolean, freed_bytes: Schema.Number })
+export type RemoveAnswer = typeof RemoveAnswer.Type
 
 /** One model on a neuron (`/models`, and the answer of load and unload). */
 export const NeuronModel = Schema.Struct({
@@ -46,7 +87,9 @@ export const NeuronModel = Schema.Struct({
   queue_depth: Schema.Number,
   loaded_at: Schema.NullOr(Schema.String),
   last_used_at: Schema.NullOr(Schema.String),
-  load_ms: opt(Schema.NullOr(Schema.Number))
+  load_ms: opt(Schema.NullOr(Schema.Number)),
+  /** While `downloading`: the pull's progress (src/neuron/Puller.ts). */
+  download: opt(DownloadProgress)
 })
 export type NeuronModel = typeof NeuronModel.Type
 
@@ -92,7 +135,9 @@ export type NeuronDevice = typeof NeuronDevice.Type
 export const NeuronModels = Schema.Struct({
   object: opt(Schema.Literal("list")),
   data: Schema.Array(NeuronModel),
-  devices: Schema.Array(NeuronDevice)
+  devices: Schema.Array(NeuronDevice),
+  /** Pulls under way, then recent ones that ended (a failed one with its error). */
+  pulls: opt(Schema.Array(PullRecord))
 })
 export type NeuronModels = typeof NeuronModels.Type
 

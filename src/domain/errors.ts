@@ -301,6 +301,38 @@ export class ModelInfeasible extends answering(
   }
 }
 
+/**
+ * A model source could not give the model: the repository or file is not there (404), the hub
+ * refused the neuron's credentials (403: the neuron's token, not the client's key), a quant
+ * matches no file or several (400), the file did not match the hub's size or sha256 (502), or
+ * the hub could not be reached (502).
+ */
+export class PullFailed extends answering(
+  Schema.TaggedError<PullFailed>()("PullFailed", {
+    model: Schema.String,
+    reason: Schema.Literal("not_found", "unauthorized", "no_match", "ambiguous", "checksum_mismatch", "unreachable"),
+    detail: Schema.String
+  })
+) {
+  override get message() {
+    return `Cannot pull '${this.model}': ${this.detail}`
+  }
+}
+
+/** Not enough disk (or cache allowance) for a download: 507, with what it needs and what is free. */
+export class InsufficientDisk extends answering(
+  Schema.TaggedError<InsufficientDisk>()("InsufficientDisk", {
+    model: Schema.String,
+    required_mb: Schema.Number,
+    free_mb: Schema.Number,
+    detail: Schema.String
+  })
+) {
+  override get message() {
+    return `Not enough disk to pull '${this.model}': needs ${this.required_mb} MB, ${this.free_mb} MB available (${this.detail})`
+  }
+}
+
 export type ApiError =
   | InvalidJson
   | InvalidRequest
@@ -318,6 +350,8 @@ export type ApiError =
   | InternalError
   | UpstreamError
   | ModelInfeasible
+  | PullFailed
+  | InsufficientDisk
 
 const retryAfter = (secs: string) => () => ({ "retry-after": secs })
 
@@ -381,7 +415,27 @@ export const errorTable: { readonly [T in ApiError["_tag"]]: ErrorRow<Extract<Ap
     param: null,
     headers: (e) => e.retryAfter ? { "retry-after": e.retryAfter } : {}
   },
-  ModelInfeasible: { status: 404, type: "invalid_request_error", code: "model_not_feasible", param: "model" }
+  ModelInfeasible: { status: 404, type: "invalid_request_error", code: "model_not_feasible", param: "model" },
+  PullFailed: {
+    status: (e) =>
+      e.reason === "not_found"
+        ? 404
+        : e.reason === "unauthorized"
+        ? 403
+        : e.reason === "no_match" || e.reason === "ambiguous"
+        ? 400
+        : 502,
+    type: "source_error",
+    code: (e) => e.reason === "not_found" ? "source_not_found" : `source_${e.reason}`,
+    param: "model"
+  },
+  InsufficientDisk: {
+    status: 507,
+    type: "insufficient_storage",
+    code: "insufficient_disk",
+    param: null,
+    extra: (e) => ({ required_mb: e.required_mb, free_mb: e.free_mb })
+  }
 }
 
 const apiErrorTags: ReadonlySet<string> = new Set(Object.keys(errorTable))

@@ -5,6 +5,7 @@
  */
 import { Effect } from "effect"
 import type { CatalogueList } from "../domain/admin.js"
+import { neuronIdOf } from "../domain/modelSource.js"
 import { GatewayConfig, type ModelProfile } from "./GatewayConfig.js"
 import { type FleetState, type NeuronModel, Poller } from "./Poller.js"
 
@@ -69,7 +70,7 @@ export const buildCatalogue = (
   const catalogue = new Map<string, CatalogueModel>()
   const covered = new Set<string>()
   for (const profile of profiles) {
-    const neuronId = profile.file ?? profile.id
+    const neuronId = neuronIdOf(profile)
     covered.add(neuronId)
     catalogue.set(profile.id, entry(profile.id, neuronId, profile))
   }

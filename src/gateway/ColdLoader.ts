@@ -18,6 +18,7 @@ import { InFlight } from "./InFlight.js"
 import * as M from "./Metrics.js"
 import { describeNeuronError, NeuronClient, type NeuronError } from "./NeuronClient.js"
 import { Poller } from "./Poller.js"
+import { Pulls } from "./Pulls.js"
 import { planLoad, type Reservation, reservedOn, type SchedulerSettings } from "./Scheduler.js"
 
 export type LoadReason = "first_load" | "after_eviction" | "after_idle_unload" | "after_unload"
@@ -53,6 +54,7 @@ export class ColdLoader extends Effect.Service<ColdLoader>()("cortex/ColdLoader"
     const inFlight = yield* InFlight
     const evictor = yield* Evictor
     const neuron = yield* NeuronClient
+    const pulls = yield* Pulls
     const history: Array<LoadRecord> = []
     // Planning runs one at a time across the fleet: two loads planned from the same poll would
     // otherwise both spend the same free memory, or evict the same model.
@@ -218,10 +220,12 @@ export class ColdLoader extends Effect.Service<ColdLoader>()("cortex/ColdLoader"
       }))
 
     /** Plan until the plan is to load (or to refuse), then carry it out. Returns the node's name. */
-    const loadNow = (model: CatalogueModel, entry: { node: string | null }) => {
+    const loadNow = (named: CatalogueModel, entry: { node: string | null }) => {
       const hold: Hold = { node: undefined, group: undefined, victims: [] }
       return Effect.gen(function*() {
         const started = Date.now()
+        // An `hf:` model on no disk yet is sized from its repository (src/gateway/Pulls.ts).
+        const model = yield* pulls.sized(named)
         const swapDeadline = started + config.eviction.maxSwapWaitSecs * 1000
         for (;;) {
           const plan = yield* planOnce(model, hold, started, swapDeadline)
@@ -233,7 +237,7 @@ export class ColdLoader extends Effect.Service<ColdLoader>()("cortex/ColdLoader"
           yield* Effect.sleep("100 millis")
           if (plan.node !== undefined) yield* poller.refresh(plan.node)
         }
-      }).pipe(Effect.ensuring(releaseHold(model.neuronId, hold)))
+      }).pipe(Effect.ensuring(releaseHold(named.neuronId, hold)))
     }
 
     /** Make sure the model is loaded somewhere; concurrent callers share one load. */
@@ -282,5 +286,5 @@ export class ColdLoader extends Effect.Service<ColdLoader>()("cortex/ColdLoader"
         }))
     } as const
   }),
-  dependencies: [Poller.Default, InFlight.Default, Evictor.Default, NeuronClient.Default]
+  dependencies: [Poller.Default, InFlight.Default, Evictor.Default, NeuronClient.Default, Pulls.Default]
 }) {}

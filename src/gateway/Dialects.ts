@@ -37,6 +37,8 @@ export interface Dialect {
   /** undefined: relay the upstream SSE bytes unchanged. */
   readonly translator: (() => StreamTranslator) | undefined
   readonly keepAlive: string
+  /** A keep-alive that carries a line of text (a model pull's progress): a comment, or a ping's `progress`. */
+  readonly keepAliveWith: (text: string) => string
 }
 
 export const openaiError = (error: ApiError): DialectError => ({
@@ -51,6 +53,7 @@ export const anthropicError = (error: ApiError): DialectError => {
 }
 
 const KEEPALIVE = ": keep-alive\n\n"
+const keepAliveComment = (text: string) => `: keep-alive ${text.replace(/[\r\n]+/g, " ")}\n\n`
 
 /** The neuron's own dialect: answers are relayed as they come. */
 export const openaiDialect = (route: string): Dialect => ({
@@ -58,7 +61,8 @@ export const openaiDialect = (route: string): Dialect => ({
   error: openaiError,
   json: undefined,
   translator: undefined,
-  keepAlive: KEEPALIVE
+  keepAlive: KEEPALIVE,
+  keepAliveWith: keepAliveComment
 })
 
 export const anthropicDialect = (request: MessagesRequest): Dialect => ({
@@ -75,7 +79,8 @@ export const anthropicDialect = (request: MessagesRequest): Dialect => ({
       fail: (e) => format(stream.fail(Anthropic.toAnthropicStreamError({ error: e })))
     }
   },
-  keepAlive: Anthropic.formatSse({ type: "ping" })
+  keepAlive: Anthropic.formatSse({ type: "ping" }),
+  keepAliveWith: (text) => `event: ping\ndata: ${JSON.stringify({ type: "ping", progress: text })}\n\n`
 })
 
 export const responsesDialect = (request: ResponsesRequest): Dialect => ({
@@ -92,7 +97,8 @@ export const responsesDialect = (request: ResponsesRequest): Dialect => ({
       fail: (e) => format(stream.fail(e))
     }
   },
-  keepAlive: KEEPALIVE
+  keepAlive: KEEPALIVE,
+  keepAliveWith: keepAliveComment
 })
 
 /** Answer with a JSON body on a plain node:http response. */

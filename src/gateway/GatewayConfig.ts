@@ -9,6 +9,7 @@ import { readFile } from "node:fs/promises"
 import * as path from "node:path"
 import { parse as parseToml } from "smol-toml"
 import { ConfigError } from "../domain/contract.js"
+import { isHfId, isRefError, parseHfRef } from "../domain/modelSource.js"
 import { GatewayTelemetryTable, resolveTelemetry, type TelemetrySettings } from "../telemetry/TelemetryConfig.js"
 
 const opt = <S extends Schema.Schema.Any>(s: S) => Schema.optionalWith(s, { exact: true })
@@ -94,8 +95,12 @@ export type CortexFile = typeof CortexFile.Type
 
 export const ModelProfile = Schema.Struct({
   id: Schema.String.pipe(Schema.minLength(1)),
-  /** The model's id on the neurons (its GGUF path under models_dir without .gguf); default: id. */
+  /**
+   * The model's id on the neurons (its GGUF path under models_dir without .gguf), or one exact
+   * file to pull (`hf:Org/Repo/path/model.gguf`); default: id.
+   */
   file: opt(Schema.String),
+  /** A repository to pull from (`hf:Org/Repo`), with `quant` (a filename substring). */
   source: opt(Schema.String),
   quant: opt(Schema.String),
   vram_mb: opt(Schema.Number.pipe(Schema.positive())),
@@ -207,7 +212,25 @@ const readToml = (file: string) =>
     })
   })
 
-/** Cross-field checks Schema cannot express: unique ids, aliases that point somewhere. */
+/** `source` + `quant`, or an exact `file = "hf:…"` (src/domain/modelSource.ts); never both. */
+const checkSource = (m: ModelProfile): { key: string; reason: string } | undefined => {
+  if (m.source !== undefined) {
+    if (m.file !== undefined) return { key: "file", reason: "give source (with quant) or file, not both" }
+    const ref = parseHfRef(m.source, m.quant)
+    return isRefError(ref) ? { key: m.quant !== undefined ? "quant" : "source", reason: ref.error } : undefined
+  }
+  if (m.quant !== undefined) return { key: "quant", reason: "quant needs a source (hf:Org/Repo)" }
+  if (m.file !== undefined && isHfId(m.file)) {
+    const ref = parseHfRef(m.file)
+    if (isRefError(ref)) return { key: "file", reason: ref.error }
+    if (ref.file === undefined) {
+      return { key: "file", reason: "an hf: file names one file: hf:Org/Repo/path/model.gguf" }
+    }
+  }
+  return undefined
+}
+
+/** Cross-field checks Schema cannot express: unique ids, aliases that point somewhere, sources. */
 const checkModels = (file: string, models: ModelsFile) =>
   Effect.gen(function*() {
     const ids = new Set<string>()
@@ -216,6 +239,8 @@ const checkModels = (file: string, models: ModelsFile) =>
         return yield* new ConfigError({ file, key: `models.${i}.id`, reason: `duplicate model id '${m.id}'` })
       }
       ids.add(m.id)
+      const source = checkSource(m)
+      if (source) return yield* new ConfigError({ file, key: `models.${i}.${source.key}`, reason: source.reason })
     }
     for (const [alias, target] of Object.entries(models.aliases ?? {})) {
       if (ids.size > 0 && !ids.has(target)) {

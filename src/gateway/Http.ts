@@ -1,11 +1,12 @@
 /**
  * The gateway's HTTP API (port 31313) apart from the inference routes (InferenceRoutes.ts, on
- * plain node:http): OpenAI models, Anthropic count_tokens, public health, and the admin API.
+ * plain node:http): OpenAI models, Anthropic count_tokens, public health, and the admin API
+ * (status, load, unload, pull, rm).
  * Each route answers errors in its own dialect's envelope.
  */
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Effect, Schema } from "effect"
-import type { AdminLifecycleAnswer, AdminStatus, NodeView } from "../domain/admin.js"
+import type { AdminDownload, AdminLifecycleAnswer, AdminRemoveAnswer, AdminStatus, NodeView } from "../domain/admin.js"
 import { CountTokensRequest, MessagesRequest } from "../domain/anthropic.js"
 import { NeuronModel, TokenizeAnswer, VERSION } from "../domain/contract.js"
 import {
@@ -31,6 +32,7 @@ import type { DialectError } from "./Dialects.js"
 import { GatewayConfig } from "./GatewayConfig.js"
 import { callNeuron } from "./NeuronClient.js"
 import { type NodeState, Poller } from "./Poller.js"
+import { Pulls } from "./Pulls.js"
 import { Router } from "./Router.js"
 import * as Anthropic from "./translate/Anthropic.js"
 
@@ -60,6 +62,7 @@ export const makeGatewayApp = Effect.gen(function*() {
   const catalogue = yield* Catalogue
   const loader = yield* ColdLoader
   const reloader = yield* ConfigReload
+  const pulls = yield* Pulls
 
   const principal = Effect.map(HttpServerRequest.HttpServerRequest, (request) =>
     principalFor(
@@ -207,7 +210,8 @@ export const makeGatewayApp = Effect.gen(function*() {
           nodes: [...state.values()].map(nodeView),
           models: catalogueList(models, config.aliases, startedAt).data,
           loads_in_progress: loader.loadsInProgress(),
-          recent_loads: loader.history()
+          recent_loads: loader.history(),
+          downloads: pulls.downloads()
         } satisfies AdminStatus
       )
     }))
@@ -266,6 +270,22 @@ export const makeGatewayApp = Effect.gen(function*() {
       )
     ))
 
+  /** `cortex pull`: start a pull on a node; answers at once with the pull's record. */
+  const adminPull = guarded(openaiError, () =>
+    Effect.gen(function*() {
+      const value = yield* decoded(AdminLifecycle)
+      const answer: AdminDownload = yield* pulls.pull(value.model, value.node)
+      return HttpServerResponse.unsafeJson(answer, { status: answer.status === "downloading" ? 202 : 200 })
+    }))
+
+  /** `cortex rm`: delete a cached download (the neuron refuses while it is loaded). */
+  const adminRemove = guarded(openaiError, () =>
+    Effect.gen(function*() {
+      const value = yield* decoded(AdminLifecycle)
+      const answer: AdminRemoveAnswer = yield* pulls.remove(value.model, value.node)
+      return HttpServerResponse.unsafeJson(answer)
+    }))
+
   const app = HttpRouter.empty.pipe(
     HttpRouter.get("/health", health),
     HttpRouter.get("/version", version),
@@ -276,6 +296,8 @@ export const makeGatewayApp = Effect.gen(function*() {
     HttpRouter.post("/admin/load", adminLifecycle("load")),
     HttpRouter.post("/admin/unload", adminLifecycle("unload")),
     HttpRouter.post("/admin/reload", adminReload),
+    HttpRouter.post("/admin/pull", adminPull),
+    HttpRouter.post("/admin/rm", adminRemove),
     HttpRouter.concat(yield* makeConsoleRouter)
   )
   return app.pipe(

@@ -4,7 +4,14 @@
  * unhealthy again after 3 consecutive misses (one slow poll does not take it out).
  */
 import { Effect, Redacted, Schedule } from "effect"
-import { type NeuronDevice, NeuronDiscovery, NeuronHealth, type NeuronModel, NeuronModels } from "../domain/contract.js"
+import {
+  type NeuronDevice,
+  NeuronDiscovery,
+  NeuronHealth,
+  type NeuronModel,
+  NeuronModels,
+  type PullRecord
+} from "../domain/contract.js"
 import { GatewayConfig, type NeuronEndpoint } from "./GatewayConfig.js"
 import { callNeuron, describeNeuronError } from "./NeuronClient.js"
 
@@ -25,6 +32,8 @@ export interface NodeState {
   readonly devices: ReadonlyArray<NeuronDevice>
   /** Removed from the config by a reload: no new requests, dropped once its requests finish. */
   readonly retired?: boolean
+  /** Pulls under way and recent ones (src/gateway/Pulls.ts). */
+  readonly pulls?: ReadonlyArray<PullRecord>
 }
 
 export type FleetState = ReadonlyMap<string, NodeState>
@@ -81,7 +90,8 @@ export class Poller extends Effect.Service<Poller>()("cortex/Poller", {
             lastSeen: Date.now(),
             lastError: undefined,
             models: snap.models.data,
-            devices: snap.models.devices
+            devices: snap.models.devices,
+            pulls: snap.models.pulls ?? []
           }
         } else {
           const error = polled.left

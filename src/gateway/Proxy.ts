@@ -21,6 +21,7 @@ import { sendError, sendJson } from "./Dialects.js"
 import { Aborted, type Attempt, Failover, type ProxyRequest } from "./Failover.js"
 import { GatewayConfig } from "./GatewayConfig.js"
 import * as M from "./Metrics.js"
+import { Pulls } from "./Pulls.js"
 import { type Frames, StreamRelay } from "./StreamRelay.js"
 import { Cancel, parseJson, readAll, usageIn } from "./Upstream.js"
 
@@ -61,6 +62,7 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
   effect: Effect.gen(function*() {
     const config = yield* GatewayConfig
     const catalogue = yield* Catalogue
+    const pulls = yield* Pulls
     const { attempt, upstreamError, upstreamTimeout } = yield* Failover
     const runFork = Runtime.runFork(yield* Effect.runtime<never>())
     const logWarning = (message: string) => runFork(Effect.logWarning(message))
@@ -217,7 +219,11 @@ export class Proxy extends Effect.Service<Proxy>()("cortex/Proxy", {
       if (early === undefined) write(relay.keepAlive())
       const keepAlive = setInterval(() => {
         if (res.destroyed) clearInterval(keepAlive)
-        else if (Date.now() - lastWrite >= 900) write(relay.keepAlive())
+        else if (Date.now() - lastWrite >= 900) {
+          // While the model is being pulled for this request, the keep-alive says how far it got.
+          const progress = pulls.progressFor(request.model)
+          write(relay.keepAlive(progress !== undefined ? request.dialect.keepAliveWith(progress) : undefined))
+        }
       }, 250)
 
       // 3. A late routing failure goes in-band.

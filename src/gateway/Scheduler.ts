@@ -10,6 +10,7 @@
  * refuse with the error the client gets (404 infeasible, 503 unavailable).
  */
 import { type ApiError, ModelInfeasible, ModelUnavailable } from "../domain/errors.js"
+import { isHfId, neuronIdOf } from "../domain/modelSource.js"
 import type { CatalogueModel } from "./Catalogue.js"
 import type { ModelProfile } from "./GatewayConfig.js"
 import { place, type PlacementNode, residencyPriority, type Strategy, swapOrWait } from "./Placement.js"
@@ -70,7 +71,7 @@ const MB = 1024 * 1024
 const residentStatuses = new Set(["loaded", "loading", "recovering", "unloading"])
 
 export const profileOf = (profiles: ReadonlyArray<ModelProfile>, neuronId: string): ModelProfile | undefined =>
-  profiles.find((p) => (p.file ?? p.id) === neuronId)
+  profiles.find((p) => neuronIdOf(p) === neuronId)
 
 /** Memory held on `node` (on its `group` when given) by loads in flight, but for `except`'s own reservation. */
 export const reservedOn = (
@@ -127,7 +128,8 @@ const placementNodes = (
     name: node.name,
     known: node.lastSeen !== undefined,
     healthy: node.healthy,
-    hasModel: node.models.some((m) => m.id === model.neuronId && m.status !== "failed"),
+    // An `hf:` model can be pulled by any node: until one has it, each is a candidate.
+    hasModel: isHfId(model.neuronId) || node.models.some((m) => m.id === model.neuronId && m.status !== "failed"),
     devices: withReservations(node, snapshot.reserved),
     // A victim claimed by another plan is spoken for: neither evictable nor free yet.
     resident: node.models

@@ -47,9 +47,10 @@ export class StreamRelay {
    * upstream chunk, which knows the prompt's size, unless a keep-alive must go out first: then the
    * message opens before it (Anthropic clients expect message_start before any ping; the input
    * tokens then come in message_delta). The translator's `start` is empty once the message is open.
+   * `frame`: a keep-alive that says more (a model pull's progress, from the dialect's `keepAliveWith`).
    */
-  keepAlive(): Frames {
-    return this.translator ? [...this.translator.start(), this.keepAliveFrame] : this.keepAliveFrame
+  keepAlive(frame: string = this.keepAliveFrame): Frames {
+    return this.translator ? [...this.translator.start(), frame] : frame
   }
 
   /** One upstream chunk. */

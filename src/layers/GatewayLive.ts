@@ -19,6 +19,7 @@ import * as M from "../gateway/Metrics.js"
 import { NeuronClient } from "../gateway/NeuronClient.js"
 import { Poller } from "../gateway/Poller.js"
 import { Proxy } from "../gateway/Proxy.js"
+import { Pulls } from "../gateway/Pulls.js"
 import { Router } from "../gateway/Router.js"
 import { TelemetryLive } from "./TelemetryLive.js"
 
@@ -72,6 +73,7 @@ export const GatewayLive = (settings: GatewaySettings) =>
     Layer.provideMerge(ColdLoader.DefaultWithoutDependencies),
     Layer.provideMerge(Evictor.DefaultWithoutDependencies),
     Layer.provideMerge(ConfigReload.Default),
+    Layer.provideMerge(Pulls.DefaultWithoutDependencies),
     Layer.provideMerge(Layer.mergeAll(Catalogue.DefaultWithoutDependencies, InFlight.Default, NeuronClient.Default)),
     Layer.provideMerge(Poller.Default),
     // Log lines from here up also reach the console's log tail.

@@ -36,6 +36,7 @@ import { Inference } from "./Inference.js"
 import * as NM from "./Metrics.js"
 import { type Caller, ModelManager } from "./ModelManager.js"
 import { NeuronConfig } from "./NeuronConfig.js"
+import { pullRoute, removeRoute, resolveRoute } from "./PullRoutes.js"
 import { promptShapeOf } from "./RequestPrep.js"
 
 const RestartWorkerRequest = Schema.Struct({ device: Schema.optionalWith(Schema.String, { exact: true }) })
@@ -173,7 +174,14 @@ export const makeRouter = Effect.gen(function*() {
   })
 
   const listModels = Effect.sync(() =>
-    json({ object: "list", data: models.snapshot(), devices: models.deviceViews() } satisfies NeuronModels)
+    json(
+      {
+        object: "list",
+        data: models.snapshot(),
+        devices: models.deviceViews(),
+        pulls: models.pulls()
+      } satisfies NeuronModels
+    )
   )
 
   const openaiModels = Effect.sync(() =>
@@ -282,6 +290,9 @@ export const makeRouter = Effect.gen(function*() {
     HttpRouter.get("/models", guard(listModels)),
     HttpRouter.post("/models/load", guard(load, true)),
     HttpRouter.post("/models/unload", guard(unload)),
+    HttpRouter.post("/models/pull", guard(pullRoute)),
+    HttpRouter.post("/models/resolve", guard(resolveRoute)),
+    HttpRouter.post("/models/remove", guard(removeRoute)),
     HttpRouter.get("/v1/models", guard(openaiModels)),
     HttpRouter.post("/v1/chat/completions", guard(chat, true)),
     HttpRouter.post("/v1/completions", guard(completions, true)),

@@ -18,15 +18,23 @@ import {
   ShuttingDown,
   type WorkerCrashed
 } from "../domain/errors.js"
+import { isHfId } from "../domain/modelSource.js"
 import { splitByFree } from "./DeviceGroups.js"
 import type { DeviceWorker, WorkerError, WorkerEvent } from "./DeviceWorker.js"
 import { DeviceWorkers } from "./DeviceWorkers.js"
 import { type Entry, memoryOf, ModelRegistry, onGpu, residentStatuses } from "./ModelRegistry.js"
 import { NeuronConfig } from "./NeuronConfig.js"
+import { Puller, type PullError } from "./Puller.js"
 import { Seats } from "./Seats.js"
 import { LoadedInfo, type ModelEstimate } from "./worker/protocol.js"
 
-export type LoadFailure = InsufficientVram | ModelLoadFailed | WorkerCrashed | ModelUnavailable
+export type LoadFailure =
+  | InsufficientVram
+  | ModelLoadFailed
+  | WorkerCrashed
+  | ModelUnavailable
+  | PullError
+  | InvalidRequest
 
 interface Target {
   readonly worker: DeviceWorker
@@ -49,6 +57,7 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
     const registry = yield* ModelRegistry
     const workers = yield* DeviceWorkers
     const seats = yield* Seats
+    const puller = yield* Puller
     // Loads run in the service's scope: a caller that goes away does not cancel a load others await.
     const scope = yield* Effect.scope
     const loadLock = yield* Effect.makeSemaphore(1)
@@ -167,10 +176,25 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
       )
     }
 
+    /**
+     * The model's entry; an `hf:` model that is not on disk yet (or still downloading) is pulled
+     * first, joining any pull of it under way.
+     */
+    const findOrPull = (id: string): Effect.Effect<Entry, ModelNotFound | PullError | InvalidRequest> =>
+      registry.find(id).pipe(
+        Effect.catchTag(
+          "ModelNotFound",
+          (error) => isHfId(id) ? Effect.zipRight(puller.ensure(id), registry.find(id)) : Effect.fail(error)
+        ),
+        Effect.flatMap((e) =>
+          e.status === "downloading" ? Effect.zipRight(puller.ensure(id), registry.find(id)) : Effect.succeed(e)
+        )
+      )
+
     /** Load `id` (on device group `group` when given: the gateway places loads itself). */
     const load = Effect.fn("Loader.load")(function*(id: string, contextSize?: number, group?: string) {
       if (seats.isDraining()) return yield* new ShuttingDown()
-      const e = yield* registry.find(id)
+      const e = yield* findOrPull(id)
       if (e.status === "loaded" && (contextSize === undefined || contextSize === e.requestedContext)) {
         return registry.view(e)
       }
@@ -226,7 +250,7 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
     ): Effect.Effect<Entry, ModelNotFound | LoadFailure | ShuttingDown> =>
       Effect.gen(function*() {
         if (seats.isDraining()) return yield* new ShuttingDown()
-        const e = yield* registry.find(id)
+        const e = autoLoad ? yield* findOrPull(id) : yield* registry.find(id)
         if ((e.status === "available" || e.status === "loading") && autoLoad) yield* load(id)
         if (e.status !== "loaded") {
           return yield* new ModelUnavailable({
@@ -340,5 +364,5 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
 
     return { load: loadIn, unload, resident, restartWorker, loadDefaults } as const
   }),
-  dependencies: [Seats.Default, ModelRegistry.Default, DeviceWorkers.Default]
+  dependencies: [Seats.Default, ModelRegistry.Default, DeviceWorkers.Default, Puller.Default]
 }) {}

@@ -6,19 +6,12 @@
  * state: they never wait behind inference.
  */
 import { Effect, type Scope } from "effect"
-import type {
-  InsufficientVram,
-  ModelLoadFailed,
-  ModelNotFound,
-  ModelUnavailable,
-  Overloaded,
-  ShuttingDown,
-  WorkerCrashed
-} from "../domain/errors.js"
+import type { ModelNotFound, Overloaded, ShuttingDown } from "../domain/errors.js"
 import { DeviceWorkers } from "./DeviceWorkers.js"
-import { Loader } from "./Loader.js"
+import { Loader, type LoadFailure } from "./Loader.js"
 import { ModelRegistry } from "./ModelRegistry.js"
 import { NeuronConfig } from "./NeuronConfig.js"
+import { Puller } from "./Puller.js"
 import { type Caller, type Seat, Seats } from "./Seats.js"
 
 export type { DeviceView, ModelStatus, ModelView } from "./ModelRegistry.js"
@@ -31,6 +24,7 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
     const loader = yield* Loader
     const seats = yield* Seats
     const workers = yield* DeviceWorkers
+    const puller = yield* Puller
 
     /**
      * A seat on a loaded model for the life of the current scope. Loads on demand (auto_load),
@@ -39,7 +33,7 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
      */
     const acquire = (id: string, caller: Caller, wanted = 1): Effect.Effect<
       Seat,
-      ModelNotFound | ModelUnavailable | Overloaded | ShuttingDown | InsufficientVram | ModelLoadFailed | WorkerCrashed,
+      ModelNotFound | Overloaded | ShuttingDown | LoadFailure,
       Scope.Scope
     > =>
       Effect.gen(function*() {
@@ -65,8 +59,12 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
       totals: seats.totals,
       isDraining: seats.isDraining,
       engine: workers.engine,
-      driver: workers.driver
+      driver: workers.driver,
+      pull: puller.pull,
+      resolveSource: puller.resolve,
+      removeCached: puller.remove,
+      pulls: puller.records
     } as const
   }),
-  dependencies: [Loader.Default, Seats.Default, ModelRegistry.Default, DeviceWorkers.Default]
+  dependencies: [Loader.Default, Seats.Default, ModelRegistry.Default, DeviceWorkers.Default, Puller.Default]
 }) {}

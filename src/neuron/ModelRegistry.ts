@@ -12,11 +12,20 @@ import * as Admission from "./Admission.js"
 import type { DeviceWorker, WorkerError } from "./DeviceWorker.js"
 import { DeviceWorkers } from "./DeviceWorkers.js"
 import type { Device } from "./Discovery.js"
+import { scanCache } from "./HfCache.js"
 import { isModelId, type ModelFile, scanModels } from "./ModelStore.js"
 import { NeuronConfig } from "./NeuronConfig.js"
 import { type LoadedInfo, ModelEstimate } from "./worker/protocol.js"
 
-export type ModelStatus = "available" | "loading" | "loaded" | "unloading" | "recovering" | "failed"
+export type ModelStatus = "downloading" | "available" | "loading" | "loaded" | "unloading" | "recovering" | "failed"
+
+/** A pull in progress (src/neuron/Puller.ts updates it; `/models` shows it). */
+export interface DownloadProgress {
+  bytesDone: number
+  bytesTotal: number
+  rateBps: number
+  readonly startedAt: number
+}
 
 export interface Entry {
   file: ModelFile
@@ -40,6 +49,8 @@ export interface Entry {
   lastUsedAt: number | undefined
   admission: Admission.State
   readonly waiters: Map<number, Deferred.Deferred<void>>
+  /** Set while the model is being pulled (status `downloading`). */
+  download: DownloadProgress | undefined
 }
 
 export interface ModelView {
@@ -59,6 +70,12 @@ export interface ModelView {
   readonly loaded_at: string | null
   readonly last_used_at: string | null
   readonly load_ms: number | null
+  readonly download?: {
+    readonly bytes_done: number
+    readonly bytes_total: number
+    readonly rate_bps: number
+    readonly started_at: string
+  }
 }
 
 export interface DeviceView extends Device {
@@ -95,7 +112,8 @@ const newEntry = (file: ModelFile): Entry => ({
   loadedAt: undefined,
   lastUsedAt: undefined,
   admission: Admission.empty,
-  waiters: new Map()
+  waiters: new Map(),
+  download: undefined
 })
 
 export class ModelRegistry extends Effect.Service<ModelRegistry>()("cortex/ModelRegistry", {
@@ -117,13 +135,17 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("cortex/Model
       )
 
     // ---- the models directory -----------------------------------------------------------
-    const rescan = Effect.promise(() => scanModels(config.modelsDir)).pipe(
+    // Files in models_dir, and verified downloads in the cache (src/neuron/HfCache.ts).
+    const rescan = Effect.promise(() =>
+      Promise.all([scanModels(config.modelsDir), scanCache(config.sources.cacheDir)]).then(([a, b]) => [...a, ...b])
+    ).pipe(
       Effect.map((files) => {
         const seen = new Set<string>()
         for (const file of files) {
           seen.add(file.id)
           const e = entries.get(file.id)
           if (!e) entries.set(file.id, newEntry(file))
+          else if (e.status === "downloading") continue
           else if (fileKey(e.file) !== fileKey(file)) {
             e.file = file
             e.estimates.clear()
@@ -186,7 +208,7 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("cortex/Model
       const worker = workers.workers().find((w) => w.alive)
       if (!worker) return
       for (const e of entries.values()) {
-        if (e.estimateTried) continue
+        if (e.estimateTried || e.status === "downloading") continue
         e.estimateTried = true
         const found = yield* Effect.option(estimate(e, config.contextSize, worker))
         if (Option.isSome(found)) e.estimate = found.value
@@ -268,7 +290,17 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("cortex/Model
       queue_depth: e.admission.queue.length,
       loaded_at: e.loadedAt ? new Date(e.loadedAt).toISOString() : null,
       last_used_at: e.lastUsedAt ? new Date(e.lastUsedAt).toISOString() : null,
-      load_ms: e.loaded?.loadMs ?? null
+      load_ms: e.loaded?.loadMs ?? null,
+      ...(e.download
+        ? {
+          download: {
+            bytes_done: e.download.bytesDone,
+            bytes_total: e.download.bytesTotal,
+            rate_bps: Math.round(e.download.rateBps),
+            started_at: new Date(e.download.startedAt).toISOString()
+          }
+        }
+        : {})
     })
 
     const deviceViews = (): Array<DeviceView> =>
@@ -285,7 +317,53 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("cortex/Model
         }
       })
 
+    /** A model being pulled: listed as `downloading` until it is verified (or forgotten). */
+    const track = (id: string, bytesTotal: number) =>
+      Effect.suspend(() => {
+        const e = entries.get(id) ?? newEntry({ id, path: "", sizeBytes: bytesTotal, mtimeMs: 0 })
+        e.status = "downloading"
+        e.error = undefined
+        e.file = { ...e.file, sizeBytes: bytesTotal }
+        e.download = { bytesDone: 0, bytesTotal, rateBps: 0, startedAt: Date.now() }
+        entries.set(id, e)
+        return Effect.as(changed, e)
+      })
+
+    /**
+     * The pull of `id` ended: verified (listed from the cache from now on, its file set in the
+     * same step as its status, so no load can start on the placeholder) or not (not listed).
+     */
+    const settle = (id: string, verified: boolean) =>
+      Effect.gen(function*() {
+        const cached = verified ? yield* Effect.promise(() => scanCache(config.sources.cacheDir)) : []
+        const e = entries.get(id)
+        if (e?.status === "downloading") {
+          e.download = undefined
+          const found = cached.find((m) => m.id === id)
+          if (found) {
+            e.file = { id: found.id, path: found.path, sizeBytes: found.sizeBytes, mtimeMs: found.mtimeMs }
+            e.estimates.clear()
+            e.estimate = undefined
+            e.estimateTried = false
+            e.status = "available"
+          } else entries.delete(id)
+        }
+        yield* changed
+      })
+
+    /** Drop a model whose files were deleted (only when it holds no memory). */
+    const forget = (id: string) =>
+      Effect.suspend(() => {
+        const e = entries.get(id)
+        if (e && !residentStatuses.has(e.status)) entries.delete(id)
+        return changed
+      })
+
     return {
+      track,
+      settle,
+      forget,
+      rescan,
       find,
       entries: (): Iterable<Entry> => entries.values(),
       estimate,

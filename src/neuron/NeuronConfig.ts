@@ -11,6 +11,7 @@ import { parse as parseToml } from "smol-toml"
 import { ConfigError } from "../domain/contract.js"
 import { NeuronTelemetryTable, resolveTelemetry, type TelemetrySettings } from "../telemetry/TelemetryConfig.js"
 import { checkGroups, DeviceGroupTable, type SimulatedDevice, SimulateTable } from "./DeviceGroups.js"
+import { resolveSources, type SourceSettings, SourcesTable } from "./Sources.js"
 
 const Port = Schema.Int.pipe(Schema.between(0, 65535))
 const PositiveInt = Schema.Int.pipe(Schema.positive())
@@ -44,7 +45,10 @@ export const NeuronFile = Schema.Struct({
   /** GPUs that share one worker (a model there is split across them; see DeviceGroups.ts). */
   device_groups: opt(Schema.Array(DeviceGroupTable)),
   /** Testing aid: declared GPUs instead of nvidia-smi's (see DeviceSource.ts). */
-  simulate: opt(SimulateTable)
+  simulate: opt(SimulateTable),
+  /** Where pulled models are kept (default `<models_dir>/.cache/hf`); see src/neuron/Sources.ts. */
+  cache_dir: opt(Schema.String),
+  sources: opt(SourcesTable)
 }).annotations({ parseOptions: { onExcessProperty: "error" } })
 export type NeuronFile = typeof NeuronFile.Type
 
@@ -75,6 +79,7 @@ export interface NeuronSettings {
   /** Configured device groups by GPU index (other GPUs are groups of their own). */
   readonly deviceGroups: ReadonlyArray<ReadonlyArray<number>> | undefined
   readonly simulate: ReadonlyArray<SimulatedDevice> | undefined
+  readonly sources: SourceSettings
   /** How these settings were loaded, so a reload (NeuronReload.ts) reads them the same way. */
   readonly source?: NeuronConfigSource
 }
@@ -119,7 +124,8 @@ const ENV_KEYS = [
   "drain_secs",
   "auto_load",
   "load_delay_ms",
-  "metrics_port"
+  "metrics_port",
+  "cache_dir"
 ] as const satisfies ReadonlyArray<keyof NeuronFile>
 type EnvKey = typeof ENV_KEYS[number]
 
@@ -151,6 +157,7 @@ const envProvider = (env: Record<string, string | undefined>) =>
 const envValue = (key: EnvKey, raw: string): unknown => {
   switch (key) {
     case "host":
+    case "cache_dir":
     case "models_dir":
     case "api_token":
     case "gpu":
@@ -271,6 +278,7 @@ export const loadNeuronConfig = (options: NeuronConfigSource) =>
         temperatureC: d.temperature_c,
         powerW: d.power_w
       })),
-      source: options
+      source: options,
+      sources: resolveSources(merged, path.resolve(base, merged.models_dir ?? "models"), base, env)
     } satisfies NeuronSettings
   })
