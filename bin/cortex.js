@@ -2,6 +2,8 @@
 // The CLI runs the compiled JavaScript in dist/ (built by `npm ci` / `npm run build`). In a checkout
 // whose sources changed after the last build, it runs the TypeScript sources through tsx instead,
 // so a stale dist/ never runs by accident; `CORTEX_FROM_SOURCE=1` forces the sources.
+// Commands that start a daemon (or write a model) run dist/cli/main.js; the operator commands run
+// the one-file bundle of the same CLI (scripts/build.mjs), which starts several times faster.
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
@@ -9,6 +11,9 @@ import { fileURLToPath } from "node:url"
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
 const src = path.join(root, "src")
 const compiled = path.join(root, "dist", "cli", "main.js")
+const bundle = path.join(root, "dist", "cli", "operator.bundle.mjs")
+const DAEMONS = new Set(["up", "serve", "neuron", "make-model"])
+const command = process.argv.slice(2).find((arg) => !arg.startsWith("-"))
 
 const newestSource = (dir) => {
   let newest = 0
@@ -31,7 +36,7 @@ const fresh = () => {
 }
 
 if (process.env.CORTEX_FROM_SOURCE !== "1" && fresh()) {
-  await import(compiled)
+  await import(command !== undefined && !DAEMONS.has(command) && existsSync(bundle) ? bundle : compiled)
 } else {
   const { register } = await import("tsx/esm/api")
   register()

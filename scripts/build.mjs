@@ -35,6 +35,25 @@ const walk = (dir) => {
 }
 walk(src)
 
+// The operator commands (status, models, load, pull, wait-ready, --version…) run from one bundled
+// file: loading @effect/cli and effect as ~800 separate modules costs most of a `cortex status`.
+// The daemon commands keep the unbundled dist/ (bin/cortex.js routes them there), so one process
+// never mixes the bundle's copy of effect with node_modules' one; their modules stay external here.
+const esbuild = await import("esbuild")
+await esbuild.build({
+  entryPoints: [path.join(dist, "cli", "main.js")],
+  outfile: path.join(dist, "cli", "operator.bundle.mjs"),
+  bundle: true,
+  platform: "node",
+  format: "esm",
+  target: "node20",
+  packages: "bundle",
+  external: ["../layers/*", "../gateway/*", "../neuron/*", "../gguf/*", "node-llama-cpp"],
+  // CommonJS dependencies (yaml, ini) call require() for Node's built-ins.
+  banner: { js: 'import { createRequire as __cortexRequire } from "node:module"; const require = __cortexRequire(import.meta.url);' },
+  logLevel: "warning"
+})
+
 let commit = "unknown"
 try {
   commit = execFileSync("git", ["rev-parse", "--short=12", "HEAD"], { cwd: root, encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim()
