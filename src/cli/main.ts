@@ -11,6 +11,7 @@ import { GatewayLive } from "../layers/GatewayLive.js"
 import { NeuronLive } from "../layers/NeuronLive.js"
 import { scanModels } from "../neuron/ModelStore.js"
 import { loadNeuronConfig } from "../neuron/NeuronConfig.js"
+import { makeVisionModel } from "./vision.js"
 
 const configOption = Options.file("config").pipe(
   Options.withAlias("c"),
@@ -49,12 +50,13 @@ const makeModel = Command.make(
   "make-model",
   {
     out: Options.text("out").pipe(Options.withDescription("Where to write the .gguf file")),
-    shape: Options.choice("shape", ["tiny", "bench"]).pipe(Options.withDefault("tiny" as const)),
+    shape: Options.choice("shape", ["tiny", "bench", "vision"]).pipe(Options.withDefault("tiny" as const)),
     seed: Options.integer("seed").pipe(Options.withDefault(1))
   },
   ({ out, seed, shape }) =>
     Effect.gen(function*() {
       const started = Date.now()
+      if (shape === "vision") return yield* makeVisionModel(out, seed)
       const result = yield* Effect.promise(() => writeModel(out, { shape: shape as ModelShape, seed }))
       yield* Console.log(
         `wrote ${out}: ${shape}, seed ${seed}, ${(result.bytes / 1e6).toFixed(1)} MB, sha256 ${result.sha256} ` +
