@@ -58,6 +58,7 @@ const fakeWorker = (script: Script, events: PubSub.PubSub<WorkerEvent>) => {
   }
   const worker: DeviceWorker = {
     id: device.id,
+    engine: "text",
     devices: [device],
     get alive() {
       return alive
@@ -134,6 +135,8 @@ const setup = (script: Script, overrides: Partial<NeuronSettings> = {}) =>
       DeviceWorkers.make({
         devices: () => [device],
         worker: (id) => id === device.id ? fake.worker : undefined,
+        workerFor: (id, engine) => id === device.id && engine === "text" ? fake.worker : undefined,
+        visionWorker: () => Effect.die("no vision worker in this fake"),
         workers: () => [fake.worker],
         subscribe: PubSub.subscribe(events),
         engine: () => undefined

@@ -46,8 +46,13 @@ export interface ProjectorOptions {
   readonly spec?: ProjectorSpec
   /** Default 1. */
   readonly seed?: number
-  /** Truncate the file to this many bytes (a corrupt projector for crash tests). */
-  readonly truncateTo?: number
+  /** Metadata keys to leave out (loader errors). */
+  readonly omitKeys?: ReadonlyArray<string>
+  /**
+   * Give `mm.0.weight` an input width that does not match the encoder's: llama.cpp's warmup
+   * then fails GGML_ASSERT(ggml_can_mul_mat) and aborts the process (crash tests).
+   */
+  readonly mismatchedProjection?: boolean
 }
 
 export const generateProjector = (options: ProjectorOptions = {}): Uint8Array => {
@@ -93,7 +98,10 @@ export const generateProjector = (options: ProjectorOptions = {}): Uint8Array =>
   const tensors: Array<Gguf.GgufTensor> = [
     random("v.patch_embd.weight", [spec.patchSize, spec.patchSize, 3, d], 3 * spec.patchSize ** 2, "F16"),
     filled("v.patch_embd.bias", d, 0),
-    { ...random("v.position_embd.weight", [d, patches], d), values: () => uniform(seed, "v.position_embd", d * patches, 0.5) },
+    {
+      ...random("v.position_embd.weight", [d, patches], d),
+      values: () => uniform(seed, "v.position_embd", d * patches, 0.5)
+    },
     ...norm("v.pre_ln", d)
   ]
   for (let i = 0; i < spec.layers; i++) {
@@ -116,14 +124,17 @@ export const generateProjector = (options: ProjectorOptions = {}): Uint8Array =>
     )
   }
   tensors.push(
-    random("mm.0.weight", [d, spec.hidden], d),
+    random("mm.0.weight", [options.mismatchedProjection ? d + 8 : d, spec.hidden], d),
     filled("mm.0.bias", spec.hidden, 0),
     // Scaled up so an image's tokens weigh about as much as the text embeddings (uniform ±1).
-    { ...random("mm.2.weight", [spec.hidden, spec.lmDim], spec.hidden), values: () => uniform(seed, "mm.2.weight", spec.hidden * spec.lmDim, 3 * linearScale(spec.hidden)) },
+    {
+      ...random("mm.2.weight", [spec.hidden, spec.lmDim], spec.hidden),
+      values: () => uniform(seed, "mm.2.weight", spec.hidden * spec.lmDim, 3 * linearScale(spec.hidden))
+    },
     filled("mm.2.bias", spec.lmDim, 0)
   )
-  const bytes = Gguf.writeGguf({ metadata, tensors })
-  return options.truncateTo === undefined ? bytes : bytes.slice(0, options.truncateTo)
+  const omit = new Set(options.omitKeys ?? [])
+  return Gguf.writeGguf({ metadata: metadata.filter(([key]) => !omit.has(key)), tensors })
 }
 
 export const writeProjector = async (

@@ -21,7 +21,7 @@ import {
 import type { DeviceWorker, WorkerError, WorkerEvent } from "./DeviceWorker.js"
 import { DeviceWorkers } from "./DeviceWorkers.js"
 import type { Device } from "./Discovery.js"
-import { type Entry, memoryOf, ModelRegistry, residentStatuses } from "./ModelRegistry.js"
+import { engineOf, type Entry, memoryOf, ModelRegistry, residentStatuses } from "./ModelRegistry.js"
 import { NeuronConfig } from "./NeuronConfig.js"
 import { Seats } from "./Seats.js"
 import { LoadedInfo, type ModelEstimate } from "./worker/protocol.js"
@@ -62,6 +62,7 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
         contextSize,
         sequences: config.maxInFlight,
         batchSize: config.prefillChunkTokens,
+        ...(e.file.projector !== undefined ? { projector: e.file.projector } : {}),
         ...(estimate ? { estimate } : {})
       }, LoadedInfo)
     }
@@ -115,7 +116,11 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
         yield* Effect.logInfo(
           `loading ${id} on ${target.device.id} (needs ~${target.required} MB, ${target.free} MB free)`
         )
-        return yield* loadOn(target.worker, e, target.estimate).pipe(Effect.mapError(toLoadError(id)))
+        // Estimated on the device's text worker; a vision model loads on the device's vision worker.
+        const worker = engineOf(e) === "vision"
+          ? yield* workers.visionWorker(target.device.id).pipe(Effect.mapError(toLoadError(id)))
+          : target.worker
+        return yield* loadOn(worker, e, target.estimate).pipe(Effect.mapError(toLoadError(id)))
       }).pipe(loadLock.withPermits(1))
       return attempt.pipe(
         Effect.tapBoth({
@@ -183,7 +188,7 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
       const inFlight = loading.get(e)
       if (inFlight) yield* Effect.exit(Deferred.await(inFlight))
       if (e.status !== "loaded" && e.status !== "recovering") return registry.view(e)
-      const worker = e.device ? workers.worker(e.device) : undefined
+      const worker = e.device ? workers.workerFor(e.device, engineOf(e)) : undefined
       e.status = "unloading"
       // Let running requests finish (bounded), refuse queued ones.
       seats.refuseQueued(e, "unloading")
@@ -218,7 +223,8 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
         return e
       })
 
-    const onWorker = (worker: DeviceWorker) => (e: Entry) => worker.devices.some((d) => d.id === e.device)
+    const onWorker = (worker: DeviceWorker) => (e: Entry) =>
+      worker.engine === engineOf(e) && worker.devices.some((d) => d.id === e.device)
 
     const crashed = (worker: DeviceWorker, error: WorkerError) =>
       Effect.forEach([...registry.entries()], (e) => {

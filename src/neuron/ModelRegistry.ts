@@ -7,6 +7,7 @@
  * `waitUntil` instead of polling.
  */
 import { type Deferred, type Duration, Effect, Option, Schedule, Stream, SubscriptionRef } from "effect"
+import { statSync } from "node:fs"
 import { ModelNotFound } from "../domain/errors.js"
 import * as Admission from "./Admission.js"
 import type { DeviceWorker, WorkerError } from "./DeviceWorker.js"
@@ -14,6 +15,7 @@ import { DeviceWorkers } from "./DeviceWorkers.js"
 import type { Device } from "./Discovery.js"
 import { isModelId, type ModelFile, scanModels } from "./ModelStore.js"
 import { NeuronConfig } from "./NeuronConfig.js"
+import type { WorkerEngineKind } from "./worker/harness.js"
 import { type LoadedInfo, ModelEstimate } from "./worker/protocol.js"
 
 export type ModelStatus = "available" | "loading" | "loaded" | "unloading" | "recovering" | "failed"
@@ -68,7 +70,21 @@ export const residentStatuses: ReadonlySet<ModelStatus> = new Set(["loaded", "lo
 export const memoryOf = (estimate: ModelEstimate, deviceId: string | undefined) =>
   deviceId?.startsWith("cuda") ? estimate.vramMb : estimate.ramMb
 
-const fileKey = (file: ModelFile) => `${file.path}:${file.mtimeMs}`
+const fileKey = (file: ModelFile) => `${file.path}:${file.mtimeMs}:${file.projector ?? ""}`
+
+/** Which engine serves a model: a projector makes it a vision model (worker/harness.ts). */
+export const engineOf = (e: Entry): WorkerEngineKind => e.file.projector !== undefined ? "vision" : "text"
+
+const MB = 1024 * 1024
+/** The projector's weights, held beside the language model's (its compute is the request's encoder_mb). */
+const projectorMb = (file: ModelFile) => {
+  if (file.projector === undefined) return 0
+  try {
+    return Math.ceil(statSync(file.projector).size / MB)
+  } catch {
+    return 0
+  }
+}
 
 const newEntry = (file: ModelFile): Entry => ({
   file,
@@ -106,7 +122,7 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("cortex/Model
       )
 
     // ---- the models directory -----------------------------------------------------------
-    const rescan = Effect.promise(() => scanModels(config.modelsDir)).pipe(
+    const rescan = Effect.promise(() => scanModels(config.modelsDir, config.vision.projectors)).pipe(
       Effect.map((files) => {
         const seen = new Set<string>()
         for (const file of files) {
@@ -158,6 +174,15 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("cortex/Model
           sequences: config.maxInFlight,
           batchSize: config.prefillChunkTokens
         }, ModelEstimate).pipe(
+          // Estimated by the text worker from the language model's GGUF; the projector comes on top.
+          Effect.map((value) => {
+            const extra = projectorMb(file)
+            return extra === 0 ? value : {
+              ...value,
+              ramMb: value.ramMb + (value.vramMb === 0 ? extra : 0),
+              vramMb: value.vramMb + (value.vramMb > 0 ? extra : 0)
+            }
+          }),
           Effect.tap((value) =>
             Effect.sync(() => {
               if (e.file === file) e.estimates.set(key, value)
@@ -204,6 +229,8 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("cortex/Model
 
     // ---- views --------------------------------------------------------------------------
     const capabilities = (e: Entry) => {
+      // The vision engine serves chat with images and plain completions (worker/vision-engine.ts).
+      if (engineOf(e) === "vision") return ["chat", "completion", "vision"]
       const caps = ["chat", "completion", "tools", "json_schema"]
       if ((e.loaded?.embeddingSize ?? e.estimate?.embeddingSize) != null) caps.push("embeddings")
       return caps

@@ -10,6 +10,7 @@ import * as path from "node:path"
 import { parse as parseToml } from "smol-toml"
 import { ConfigError } from "../domain/contract.js"
 import { NeuronTelemetryTable, resolveTelemetry, type TelemetrySettings } from "../telemetry/TelemetryConfig.js"
+import { ModelSettingsTable, resolveVision, type VisionSettings, VisionTable } from "./VisionConfig.js"
 
 const Port = Schema.Int.pipe(Schema.between(0, 65535))
 const PositiveInt = Schema.Int.pipe(Schema.positive())
@@ -39,7 +40,11 @@ export const NeuronFile = Schema.Struct({
   /** Prometheus metrics on this port (at /metrics, on `host`); off when unset. */
   metrics_port: opt(Port),
   /** Trace export (src/telemetry/TelemetryConfig.ts; OTEL_* variables win). */
-  telemetry: opt(NeuronTelemetryTable)
+  telemetry: opt(NeuronTelemetryTable),
+  /** Image limits and the vision memory guard (VisionConfig.ts). */
+  vision: opt(VisionTable),
+  /** Per-model settings: `[models."<id>"] mmproj = "…"`. */
+  models: opt(ModelSettingsTable)
 }).annotations({ parseOptions: { onExcessProperty: "error" } })
 export type NeuronFile = typeof NeuronFile.Type
 
@@ -67,6 +72,7 @@ export interface NeuronSettings {
   readonly prefillMbPer1kTokens: number
   readonly metricsPort: number | undefined
   readonly telemetry: TelemetrySettings
+  readonly vision: VisionSettings
 }
 
 export class NeuronConfig extends Context.Tag("cortex/NeuronConfig")<NeuronConfig, NeuronSettings>() {}
@@ -248,6 +254,7 @@ export const loadNeuronConfig = (options: {
       prefillBaseMb: yield* envNumber("prefill_base_mb", fromVariables.prefillBaseMb, 4),
       prefillMbPer1kTokens: yield* envNumber("prefill_mb_per_1k_tokens", fromVariables.prefillMbPer1kTokens, 8),
       metricsPort: merged.metrics_port,
-      telemetry
+      telemetry,
+      vision: resolveVision(merged.vision, merged.models, path.resolve(base, merged.models_dir ?? "models"))
     } satisfies NeuronSettings
   })

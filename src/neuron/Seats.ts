@@ -11,7 +11,7 @@ import { ModelUnavailable, Overloaded, ShuttingDown } from "../domain/errors.js"
 import * as Admission from "./Admission.js"
 import type { DeviceWorker } from "./DeviceWorker.js"
 import { DeviceWorkers } from "./DeviceWorkers.js"
-import { type Entry, ModelRegistry } from "./ModelRegistry.js"
+import { engineOf, type Entry, ModelRegistry } from "./ModelRegistry.js"
 import { NeuronConfig } from "./NeuronConfig.js"
 
 /** Who asks, and whether a model on disk may be loaded for them (the gateway places loads itself). */
@@ -77,7 +77,7 @@ export class Seats extends Effect.Service<Seats>()("cortex/Seats", {
       const device = workers.devices().find((d) => d.id === e.device)!
       return {
         model: e.file.id,
-        worker: workers.worker(device.id)!,
+        worker: workers.workerFor(device.id, engineOf(e))!,
         contextSize: e.loaded!.contextSize,
         maxTokenBytes: e.loaded!.maxTokenBytes,
         freeMb: registry.freeMb(device),
@@ -93,7 +93,7 @@ export class Seats extends Effect.Service<Seats>()("cortex/Seats", {
      * failed job must not start a queued request on a dead worker.
      */
     const servable = (e: Entry) => {
-      const down = e.device !== undefined ? workers.worker(e.device)?.down : undefined
+      const down = e.device !== undefined ? workers.workerFor(e.device, engineOf(e))?.down : undefined
       return down
         ? Effect.fail(new ModelUnavailable({ model: e.file.id, state: "recovering", detail: down.message }))
         : Effect.void
