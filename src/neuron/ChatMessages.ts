@@ -26,7 +26,8 @@ const userTurn = (
       if (!vision) {
         throw new ImageRejected({
           code: "vision_unsupported",
-          message: `${param}: this model does not take images (no vision capability)`,
+          message:
+            `${param}: this model does not take images (image_url parts need a model with the vision capability)`,
           param
         })
       }
