@@ -10,6 +10,7 @@ import * as path from "node:path"
 import { parse as parseToml } from "smol-toml"
 import { ConfigError } from "../domain/contract.js"
 import { GatewayTelemetryTable, resolveTelemetry, type TelemetrySettings } from "../telemetry/TelemetryConfig.js"
+import { ImageFetchKeys, type ImageFetchSettings, resolveImageFetch } from "./ImageFetch.js"
 
 const opt = <S extends Schema.Schema.Any>(s: S) => Schema.optionalWith(s, { exact: true })
 const strict = { parseOptions: { onExcessProperty: "error" as const } }
@@ -57,7 +58,8 @@ export const CortexFile = Schema.Struct({
       poll_interval_secs: opt(Schema.Number.pipe(Schema.positive())),
       load_timeout_secs: opt(Schema.Number.pipe(Schema.positive())),
       retry_on: opt(Schema.Array(RetryOn)),
-      max_attempts: opt(Schema.Int.pipe(Schema.positive()))
+      max_attempts: opt(Schema.Int.pipe(Schema.positive())),
+      ...ImageFetchKeys
     }).annotations(strict)
   ),
   eviction: opt(
@@ -171,6 +173,8 @@ export interface GatewaySettings {
   readonly models: ReadonlyArray<ModelProfile>
   readonly aliases: Readonly<Record<string, string>>
   readonly telemetry: TelemetrySettings
+  /** Image URLs in chat requests (ImageFetch.ts). */
+  readonly imageFetch: ImageFetchSettings
 }
 
 export class GatewayConfig extends Context.Tag("cortex/GatewayConfig")<GatewayConfig, GatewaySettings>() {}
@@ -319,6 +323,7 @@ export const loadGatewayConfig = (options: {
       keys: (cortex.auth?.keys ?? []).map((k) => ({ key: Redacted.make(k.key), name: k.name })),
       models: models.models ?? [],
       aliases: models.aliases ?? {},
-      telemetry
+      telemetry,
+      imageFetch: resolveImageFetch(cortex.gateway)
     } satisfies GatewaySettings
   })
