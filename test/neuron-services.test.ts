@@ -12,6 +12,7 @@ import * as path from "node:path"
 import type { DeviceWorker, WorkerCall, WorkerEvent } from "../src/neuron/DeviceWorker.js"
 import { WorkerError } from "../src/neuron/DeviceWorker.js"
 import { DeviceWorkers } from "../src/neuron/DeviceWorkers.js"
+import { resolveVision } from "../src/neuron/VisionConfig.js"
 import type { Device } from "../src/neuron/Discovery.js"
 import { Loader } from "../src/neuron/Loader.js"
 import { ModelRegistry } from "../src/neuron/ModelRegistry.js"
@@ -121,6 +122,7 @@ const settings = (overrides: Partial<NeuronSettings>): NeuronSettings => {
     drainSecs: 5,
     autoLoad: true,
     loadDelayMs: 0,
+    vision: resolveVision(undefined, undefined, modelsDir),
     ...overrides
   } as NeuronSettings
 }
