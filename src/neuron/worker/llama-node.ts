@@ -73,6 +73,8 @@ export interface ModelOptions {
   readonly n_gpu_layers: number
   readonly n_parallel: number
   readonly flash_attn_type: "auto" | "on" | "off"
+  /** Which prebuilt package: "cuda" loads @fugood/node-llama-<platform>-cuda (falls back to the CPU one). */
+  readonly lib_variant?: "default" | "cuda" | "vulkan"
 }
 
 export interface BackendDevice {

@@ -158,7 +158,9 @@ export class VisionEngine implements WorkerEngine {
       n_gpu_layers: this.gpu ? (gpuLayers ?? 999) : 0,
       n_parallel: 1,
       // Measured: identical greedy output with a reused prefix or without, and across windows.
-      flash_attn_type: "off"
+      flash_attn_type: "off",
+      // On an NVIDIA device the CUDA build (the binding falls back to the CPU one if it cannot load).
+      ...(this.gpu ? { lib_variant: "cuda" as const } : {})
     })
     try {
       const ok = context.initMultimodal({ path: projector, use_gpu: this.gpu })
