@@ -12,12 +12,12 @@ import * as path from "node:path"
 import type { DeviceWorker, WorkerCall, WorkerEvent } from "../src/neuron/DeviceWorker.js"
 import { WorkerError } from "../src/neuron/DeviceWorker.js"
 import { DeviceWorkers } from "../src/neuron/DeviceWorkers.js"
-import { resolveVision } from "../src/neuron/VisionConfig.js"
 import type { Device } from "../src/neuron/Discovery.js"
 import { Loader } from "../src/neuron/Loader.js"
 import { ModelRegistry } from "../src/neuron/ModelRegistry.js"
 import { NeuronConfig, type NeuronSettings } from "../src/neuron/NeuronConfig.js"
 import { Seats } from "../src/neuron/Seats.js"
+import { resolveVision } from "../src/neuron/VisionConfig.js"
 
 const device: Device = { id: "cpu", kind: "cpu", index: 0, name: "fake", totalMb: 1000, freeMb: 1000 }
 
