@@ -293,6 +293,9 @@ export class VisionEngine implements WorkerEngine {
       }
       const context = resident.context
       let running = true
+      // The binding's token callbacks can arrive after its promise settled: what came before is
+      // streamed as it comes, the rest is sent from the result, and later callbacks are dropped.
+      let streamed = ""
       const stop = () => {
         // stopCompletion outside a running completion would stop the next one.
         if (running) context.stopCompletion()
@@ -315,13 +318,25 @@ export class VisionEngine implements WorkerEngine {
           penalty_last_n: params.repeatPenalty ? 64 : 0,
           stop: [...params.stop]
         }, (token) => {
+          if (!running) return
           if (firstTokenAt === undefined) firstTokenAt = performance.now()
           if (!prefilled) {
             prefilled = true
             sink.prefilled(promptTokens, 0)
           }
-          if (token.token) sink.chunk(index, "content", token.token)
+          if (token.token) {
+            streamed += token.token
+            sink.chunk(index, "content", token.token)
+          }
         })
+        running = false
+        if (!prefilled) {
+          prefilled = true
+          sink.prefilled(promptTokens, 0)
+        }
+        if (result.text.length > streamed.length && result.text.startsWith(streamed)) {
+          sink.chunk(index, "content", result.text.slice(streamed.length))
+        }
         completionTokens += result.tokens_predicted
         const r = result
         results.push({
