@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, FastCheck as fc } from "effect"
-import { InvalidRequest } from "../src/domain/errors.js"
+import { ImageRejected, InvalidRequest } from "../src/domain/errors.js"
 import type { ChatMessage } from "../src/domain/openai.js"
 import { ChatCompletionRequest, decodeBody } from "../src/domain/openai.js"
 import { toWorkerMessages } from "../src/neuron/ChatMessages.js"
@@ -9,12 +9,12 @@ const decodeChat = (body: unknown) =>
   decodeBody(ChatCompletionRequest, typeof body === "string" ? body : JSON.stringify(body))
 
 /** The InvalidRequest a call throws, or a failed assertion when it throws nothing or something else. */
-const thrown = (f: () => unknown): InvalidRequest => {
+const thrown = (f: () => unknown): InvalidRequest | ImageRejected => {
   try {
     f()
   } catch (e) {
-    expect(e).toBeInstanceOf(InvalidRequest)
-    return e as InvalidRequest
+    expect(e instanceof InvalidRequest || e instanceof ImageRejected).toBe(true)
+    return e as InvalidRequest | ImageRejected
   }
   expect.fail("expected an InvalidRequest to be thrown")
 }
@@ -124,7 +124,7 @@ describe("toWorkerMessages", () => {
     ])
   })
 
-  it("rejects image parts with the param naming the message and part", () => {
+  it("rejects image parts on a text-only model (400 vision_unsupported) with the param naming the message and part", () => {
     const messages: ReadonlyArray<ChatMessage> = [
       { role: "system", content: "s" },
       {
@@ -136,7 +136,9 @@ describe("toWorkerMessages", () => {
       }
     ]
     const error = thrown(() => toWorkerMessages(messages))
-    expect(error._tag).toBe("InvalidRequest")
+    expect(error._tag).toBe("ImageRejected")
+    expect(error.status).toBe(400)
+    expect(error.body.error.code).toBe("vision_unsupported")
     expect(error.param).toBe("messages.1.content.1")
     expect(error.message).toContain("image_url")
   })

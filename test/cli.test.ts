@@ -31,6 +31,18 @@ describe("cortex make-model", () => {
     expect(await sha(path.join(dir, "a.gguf"))).toBe(await sha(path.join(dir, "b.gguf")))
     expect(await sha(path.join(dir, "c.gguf"))).not.toBe(await sha(path.join(dir, "a.gguf")))
   }, 60_000)
+
+  it("--shape vision writes a model and its projector beside it, the same bytes for the same seed", async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), "cortex-cli-"))
+    const a = await cortex(["make-model", "--shape", "vision", "--out", path.join(dir, "a.gguf")])
+    const b = await cortex(["make-model", "--shape", "vision", "--out", path.join(dir, "b.gguf")])
+    expect([a.code, b.code]).toEqual([0, 0])
+    expect(a.stdout).toContain("a.mmproj.gguf")
+    expect(await sha(path.join(dir, "a.mmproj.gguf"))).toBe(await sha(path.join(dir, "b.mmproj.gguf")))
+    const projector = await readFile(path.join(dir, "a.mmproj.gguf"))
+    expect(projector.subarray(0, 4).toString("ascii")).toBe("GGUF")
+    expect(projector.includes(Buffer.from("clip.projector_type"))).toBe(true)
+  }, 60_000)
 })
 
 describe("cortex neuron", () => {

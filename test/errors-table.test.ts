@@ -8,6 +8,7 @@ import {
   type ApiError,
   ContextLengthExceeded,
   errorTable,
+  ImageRejected,
   InsufficientDisk,
   InsufficientVram,
   InternalError,
@@ -62,6 +63,14 @@ const cases: ReadonlyArray<Case> = [
     headers: {},
     openai: `{"error":{"message":"bad","type":"invalid_request_error","code":"invalid_value","param":null}}`,
     anthropic: [400, "invalid_request_error", "bad"]
+  },
+  {
+    error: new ImageRejected({ code: "vision_unsupported", message: "no images here", param: "messages.0.content.1" }),
+    status: 400,
+    headers: {},
+    openai:
+      `{"error":{"message":"no images here","type":"invalid_request_error","code":"vision_unsupported","param":"messages.0.content.1"}}`,
+    anthropic: [400, "invalid_request_error", "no images here"]
   },
   {
     error: new ModelNotFound({ model: "m" }),

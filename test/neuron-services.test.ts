@@ -19,6 +19,7 @@ import { NeuronConfig, type NeuronSettings } from "../src/neuron/NeuronConfig.js
 import { Puller } from "../src/neuron/Puller.js"
 import { Seats } from "../src/neuron/Seats.js"
 import { resolveSources } from "../src/neuron/Sources.js"
+import { resolveVision } from "../src/neuron/VisionConfig.js"
 
 const device: Device = { id: "cpu", kind: "cpu", index: 0, name: "fake", totalMb: 1000, freeMb: 1000 }
 
@@ -60,6 +61,7 @@ const fakeWorker = (script: Script, events: PubSub.PubSub<WorkerEvent>) => {
   }
   const worker: DeviceWorker = {
     id: device.id,
+    engine: "text",
     devices: [device],
     get alive() {
       return alive
@@ -123,6 +125,7 @@ const settings = (overrides: Partial<NeuronSettings>): NeuronSettings => {
     autoLoad: true,
     loadDelayMs: 0,
     sources: resolveSources({}, modelsDir, modelsDir, {}),
+    vision: resolveVision(undefined, undefined, modelsDir),
     ...overrides
   } as NeuronSettings
 }
@@ -137,7 +140,10 @@ const setup = (script: Script, overrides: Partial<NeuronSettings> = {}) =>
       DeviceWorkers.make({
         devices: () => [device],
         worker: (id) => id === device.id ? fake.worker : undefined,
+        workerFor: (id, engine) => id === device.id && engine === "text" ? fake.worker : undefined,
+        visionWorker: () => Effect.die("no vision worker in this fake"),
         workers: () => [fake.worker],
+        all: () => [fake.worker],
         subscribe: PubSub.subscribe(events),
         engine: () => undefined,
         driver: () => ({})

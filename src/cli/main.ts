@@ -63,12 +63,16 @@ const makeModel = Command.make(
   "make-model",
   {
     out: Options.text("out").pipe(Options.withDescription("Where to write the .gguf file")),
-    shape: Options.choice("shape", ["tiny", "bench"]).pipe(Options.withDefault("tiny" as const)),
+    shape: Options.choice("shape", ["tiny", "bench", "vision"]).pipe(Options.withDefault("tiny" as const)),
     seed: Options.integer("seed").pipe(Options.withDefault(1))
   },
   ({ out, seed, shape }) =>
     Effect.gen(function*() {
       const started = Date.now()
+      if (shape === "vision") {
+        const { makeVisionModel } = yield* Effect.promise(() => import("./vision.js"))
+        return yield* makeVisionModel(out, seed)
+      }
       const { writeModel } = yield* generator()
       const result = yield* Effect.promise(() => writeModel(out, { shape: shape as ModelShape, seed }))
       yield* Console.log(

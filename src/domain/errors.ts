@@ -333,7 +333,21 @@ export class InsufficientDisk extends answering(
   }
 }
 
+/**
+ * An image the request cannot have served (400, invalid_request_error): sent to a model without
+ * vision (`vision_unsupported`), unreadable (`invalid_image`), over a limit (`image_too_large`),
+ * or a URL the gateway would not or could not fetch (`image_fetch_failed`). `param` names the part.
+ */
+export class ImageRejected extends answering(
+  Schema.TaggedError<ImageRejected>()("ImageRejected", {
+    code: Schema.Literal("vision_unsupported", "invalid_image", "image_too_large", "image_fetch_failed"),
+    message: Schema.String,
+    param: Schema.NullOr(Schema.String)
+  })
+) {}
+
 export type ApiError =
+  | ImageRejected
   | InvalidJson
   | InvalidRequest
   | ModelNotFound
@@ -357,6 +371,7 @@ const retryAfter = (secs: string) => () => ({ "retry-after": secs })
 
 /** How every client-facing error answers, by `_tag`. */
 export const errorTable: { readonly [T in ApiError["_tag"]]: ErrorRow<Extract<ApiError, { readonly _tag: T }>> } = {
+  ImageRejected: { status: 400, type: "invalid_request_error", code: (e) => e.code, param: (e) => e.param },
   InvalidJson: { status: 400, type: "invalid_request_error", code: "invalid_json", param: null },
   InvalidRequest: { status: 422, type: "invalid_request_error", code: "invalid_value", param: (e) => e.param },
   ModelNotFound: { status: 404, type: "invalid_request_error", code: "model_not_found", param: "model" },

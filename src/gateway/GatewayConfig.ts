@@ -11,6 +11,7 @@ import { parse as parseToml } from "smol-toml"
 import { ConfigError } from "../domain/contract.js"
 import { isHfId, isRefError, parseHfRef } from "../domain/modelSource.js"
 import { GatewayTelemetryTable, resolveTelemetry, type TelemetrySettings } from "../telemetry/TelemetryConfig.js"
+import { ImageFetchKeys, type ImageFetchSettings, resolveImageFetch } from "./ImageFetch.js"
 
 const opt = <S extends Schema.Schema.Any>(s: S) => Schema.optionalWith(s, { exact: true })
 const strict = { parseOptions: { onExcessProperty: "error" as const } }
@@ -60,7 +61,8 @@ export const CortexFile = Schema.Struct({
       retry_on: opt(Schema.Array(RetryOn)),
       max_attempts: opt(Schema.Int.pipe(Schema.positive())),
       /** Re-read cortex.toml and models.toml when either changes (src/gateway/LiveConfig.ts). */
-      watch_config: opt(Schema.Boolean)
+      watch_config: opt(Schema.Boolean),
+      ...ImageFetchKeys
     }).annotations(strict)
   ),
   eviction: opt(
@@ -182,6 +184,8 @@ export interface GatewaySettings {
   readonly watchConfig?: boolean
   /** How these settings were loaded, so a reload (LiveConfig.ts) reads them the same way. */
   readonly source?: GatewayConfigSource
+  /** Image URLs in chat requests (ImageFetch.ts). */
+  readonly imageFetch: ImageFetchSettings
 }
 
 export class GatewayConfig extends Context.Tag("cortex/GatewayConfig")<GatewayConfig, GatewaySettings>() {}
@@ -354,6 +358,7 @@ export const loadGatewayConfig = (options: GatewayConfigSource) =>
       aliases: models.aliases ?? {},
       telemetry,
       watchConfig: cortex.gateway?.watch_config ?? false,
-      source: options
+      source: options,
+      imageFetch: resolveImageFetch(cortex.gateway)
     } satisfies GatewaySettings
   })

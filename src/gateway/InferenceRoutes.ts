@@ -22,6 +22,7 @@ import { ChatCompletionRequest, CompletionRequest, EmbeddingRequest, parseBody }
 import { ResponsesRequest } from "../domain/responses.js"
 import { formatRequestLine, nextRequestId, RequestSummary, writeLine } from "../telemetry/RequestLog.js"
 import { principalFor } from "./Auth.js"
+import { Catalogue, resolveAlias } from "./Catalogue.js"
 import {
   anthropicDialect,
   anthropicError,
@@ -33,6 +34,7 @@ import {
 } from "./Dialects.js"
 import type { ProxyRequest } from "./Failover.js"
 import { GatewayConfig } from "./GatewayConfig.js"
+import { prepareImages } from "./ImageFetch.js"
 import { Proxy } from "./Proxy.js"
 import * as Anthropic from "./translate/Anthropic.js"
 import * as Responses from "./translate/Responses.js"
@@ -140,6 +142,22 @@ export class InferenceRoutes extends Effect.Service<InferenceRoutes>()("cortex/I
     const tracer = yield* Effect.tracer
     const clock = yield* Effect.clock
 
+    const catalogue = yield* Catalogue
+
+    /** Chat images: refused for a model without vision, URLs fetched (ImageFetch.ts). */
+    const withImages = async <P extends Omit<ProxyRequest, "principal" | "received" | "span" | "summary">>(
+      prepared: P
+    ): Promise<P> => {
+      if (prepared.path !== "/v1/chat/completions") return prepared
+      const known = catalogue.now().get(resolveAlias(config.aliases, prepared.model))
+      const capabilities = known && (known.profile?.capabilities || known.locations.length > 0)
+        ? known.capabilities
+        : undefined
+      const body = await prepareImages(prepared.body, capabilities, config.imageFetch)
+      // A changed body cannot be forwarded as the client's text.
+      return body === prepared.body ? prepared : { ...prepared, body, text: undefined }
+    }
+
     const logFormat = config.telemetry.logFormat
     const captureContent = config.telemetry.captureContent
 
@@ -233,7 +251,7 @@ export class InferenceRoutes extends Effect.Service<InferenceRoutes>()("cortex/I
             ? new PayloadTooLarge({ limitBytes: MAX_BODY_BYTES })
             : new InvalidRequest({ message: `could not read the request body: ${(e as Error).message}`, param: null })
         })
-        const prepared = route.prepare(body.toString("utf8"))
+        const prepared = await withImages(route.prepare(body.toString("utf8")))
         model = prepared.model
         span.attribute("gen_ai.request.model", prepared.model)
         span.attribute("cortex.stream", prepared.stream)

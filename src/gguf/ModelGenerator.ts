@@ -168,7 +168,7 @@ const mix32 = (x: number): number => {
 }
 
 /** n values uniform in (-scale, scale), a counter-based stream keyed by seed and tensor name. */
-const uniform = (seed: number, name: string, n: number, scale: number): Float32Array => {
+export const uniform = (seed: number, name: string, n: number, scale: number): Float32Array => {
   const key = mix32(mix32(seed) ^ hashName(name))
   const out = new Float32Array(n)
   let state = key
@@ -181,7 +181,7 @@ const uniform = (seed: number, name: string, n: number, scale: number): Float32A
 }
 
 // Variance 1/fan_in: a linear layer keeps unit-RMS activations at unit scale.
-const linearScale = (fanIn: number): number => Math.sqrt(3 / fanIn)
+export const linearScale = (fanIn: number): number => Math.sqrt(3 / fanIn)
 
 const FILE_TYPE: Record<Gguf.TensorType, number> = { F32: 0, F16: 1, Q8_0: 7 }
 

@@ -23,6 +23,7 @@ import {
 import { type ChildProcess, fork } from "node:child_process"
 import { fileURLToPath } from "node:url"
 import type { Device } from "./Discovery.js"
+import { filterNativeLog, type WorkerEngineKind } from "./worker/harness.js"
 import {
   type EngineInfo,
   isChunk,
@@ -54,8 +55,13 @@ export type WorkerEvent =
   | { readonly _tag: "Restarted"; readonly worker: string }
 
 export interface DeviceWorker {
-  /** The group's name: its device ids joined by "+" ("cpu", "cuda:0", "cuda:0+cuda:1"). */
+  /**
+   * The group's name: its device ids joined by "+" ("cpu", "cuda:0", "cuda:0+cuda:1"), with
+   * "#vision" for the group's vision-engine worker.
+   */
   readonly id: string
+  /** Which engine the child runs (worker/harness.ts): node-llama-cpp for text, llama.node for vision. */
+  readonly engine: WorkerEngineKind
   readonly devices: ReadonlyArray<Device>
   readonly alive: boolean
   readonly pid: number | undefined
@@ -87,6 +93,8 @@ export interface Options {
   /** How long a graceful shutdown may take before SIGKILL. */
   readonly stopTimeout: Duration.DurationInput
   readonly readyTimeout?: Duration.DurationInput
+  /** Default "text". */
+  readonly engine?: WorkerEngineKind
 }
 
 /** Backoff between a crash and the next child: 100 ms doubling to 10 s, reset after a quiet minute. */
@@ -118,7 +126,8 @@ export const make = (
   options: Options
 ): Effect.Effect<DeviceWorker, WorkerError, Scope.Scope> =>
   Effect.gen(function*() {
-    const id = devices.map((d) => d.id).join("+")
+    const engineKind = options.engine ?? "text"
+    const id = devices.map((d) => d.id).join("+") + (engineKind === "text" ? "" : `#${engineKind}`)
     const cuda = devices.filter((d) => d.kind === "cuda")
     const crashed = (detail: string) => new WorkerError({ reason: { tag: "Crashed", device: id, detail } })
     const failed = (failure: WorkerFailure) => new WorkerError({ reason: failure })
@@ -182,14 +191,19 @@ export const make = (
           CORTEX_WORKER_THREADS: String(options.threads),
           // A simulated GPU (tests) runs on the CPU; its group still gets CUDA_VISIBLE_DEVICES below.
           CORTEX_WORKER_GPU: cuda.some((d) => d.simulated !== true) ? "1" : "0",
+          CORTEX_WORKER_ENGINE: engineKind,
           ...(cuda.length > 0 ? { CUDA_VISIBLE_DEVICES: cuda.map((d) => d.index).join(",") } : {})
         },
-        stdio: ["ignore", "inherit", "inherit", "ipc"],
+        // The vision engine's native code logs every step to stderr: only its errors are passed on.
+        stdio: ["ignore", "inherit", engineKind === "text" ? "inherit" : "pipe", "ipc"],
         // Its own process group: a Ctrl-C or a group-wide SIGTERM meant for the neuron must not
         // kill the worker before the neuron has drained. It exits on its own if the IPC channel closes.
         detached: true
       })
-      const gone = (detail: string) => {
+      const nativeErrors = engineKind === "text" ? undefined : filterNativeLog(child, id)
+      const gone = (exit: string) => {
+        const last = nativeErrors?.last()
+        const detail = last ? `${exit}; last native error: ${last}` : exit
         if (life?.child === child) {
           ready = false
           const error = crashed(detail)
@@ -301,6 +315,7 @@ export const make = (
 
     const worker: DeviceWorker = {
       id,
+      engine: engineKind,
       devices,
       get alive() {
         return isAlive()

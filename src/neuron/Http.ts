@@ -270,8 +270,10 @@ export const makeRouter = Effect.gen(function*() {
       return json(yield* inference.tokenize(request.model, { kind: "completion", prompt: request.text ?? "" }))
     }
     const messages = request.messages
+    const vision = yield* models.visionOf(request.model)
     const [job, shape] = yield* Effect.try({
-      try: () => [{ kind: "chat" as const, messages: toWorkerMessages(messages) }, promptShapeOf(request)] as const,
+      try: () =>
+        [{ kind: "chat" as const, messages: toWorkerMessages(messages, vision) }, promptShapeOf(request)] as const,
       catch: (e) => isApiError(e) ? e : new InvalidRequest({ message: "Invalid messages", param: "messages" })
     })
     return json(yield* inference.tokenize(request.model, job, shape))

@@ -36,7 +36,7 @@ export class Inference extends Effect.Service<Inference>()("cortex/Inference", {
     /** The request's job, refused before admission if it is invalid or its prompt cannot fit. */
     const admissible = (request: ChatCompletionRequest | CompletionRequest, kind: Kind, caller: Caller) =>
       Effect.gen(function*() {
-        const prepared = yield* prepare(request, kind, config.maxN)
+        const prepared = yield* prepare(request, kind, config.maxN, yield* models.visionOf(request.model))
         yield* models.peek(request.model, caller.autoLoad ?? config.autoLoad).pipe(
           Effect.flatMap((seat) => refuseOversized(request.model, prepared.job, seat)),
           countRefusal(request.model)

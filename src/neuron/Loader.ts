@@ -22,7 +22,7 @@ import { isHfId } from "../domain/modelSource.js"
 import { splitByFree } from "./DeviceGroups.js"
 import type { DeviceWorker, WorkerError, WorkerEvent } from "./DeviceWorker.js"
 import { DeviceWorkers } from "./DeviceWorkers.js"
-import { type Entry, memoryOf, ModelRegistry, onGpu, residentStatuses } from "./ModelRegistry.js"
+import { engineOf, type Entry, memoryOf, ModelRegistry, onGpu, residentStatuses } from "./ModelRegistry.js"
 import { NeuronConfig } from "./NeuronConfig.js"
 import { Puller, type PullError } from "./Puller.js"
 import { Seats } from "./Seats.js"
@@ -72,6 +72,7 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
         contextSize,
         sequences: config.maxInFlight,
         batchSize: config.prefillChunkTokens,
+        ...(e.file.projector !== undefined ? { projector: e.file.projector } : {}),
         ...(estimate ? { estimate } : {})
       }, LoadedInfo)
     }
@@ -141,7 +142,11 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
               : ""
           }; ${Math.floor(target.free)} MB free)`
         )
-        return yield* loadOn(target.worker, e, target.estimate).pipe(Effect.mapError(toLoadError(id)))
+        // Estimated on the device's text worker; a vision model loads on the device's vision worker.
+        const worker = engineOf(e) === "vision"
+          ? yield* workers.visionWorker(target.worker.id).pipe(Effect.mapError(toLoadError(id)))
+          : target.worker
+        return yield* loadOn(worker, e, target.estimate).pipe(Effect.mapError(toLoadError(id)))
       }).pipe(loadLock.withPermits(1))
       return attempt.pipe(
         Effect.tapBoth({
@@ -226,7 +231,7 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
       const inFlight = loading.get(e)
       if (inFlight) yield* Effect.exit(Deferred.await(inFlight))
       if (e.status !== "loaded" && e.status !== "recovering") return registry.view(e)
-      const worker = e.device ? workers.worker(e.device) : undefined
+      const worker = e.device ? workers.workerFor(e.device, engineOf(e)) : undefined
       e.status = "unloading"
       // Let running requests finish (bounded), refuse queued ones.
       seats.refuseQueued(e, "unloading")
@@ -262,7 +267,8 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
         return e
       })
 
-    const onWorker = (worker: DeviceWorker) => (e: Entry) => e.device === worker.id
+    const onWorker = (worker: DeviceWorker) => (e: Entry) =>
+      worker.engine === engineOf(e) && e.device === worker.devices.map((d) => d.id).join("+")
 
     const crashed = (worker: DeviceWorker, error: WorkerError) =>
       Effect.forEach([...registry.entries()], (e) => {
@@ -304,7 +310,7 @@ export class Loader extends Effect.Service<Loader>()("cortex/Loader", {
 
     const events = yield* workers.subscribe
     const handle = (event: WorkerEvent) => {
-      const worker = workers.workers().find((w) => w.id === event.worker)
+      const worker = workers.all().find((w) => w.id === event.worker)
       if (!worker) return Effect.void
       return event._tag === "Crashed" ? crashed(worker, event.error) : recover(worker)
     }

@@ -9,7 +9,7 @@ import { Effect, type Scope } from "effect"
 import type { ModelNotFound, Overloaded, ShuttingDown } from "../domain/errors.js"
 import { DeviceWorkers } from "./DeviceWorkers.js"
 import { Loader, type LoadFailure } from "./Loader.js"
-import { ModelRegistry } from "./ModelRegistry.js"
+import { engineOf, ModelRegistry } from "./ModelRegistry.js"
 import { NeuronConfig } from "./NeuronConfig.js"
 import { Puller } from "./Puller.js"
 import { type Caller, type Seat, Seats } from "./Seats.js"
@@ -46,7 +46,15 @@ export class ModelManager extends Effect.Service<ModelManager>()("cortex/ModelMa
     const peek = (id: string, autoLoad = config.autoLoad) =>
       Effect.map(loader.resident(id, autoLoad), (e) => seats.peek(e))
 
+    /** The model's image limits when a vision engine serves it; undefined for text models (and unknown ids). */
+    const visionOf = (id: string) =>
+      registry.find(id).pipe(
+        Effect.map((e) => engineOf(e) === "vision" ? config.vision.limits : undefined),
+        Effect.orElseSucceed(() => undefined)
+      )
+
     return {
+      visionOf,
       snapshot: registry.snapshot,
       deviceViews: registry.deviceViews,
       load: loader.load,

@@ -7,6 +7,7 @@
  * `waitUntil` instead of polling.
  */
 import { type Deferred, type Duration, Effect, Option, Schedule, Stream, SubscriptionRef } from "effect"
+import { statSync } from "node:fs"
 import { ModelNotFound } from "../domain/errors.js"
 import * as Admission from "./Admission.js"
 import type { DeviceWorker, WorkerError } from "./DeviceWorker.js"
@@ -15,6 +16,7 @@ import type { Device } from "./Discovery.js"
 import { scanCache } from "./HfCache.js"
 import { isModelId, type ModelFile, scanModels } from "./ModelStore.js"
 import { NeuronConfig } from "./NeuronConfig.js"
+import type { WorkerEngineKind } from "./worker/harness.js"
 import { type LoadedInfo, ModelEstimate } from "./worker/protocol.js"
 
 export type ModelStatus = "downloading" | "available" | "loading" | "loaded" | "unloading" | "recovering" | "failed"
@@ -95,7 +97,21 @@ export const onGpu = (worker: DeviceWorker | undefined) =>
 
 export const memoryOf = (estimate: ModelEstimate, gpu: boolean) => gpu ? estimate.vramMb : estimate.ramMb
 
-const fileKey = (file: ModelFile) => `${file.path}:${file.mtimeMs}`
+const fileKey = (file: ModelFile) => `${file.path}:${file.mtimeMs}:${file.projector ?? ""}`
+
+/** Which engine serves a model: a projector makes it a vision model (worker/harness.ts). */
+export const engineOf = (e: Entry): WorkerEngineKind => e.file.projector !== undefined ? "vision" : "text"
+
+const MB = 1024 * 1024
+/** The projector's weights, held beside the language model's (its compute is the request's encoder_mb). */
+const projectorMb = (file: ModelFile) => {
+  if (file.projector === undefined) return 0
+  try {
+    return Math.ceil(statSync(file.projector).size / MB)
+  } catch {
+    return 0
+  }
+}
 
 const newEntry = (file: ModelFile): Entry => ({
   file,
@@ -137,7 +153,9 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("cortex/Model
     // ---- the models directory -----------------------------------------------------------
     // Files in models_dir, and verified downloads in the cache (src/neuron/HfCache.ts).
     const rescan = Effect.promise(() =>
-      Promise.all([scanModels(config.modelsDir), scanCache(config.sources.cacheDir)]).then(([a, b]) => [...a, ...b])
+      Promise.all([scanModels(config.modelsDir, config.vision.projectors), scanCache(config.sources.cacheDir)]).then((
+        [a, b]
+      ) => [...a, ...b])
     ).pipe(
       Effect.map((files) => {
         const seen = new Set<string>()
@@ -191,6 +209,15 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("cortex/Model
           sequences: config.maxInFlight,
           batchSize: config.prefillChunkTokens
         }, ModelEstimate).pipe(
+          // Estimated by the text worker from the language model's GGUF; the projector comes on top.
+          Effect.map((value) => {
+            const extra = projectorMb(file)
+            return extra === 0 ? value : {
+              ...value,
+              ramMb: value.ramMb + (value.vramMb === 0 ? extra : 0),
+              vramMb: value.vramMb + (value.vramMb > 0 ? extra : 0)
+            }
+          }),
           Effect.tap((value) =>
             Effect.sync(() => {
               if (e.file === file) e.estimates.set(key, value)
@@ -257,6 +284,8 @@ export class ModelRegistry extends Effect.Service<ModelRegistry>()("cortex/Model
 
     // ---- views --------------------------------------------------------------------------
     const capabilities = (e: Entry) => {
+      // The vision engine serves chat with images and plain completions (worker/vision-engine.ts).
+      if (engineOf(e) === "vision") return ["chat", "completion", "vision"]
       const caps = ["chat", "completion", "tools", "json_schema"]
       if ((e.loaded?.embeddingSize ?? e.estimate?.embeddingSize) != null) caps.push("embeddings")
       return caps

@@ -12,6 +12,7 @@ import { ConfigError } from "../domain/contract.js"
 import { NeuronTelemetryTable, resolveTelemetry, type TelemetrySettings } from "../telemetry/TelemetryConfig.js"
 import { checkGroups, DeviceGroupTable, type SimulatedDevice, SimulateTable } from "./DeviceGroups.js"
 import { resolveSources, type SourceSettings, SourcesTable } from "./Sources.js"
+import { ModelSettingsTable, resolveVision, type VisionSettings, VisionTable } from "./VisionConfig.js"
 
 const Port = Schema.Int.pipe(Schema.between(0, 65535))
 const PositiveInt = Schema.Int.pipe(Schema.positive())
@@ -48,7 +49,11 @@ export const NeuronFile = Schema.Struct({
   simulate: opt(SimulateTable),
   /** Where pulled models are kept (default `<models_dir>/.cache/hf`); see src/neuron/Sources.ts. */
   cache_dir: opt(Schema.String),
-  sources: opt(SourcesTable)
+  sources: opt(SourcesTable),
+  /** Image limits and the vision memory guard (VisionConfig.ts). */
+  vision: opt(VisionTable),
+  /** Per-model settings: `[models."<id>"] mmproj = "…"`. */
+  models: opt(ModelSettingsTable)
 }).annotations({ parseOptions: { onExcessProperty: "error" } })
 export type NeuronFile = typeof NeuronFile.Type
 
@@ -80,6 +85,7 @@ export interface NeuronSettings {
   readonly deviceGroups: ReadonlyArray<ReadonlyArray<number>> | undefined
   readonly simulate: ReadonlyArray<SimulatedDevice> | undefined
   readonly sources: SourceSettings
+  readonly vision: VisionSettings
   /** How these settings were loaded, so a reload (NeuronReload.ts) reads them the same way. */
   readonly source?: NeuronConfigSource
 }
@@ -279,6 +285,7 @@ export const loadNeuronConfig = (options: NeuronConfigSource) =>
         powerW: d.power_w
       })),
       source: options,
-      sources: resolveSources(merged, path.resolve(base, merged.models_dir ?? "models"), base, env)
+      sources: resolveSources(merged, path.resolve(base, merged.models_dir ?? "models"), base, env),
+      vision: resolveVision(merged.vision, merged.models, path.resolve(base, merged.models_dir ?? "models"))
     } satisfies NeuronSettings
   })

@@ -5,6 +5,7 @@
  */
 import { Effect } from "effect"
 import { type ApiError, ContextLengthExceeded, InvalidRequest, isApiError } from "../domain/errors.js"
+import type { ImageLimits } from "../domain/images.js"
 import type { ChatCompletionRequest, CompletionRequest } from "../domain/openai.js"
 import { toWorkerMessages } from "./ChatMessages.js"
 import { resolveSampling } from "./Sampling.js"
@@ -60,7 +61,7 @@ const prepareCompletion = (request: CompletionRequest, params: Sampling) => {
   }
 }
 
-const prepareChat = (request: ChatCompletionRequest, params: Sampling) => {
+const prepareChat = (request: ChatCompletionRequest, params: Sampling, vision: ImageLimits | undefined) => {
   if (request.top_logprobs != null && request.logprobs !== true) {
     throw new InvalidRequest({ message: "top_logprobs needs logprobs: true", param: "top_logprobs" })
   }
@@ -73,7 +74,7 @@ const prepareChat = (request: ChatCompletionRequest, params: Sampling) => {
       : { kind: "json" as const }
     : undefined
   return {
-    job: { kind: "chat" as const, messages: toWorkerMessages(request.messages) },
+    job: { kind: "chat" as const, messages: toWorkerMessages(request.messages, vision) },
     params: {
       ...params,
       ...(responseFormat ? { responseFormat } : {}),
@@ -87,7 +88,9 @@ const prepareChat = (request: ChatCompletionRequest, params: Sampling) => {
 export const prepare = (
   request: ChatCompletionRequest | CompletionRequest,
   kind: Kind,
-  maxN: number
+  maxN: number,
+  /** The model's image limits when it has vision; images are refused without. */
+  vision?: ImageLimits
 ): Effect.Effect<Prepared, ApiError> =>
   Effect.try({
     try: (): Prepared => {
@@ -101,7 +104,7 @@ export const prepare = (
       const sampling = resolveSampling(request)
       const prepared = kind === "completion"
         ? prepareCompletion(request as CompletionRequest, sampling)
-        : prepareChat(request as ChatCompletionRequest, sampling)
+        : prepareChat(request as ChatCompletionRequest, sampling, vision)
       return { ...prepared, n }
     },
     catch: (e) => isApiError(e) ? e : new InvalidRequest({ message: String(e), param: null })

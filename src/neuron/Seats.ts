@@ -11,7 +11,7 @@ import { ModelUnavailable, Overloaded, ShuttingDown } from "../domain/errors.js"
 import * as Admission from "./Admission.js"
 import type { DeviceWorker } from "./DeviceWorker.js"
 import { DeviceWorkers } from "./DeviceWorkers.js"
-import { type Entry, ModelRegistry } from "./ModelRegistry.js"
+import { engineOf, type Entry, ModelRegistry } from "./ModelRegistry.js"
 import { NeuronConfig } from "./NeuronConfig.js"
 
 /** Who asks, and whether a model on disk may be loaded for them (the gateway places loads itself). */
@@ -77,7 +77,7 @@ export class Seats extends Effect.Service<Seats>()("cortex/Seats", {
       const worker = workers.worker(e.device!)!
       return {
         model: e.file.id,
-        worker,
+        worker: workers.workerFor(e.device!, engineOf(e))!,
         contextSize: e.loaded!.contextSize,
         maxTokenBytes: e.loaded!.maxTokenBytes,
         // A request's memory is split across the group as the model is.
@@ -94,7 +94,7 @@ export class Seats extends Effect.Service<Seats>()("cortex/Seats", {
      * failed job must not start a queued request on a dead worker.
      */
     const servable = (e: Entry) => {
-      const down = e.device !== undefined ? workers.worker(e.device)?.down : undefined
+      const down = e.device !== undefined ? workers.workerFor(e.device, engineOf(e))?.down : undefined
       return down
         ? Effect.fail(new ModelUnavailable({ model: e.file.id, state: "recovering", detail: down.message }))
         : Effect.void

@@ -63,9 +63,12 @@ export const runOnWorker = <A>(seat: Seat, message: WorkerCall, events: StreamHa
     )
   })
 
+const hasImages = (job: Job) =>
+  job.kind === "chat" && job.messages.some((m) => m.role === "user" && (m.images?.length ?? 0) > 0)
+
 /** A generation on the seat's worker, with the seat's memory budget; streamed when `events.onChunk` is given. */
 export const generate = (
-  config: Pick<NeuronSettings, "prefillBaseMb" | "prefillMbPer1kTokens">,
+  config: Pick<NeuronSettings, "prefillBaseMb" | "prefillMbPer1kTokens" | "vision">,
   seat: Seat,
   job: Job,
   params: GenerationParams,
@@ -83,6 +86,7 @@ export const generate = (
       freeMb: seat.freeMb,
       prefillBaseMb: config.prefillBaseMb,
       prefillMbPer1kTokens: config.prefillMbPer1kTokens,
-      device: seat.device
+      device: seat.device,
+      ...(hasImages(job) ? { imageEncoderMb: config.vision.encoderMb } : {})
     }
   }, events)

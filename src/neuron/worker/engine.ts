@@ -21,6 +21,7 @@ import {
   readGgufFileInfo,
   type Token
 } from "node-llama-cpp"
+import type { StreamSink, WorkerEngine } from "./harness.js"
 import { LogprobRecorder } from "./logprobs.js"
 import { minPromptTokens } from "./promptSize.js"
 import type {
@@ -77,15 +78,7 @@ interface Resident {
   readonly maxTokenBytes: number
 }
 
-export interface StreamSink {
-  readonly chunk: (
-    choice: number,
-    kind: "content" | "reasoning",
-    text: string,
-    logprobs?: ReadonlyArray<TokenLogprob>
-  ) => void
-  readonly prefilled: (promptTokens: number, cachedTokens: number) => void
-}
+export type { StreamSink } from "./harness.js"
 
 /** What the choices of one request share. */
 interface ChoiceRun {
@@ -148,7 +141,7 @@ const mapStopReason = (reason: string): FinishReason => {
   }
 }
 
-export class Engine {
+export class Engine implements WorkerEngine {
   private readonly models = new Map<string, Resident>()
   private readonly grammars = new Map<string, Promise<LlamaGrammar>>()
 
@@ -231,8 +224,12 @@ export class Engine {
     sequences: number,
     batchSize: number,
     gpuLayers?: number,
-    preflight?: ModelEstimate
+    preflight?: ModelEstimate,
+    projector?: string
   ): Promise<LoadedInfo> {
+    if (projector !== undefined) {
+      throw fail({ tag: "Failed", message: `${id} has a projector: the text engine cannot load it (vision engine)` })
+    }
     const started = performance.now()
     // The neuron's pre-flight estimated this very load already: reuse it rather than read the GGUF again.
     const estimate = preflight ?? await this.estimate(path, contextSize, sequences, batchSize, gpuLayers)
@@ -325,6 +322,10 @@ export class Engine {
       ...(functions ? { availableFunctions: functions, documentFunctionParams: true } : {})
     })
     return contextText.tokenize(model.tokenizer)
+  }
+
+  async countPromptTokens(id: string, job: Job, shape?: PromptShape): Promise<number> {
+    return this.promptTokens(id, job, shape).length
   }
 
   /** The chat history a job generates from; a forced tool call adds its instruction first. */

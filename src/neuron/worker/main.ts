@@ -1,10 +1,10 @@
 /**
  * Entry point of a device worker: a child process forked by the neuron (DeviceWorker.ts).
- * It owns every node-llama-cpp object for its device. If llama.cpp aborts, only this process
+ * It owns every engine object for its device (harness.ts: node-llama-cpp, or llama.node for vision). If llama.cpp aborts, only this process
  * dies; the neuron sees the exit and recovers.
  */
 import { Schema } from "effect"
-import { Engine } from "./engine.js"
+import { isWorkerEngineKind, type WorkerEngine } from "./harness.js"
 import { type FromWorker, ToWorker, WorkerError, type WorkerFailure } from "./protocol.js"
 
 const send = (message: FromWorker) => {
@@ -15,7 +15,11 @@ const threads = Math.max(1, Number(process.env.CORTEX_WORKER_THREADS ?? "1"))
 const gpu = process.env.CORTEX_WORKER_GPU === "1"
 const decode = Schema.decodeUnknownSync(ToWorker)
 
-const engine = await Engine.create({ gpu, threads })
+const kind = process.env.CORTEX_WORKER_ENGINE
+// Each engine is imported only by the workers that run it: a text worker never loads llama.node.
+const engine: WorkerEngine = !isWorkerEngineKind(kind) || kind === "text"
+  ? await (await import("./engine.js")).Engine.create({ gpu, threads })
+  : await (await import("./vision-engine.js")).VisionEngine.create({ gpu, threads })
 const running = new Map<number, AbortController>()
 
 const fail = (id: number, error: unknown) => {
@@ -35,7 +39,8 @@ const handle = async (message: ToWorker): Promise<void> => {
         message.sequences,
         message.batchSize,
         message.gpuLayers,
-        message.estimate
+        message.estimate,
+        message.projector
       )
       return send({ _tag: "result", id: message.id, value: info })
     }
@@ -84,11 +89,11 @@ const handle = async (message: ToWorker): Promise<void> => {
       return send({
         _tag: "result",
         id: message.id,
-        value: engine.promptTokens(
+        value: await engine.countPromptTokens(
           message.model,
           message.job,
           message.tools ? { tools: message.tools, toolChoice: message.toolChoice ?? "auto" } : undefined
-        ).length
+        )
       })
     case "cancel":
       running.get(message.id)?.abort()

@@ -49,10 +49,18 @@ export type GenerationParams = typeof GenerationParams.Type
 /** What, besides the messages, changes the prompt a chat job renders to: the tools offered. */
 export type PromptShape = Pick<GenerationParams, "tools" | "toolChoice">
 
+/** Where an image stands in a user turn's text (llama.cpp mtmd's default marker). */
+export const MEDIA_MARKER = "<__media__>"
+
 /** A chat turn in the worker's own shape (OpenAI messages already flattened by the neuron). */
 export const WorkerMessage = Schema.Union(
   Schema.Struct({ role: Schema.Literal("system"), text: Schema.String }),
-  Schema.Struct({ role: Schema.Literal("user"), text: Schema.String }),
+  Schema.Struct({
+    role: Schema.Literal("user"),
+    text: Schema.String,
+    /** Images as data: URLs, in order; each stands where MEDIA_MARKER is in `text` (vision engine only). */
+    images: Schema.optionalWith(Schema.Array(Schema.String), { exact: true })
+  }),
   Schema.Struct({
     role: Schema.Literal("assistant"),
     text: Schema.String,
@@ -67,7 +75,9 @@ export const RequestBudget = Schema.Struct({
   freeMb: Schema.Number,
   prefillBaseMb: Schema.Number,
   prefillMbPer1kTokens: Schema.Number,
-  device: Schema.String
+  device: Schema.String,
+  /** What encoding one image takes (the vision encoder's compute), counted when the job has images. */
+  imageEncoderMb: Schema.optionalWith(Schema.Number, { exact: true })
 })
 export type RequestBudget = typeof RequestBudget.Type
 
@@ -94,6 +104,8 @@ export const ToWorker = Schema.Union(
     sequences: Schema.Number,
     batchSize: Schema.Number,
     gpuLayers: Schema.optionalWith(Schema.Number, { exact: true }),
+    /** The multimodal projector (mmproj GGUF): served by the vision engine. */
+    projector: Schema.optionalWith(Schema.String, { exact: true }),
     /** The pre-flight's estimate for exactly this load: the worker then does not compute it again. */
     estimate: Schema.optionalWith(ModelEstimate, { exact: true })
   }),
