@@ -136,11 +136,13 @@ const serve = Command.make(
 ).pipe(Command.withDescription("Run the gateway: one OpenAI + Anthropic endpoint over the neurons in cortex.toml"))
 
 import { adminCommands } from "./admin.js"
+import { accountingCommands } from "./keys.js"
 const { load, models, status, unload } = adminCommands
+const { keys, usage } = accountingCommands
 
 const cortex = Command.make("cortex").pipe(
   Command.withDescription("Gateway and fleet manager for local LLM inference"),
-  Command.withSubcommands([up, serve, neuron, status, models, load, unload, makeModel])
+  Command.withSubcommands([up, serve, neuron, status, models, load, unload, keys, usage, makeModel])
 )
 
 const cli = Command.run(cortex, { name: "cortex", version: VERSION })

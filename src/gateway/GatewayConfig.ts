@@ -9,6 +9,7 @@ import { readFile } from "node:fs/promises"
 import * as path from "node:path"
 import { parse as parseToml } from "smol-toml"
 import { ConfigError } from "../domain/contract.js"
+import { ModelLimitsTable, resolveStore, type StoreSettings, StoreTable } from "../store/StoreConfig.js"
 import { GatewayTelemetryTable, resolveTelemetry, type TelemetrySettings } from "../telemetry/TelemetryConfig.js"
 
 const opt = <S extends Schema.Schema.Any>(s: S) => Schema.optionalWith(s, { exact: true })
@@ -79,6 +80,8 @@ export const CortexFile = Schema.Struct({
   auth: opt(
     Schema.Struct({
       require_auth: opt(Schema.Boolean),
+      /** The environment variable holding the admin key for /admin/keys and /admin/usage. */
+      admin_key_env: opt(Schema.String.pipe(Schema.pattern(/^[A-Za-z_][A-Za-z0-9_]*$/))),
       keys: opt(Schema.Array(
         Schema.Struct({ key: Schema.String.pipe(Schema.minLength(8)), name: Schema.String })
           .annotations(strict)
@@ -86,7 +89,9 @@ export const CortexFile = Schema.Struct({
     }).annotations(strict)
   ),
   /** Trace export and the per-request log line (src/telemetry/TelemetryConfig.ts; OTEL_* variables win). */
-  telemetry: opt(GatewayTelemetryTable)
+  telemetry: opt(GatewayTelemetryTable),
+  /** Keys, usage ledger and limits (src/store/StoreConfig.ts). */
+  store: opt(StoreTable)
 }).annotations(strict)
 export type CortexFile = typeof CortexFile.Type
 
@@ -115,6 +120,8 @@ export const ModelProfile = Schema.Struct({
     }).annotations(strict)
   ),
   capabilities: opt(Schema.Array(Schema.String)),
+  /** The model's own limits, whoever asks (src/accounting/Limits.ts). */
+  limits: opt(ModelLimitsTable),
   sampling: opt(
     Schema.Struct({
       temperature: opt(Schema.Number.pipe(Schema.between(0, 2))),
@@ -171,6 +178,10 @@ export interface GatewaySettings {
   readonly models: ReadonlyArray<ModelProfile>
   readonly aliases: Readonly<Record<string, string>>
   readonly telemetry: TelemetrySettings
+  /** Keys, ledger and limits; undefined without a `[store]` table. */
+  readonly store: StoreSettings | undefined
+  /** The admin key for /admin/keys and /admin/usage (from `[auth] admin_key_env`). */
+  readonly adminKey: Redacted.Redacted<string> | undefined
 }
 
 export class GatewayConfig extends Context.Tag("cortex/GatewayConfig")<GatewayConfig, GatewaySettings>() {}
@@ -269,6 +280,15 @@ export const loadGatewayConfig = (options: {
         Effect.flatMap((m) => checkModels(modelsFile, m))
       )
       : {}
+    const store = resolveStore(cortex.store, base, env)
+    const limited = (models.models ?? []).findIndex((m) => m.limits !== undefined)
+    if (limited >= 0 && store === undefined) {
+      return yield* new ConfigError({
+        file: modelsFile ?? "models.toml",
+        key: `models.${limited}.limits`,
+        reason: "limits need a [store] in cortex.toml (their counts live there)"
+      })
+    }
     const metricsListen = envMetrics === "off"
       ? undefined
       : parseListen(envMetrics ?? cortex.gateway?.metrics_listen ?? "0.0.0.0:31314")
@@ -319,6 +339,10 @@ export const loadGatewayConfig = (options: {
       keys: (cortex.auth?.keys ?? []).map((k) => ({ key: Redacted.make(k.key), name: k.name })),
       models: models.models ?? [],
       aliases: models.aliases ?? {},
-      telemetry
+      telemetry,
+      store,
+      adminKey: cortex.auth?.admin_key_env !== undefined && env[cortex.auth.admin_key_env]
+        ? Redacted.make(env[cortex.auth.admin_key_env]!)
+        : undefined
     } satisfies GatewaySettings
   })

@@ -5,6 +5,7 @@
  */
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Effect, Schema } from "effect"
+import { Accounting } from "../accounting/Accounting.js"
 import type { AdminLifecycleAnswer, AdminStatus, NodeView } from "../domain/admin.js"
 import { CountTokensRequest, MessagesRequest } from "../domain/anthropic.js"
 import { NeuronModel, TokenizeAnswer, VERSION } from "../domain/contract.js"
@@ -19,7 +20,7 @@ import {
   UpstreamError
 } from "../domain/errors.js"
 import { decodeBody } from "../domain/openai.js"
-import { principalFor } from "./Auth.js"
+import { accountingRoutes } from "./AccountingRoutes.js"
 import { Catalogue, catalogueList } from "./Catalogue.js"
 import { ColdLoader } from "./ColdLoader.js"
 import * as Dialects from "./Dialects.js"
@@ -55,13 +56,13 @@ export const makeGatewayApp = Effect.gen(function*() {
   const router = yield* Router
   const catalogue = yield* Catalogue
   const loader = yield* ColdLoader
+  const accounting = yield* Accounting
 
   const principal = Effect.map(HttpServerRequest.HttpServerRequest, (request) =>
-    principalFor(
-      config,
+    accounting.authenticate(
       request.headers,
       request.remoteAddress._tag === "Some" ? request.remoteAddress.value : "unknown"
-    ))
+    )?.principal)
 
   /** Authenticate, run, and answer any failure in the dialect's envelope. */
   const guarded = <R>(
@@ -252,7 +253,8 @@ export const makeGatewayApp = Effect.gen(function*() {
     HttpRouter.post("/v1/messages/count_tokens", countTokens),
     HttpRouter.get("/admin/status", adminStatus),
     HttpRouter.post("/admin/load", adminLifecycle("load")),
-    HttpRouter.post("/admin/unload", adminLifecycle("unload"))
+    HttpRouter.post("/admin/unload", adminLifecycle("unload")),
+    HttpRouter.concat(yield* accountingRoutes)
   )
   return app.pipe(
     Effect.catchTag("RouteNotFound", (e) => {

@@ -3,6 +3,7 @@ import { HttpServer } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { Effect, Layer, Metric, MetricLabel, Schedule } from "effect"
 import { createServer } from "node:http"
+import { Accounting } from "../accounting/Accounting.js"
 import { Catalogue } from "../gateway/Catalogue.js"
 import { ColdLoader } from "../gateway/ColdLoader.js"
 import { Evictor } from "../gateway/Evictor.js"
@@ -68,6 +69,7 @@ export const GatewayLive = (settings: GatewaySettings) =>
     Layer.provideMerge(Evictor.DefaultWithoutDependencies),
     Layer.provideMerge(Layer.mergeAll(Catalogue.DefaultWithoutDependencies, InFlight.Default, NeuronClient.Default)),
     Layer.provideMerge(Poller.Default),
+    Layer.provideMerge(Accounting.Default),
     Layer.provide(Layer.succeed(GatewayConfig, settings)),
     Layer.provide(TelemetryLive({ metrics: settings.metricsListen, telemetry: settings.telemetry }))
   )

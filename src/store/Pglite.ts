@@ -1,0 +1,75 @@
+/**
+ * An `@effect/sql` client over PGlite (PostgreSQL compiled to WASM, in this process): the
+ * embedded store needs no server and installs from the npm registry alone. No maintained adapter
+ * exists for effect 3.x (`@effect/sql-pglite` is effect 4 only), so this is the small one the
+ * store needs: the pg dialect's compiler (shared with `@effect/sql-pg`, so every query is the
+ * same text on both), queries through PGlite's extended protocol, and transactions.
+ * PGlite is one connection: a transaction holds it (a semaphore) so that no other query runs
+ * inside it; other queries wait their turn.
+ */
+import * as Reactivity from "@effect/experimental/Reactivity"
+import { makeCompiler } from "@effect/sql-pg/PgClient"
+import * as Client from "@effect/sql/SqlClient"
+import type { Connection } from "@effect/sql/SqlConnection"
+import { SqlError } from "@effect/sql/SqlError"
+import { PGlite } from "@electric-sql/pglite"
+import { Effect, Layer, Stream } from "effect"
+
+const query = (db: PGlite, sql: string, params: ReadonlyArray<unknown>) =>
+  Effect.tryPromise({
+    try: () =>
+      params.length === 0 && sql.includes(";")
+        ? db.exec(sql).then((results) => results.at(-1)?.rows ?? [])
+        : db.query<Record<string, unknown>>(sql, params as Array<unknown>).then((r) => r.rows),
+    catch: (cause) => new SqlError({ cause, message: `PGlite: ${(cause as Error)?.message ?? String(cause)}` })
+  })
+
+const connection = (db: PGlite, guard: <A, E>(effect: Effect.Effect<A, E>) => Effect.Effect<A, E>): Connection => {
+  const execute = (
+    sql: string,
+    params: ReadonlyArray<unknown>,
+    transformRows: (<A extends object>(row: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
+  ) =>
+    guard(query(db, sql, params)).pipe(
+      Effect.map((rows) => transformRows ? transformRows(rows as ReadonlyArray<object>) : rows)
+    )
+  return {
+    execute,
+    executeRaw: (sql, params) => guard(query(db, sql, params)),
+    executeStream: (sql, params, transformRows) =>
+      Stream.fromIterableEffect(execute(sql, params, transformRows) as Effect.Effect<ReadonlyArray<unknown>, SqlError>),
+    executeValues: (sql, params) =>
+      guard(query(db, sql, params)).pipe(Effect.map((rows) => rows.map((row) => Object.values(row)))),
+    executeUnprepared: execute
+  }
+}
+
+/** Open (creating if needed) the database in `dataDir`; closed with the scope. */
+export const makePglite = (dataDir: string) =>
+  Effect.gen(function*() {
+    const db = yield* Effect.acquireRelease(
+      Effect.tryPromise({
+        try: () => PGlite.create(dataDir),
+        catch: (cause) =>
+          new SqlError({ cause, message: `could not open the embedded store in ${dataDir}: ${String(cause)}` })
+      }),
+      (db) => Effect.promise(() => db.close()).pipe(Effect.ignore)
+    )
+    const lock = yield* Effect.makeSemaphore(1)
+    const shared = connection(db, lock.withPermits(1))
+    // A transaction holds the one connection for its scope; its own queries go straight through.
+    const inTransaction = connection(db, (effect) => effect)
+    const transactionAcquirer = Effect.as(
+      Effect.acquireRelease(lock.take(1), () => lock.release(1)),
+      inTransaction
+    )
+    return yield* Client.make({
+      acquirer: Effect.succeed(shared),
+      transactionAcquirer,
+      compiler: makeCompiler(),
+      spanAttributes: [["db.system.name", "postgresql"], ["db.namespace", "pglite"]]
+    })
+  })
+
+export const layerPglite = (dataDir: string): Layer.Layer<Client.SqlClient, SqlError> =>
+  Layer.scoped(Client.SqlClient, makePglite(dataDir)).pipe(Layer.provide(Reactivity.layer))
