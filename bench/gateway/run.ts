@@ -10,6 +10,8 @@
  *   floor      client → plain node:http reverse proxy (bench/gateway/floor.ts) → upstream
  *   gateway    client → cortex serve → upstream (OpenAI chat, relayed)
  *   anthropic  client → cortex serve → upstream (Anthropic messages, translated both ways)
+ *   keys       (--keys) client → a second cortex serve, every request with an issued key, and the usage
+ *              ledger on (embedded store) → upstream (OpenAI chat): keys+ledger on vs off, same run
  * The upstream (bench/gateway/upstream.ts) and the floor run in child processes; the client runs
  * here. Phases alternate between paths in rounds (order rotated each round) so that drift in the
  * machine's load lands on every path alike.
@@ -56,6 +58,10 @@ const USAGE = `usage: npx tsx bench/gateway/run.ts [options]
   --streams N           streams at concurrency 1 per path (default 60; quick 12)
   --concurrency N       the concurrency of the throughput rounds (default 32)
   --rounds N            throughput rounds per path (default 3; quick 2)
+  --keys                add a gateway with an issued key and the usage ledger (embedded store),
+                        compared with the plain gateway (keys off) in the same run
+  --key-limits          with --keys: give the key rpm/tpm limits it never reaches, so every
+                        request also reserves and settles in the store
   --cpu-prof DIR        write V8 CPU profiles of the gateway and the floor to DIR and summarize them
   --verbose             show the children's logs
   --help                this text`
@@ -71,6 +77,8 @@ const args = parseCli({
   concurrency: { type: "string", default: "32" },
   rounds: { type: "string" },
   "cpu-prof": { type: "string" },
+  keys: { type: "boolean", default: false },
+  "key-limits": { type: "boolean", default: false },
   verbose: { type: "boolean", default: false }
 }, USAGE)
 
@@ -127,7 +135,7 @@ const cpuSeconds = (pid: number | undefined): number | undefined => {
 // Client
 
 type Dialect = "openai" | "anthropic"
-type PathKey = "direct" | "floor" | "gateway" | "anthropic"
+type PathKey = "direct" | "floor" | "gateway" | "anthropic" | "keys"
 
 interface Target {
   readonly key: PathKey
@@ -138,6 +146,8 @@ interface Target {
   readonly dialect: Dialect
   /** The process between client and upstream, if any (for its CPU time). */
   readonly proxyPid: number | undefined
+  /** Extra request headers (the issued key). */
+  readonly headers?: Readonly<Record<string, string>>
 }
 
 const PROMPT = "Say something short."
@@ -183,7 +193,7 @@ const post = (target: Target, body: Buffer, sink: (chunk: Buffer) => void = igno
       port: target.port,
       method: "POST",
       path: routeOf(target.dialect),
-      headers: { "content-type": "application/json", "content-length": body.length }
+      headers: { ...target.headers, "content-type": "application/json", "content-length": body.length }
     }, (res) => {
       res.on("data", sink)
       res.once("end", () => resolve(res.statusCode ?? 0))
@@ -641,6 +651,20 @@ const report = (
     ])
   }
 
+  const keys = view.get("keys")
+  const keysLines = keys === undefined ? [] : [
+    {
+      name: `keys+ledger req/s at c=${SETTINGS.concurrency} within 10 % of keys off`,
+      value: `${(keys.reqPerSec.median / gateway.reqPerSec.median).toFixed(3)} × (${
+        keys.reqPerSec.median.toFixed(0)
+      } vs ${gateway.reqPerSec.median.toFixed(0)} req/s); streams/s ${
+        (keys.streamsPerSec.median / gateway.streamsPerSec.median).toFixed(3)
+      } ×; p50 at c=1 ${signedMs(keys.latency.p50 - gateway.latency.p50)} ms; gateway CPU per request ${
+        ((keys.proxyCpuUsPerReq ?? NaN) / (gateway.proxyCpuUsPerReq ?? NaN)).toFixed(3)
+      } ×`,
+      pass: keys.reqPerSec.median >= 0.9 * gateway.reqPerSec.median
+    }
+  ]
   const addedP50 = gateway.latency.p50 - direct.latency.p50
   const throughputRatio = toFloor(gateway.reqPerSec)
   const targetLines = [
@@ -715,7 +739,7 @@ const report = (
   )
   console.log("")
   console.log("targets:")
-  for (const t of targetLines) console.log(`  ${t.pass ? "PASS" : "MISS"}  ${t.name}: ${t.value}`)
+  for (const t of [...targetLines, ...keysLines]) console.log(`  ${t.pass ? "PASS" : "MISS"}  ${t.name}: ${t.value}`)
   const shareLines = (list: ReadonlyArray<{ name: string; ms: number; percent: number }>) =>
     list.map((s) => `    ${s.percent.toFixed(1).padStart(5)}%  ${s.ms.toFixed(0).padStart(6)} ms  ${s.name}`).join("\n")
   for (const { summary, title } of profiles) {
@@ -780,7 +804,17 @@ const report = (
     },
     targets: {
       addedP50: { valueMs: round(addedP50), limitMs: TARGETS.addedP50Ms, pass: targetLines[0]!.pass },
-      throughput: { ratio: round(throughputRatio), limit: TARGETS.throughputRatio, pass: targetLines[1]!.pass }
+      throughput: { ratio: round(throughputRatio), limit: TARGETS.throughputRatio, pass: targetLines[1]!.pass },
+      ...(keys !== undefined
+        ? {
+          keysVsOff: {
+            reqPerSecRatio: round(keys.reqPerSec.median / gateway.reqPerSec.median),
+            streamsPerSecRatio: round(keys.streamsPerSec.median / gateway.streamsPerSec.median),
+            addedP50MsOverOff: round(keys.latency.p50 - gateway.latency.p50),
+            pass: keysLines[0]!.pass
+          }
+        }
+        : {})
     },
     ...(profiles.length > 0
       ? {
@@ -847,6 +881,59 @@ const childEnv = () => {
     if (value !== undefined && !key.startsWith("CORTEX_")) env[key] = value
   }
   return env
+}
+
+/** A second gateway: the embedded store, one issued key (limits with --key-limits) that every request sends. */
+const startKeysGateway = async (upstreamUrl: string): Promise<Target> => {
+  const [port, metricsPort] = [await freePort(), await freePort()]
+  const dir = path.join(tempDir!, "keys")
+  await mkdir(dir, { recursive: true })
+  const config = path.join(dir, "cortex.toml")
+  const adminKey = "bench-admin-key-0123456789"
+  await writeFile(
+    config,
+    [
+      "[gateway]",
+      `listen = "127.0.0.1:${port}"`,
+      `metrics_listen = "127.0.0.1:${metricsPort}"`,
+      "poll_interval_secs = 1",
+      "[auth]",
+      `admin_key_env = "CORTEX_BENCH_ADMIN_KEY"`,
+      "[store]",
+      `path = "cortex-data"`,
+      "[[neurons]]",
+      `name = "up"`,
+      `endpoint = "${upstreamUrl}"`,
+      ""
+    ].join("\n")
+  )
+  const t0 = performance.now()
+  const gateway = start(
+    "gateway-keys",
+    ["--import", ORPHAN_GUARD, path.join(ROOT, "bin/cortex.js"), "serve", "--config", config],
+    { ...childEnv(), CORTEX_BENCH_ADMIN_KEY: adminKey }
+  )
+  const base = `http://127.0.0.1:${port}`
+  await waitGateway(gateway, base, 120_000)
+  const created = await fetch(`${base}/admin/keys`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${adminKey}`, "content-type": "application/json" },
+    body: JSON.stringify({ name: "bench", ...(args["key-limits"] ? { rpm: 1e9, tpm: 1e9 } : {}) })
+  })
+  if (created.status !== 201) throw new Error(`could not issue the bench key: ${await created.text()}`)
+  const { secret } = (await created.json()) as { secret: string }
+  log(`keys gateway on ${base} (pid ${gateway.pid}), ready after ${((performance.now() - t0) / 1000).toFixed(1)} s`)
+  probes.push({ name: "gateway-keys", pid: gateway.pid })
+  return {
+    key: "keys",
+    label: args["key-limits"] ? "gateway (keys+ledger+limits)" : "gateway (keys+ledger)",
+    host: "127.0.0.1",
+    port,
+    agent: agent(),
+    dialect: "openai",
+    proxyPid: gateway.pid,
+    headers: { authorization: `Bearer ${secret}` }
+  }
 }
 
 const main = async () => {
@@ -944,6 +1031,7 @@ const main = async () => {
       proxyPid: gateway.pid
     }
   ]
+  if (args.keys) targets.push(await startKeysGateway(upstreamUrl))
   for (const t of targets) await validate(t)
   log("all paths answer correctly; warming up")
   for (const t of targets) await warmUp(t)
