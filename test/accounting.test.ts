@@ -119,71 +119,38 @@ afterAll(async () => {
   await neuron?.stop()
 })
 
-describe("embedded store (PGlite)", () => {
-  let gw: GatewayProcess
-  let dataDir: string
-
-  beforeAll(async () => {
-    gw = await startGateway({
-      neurons: [{ name: "n1", url: neuron.url }],
-      modelsToml: MODELS_TOML,
-      extraToml: storeToml(`path = "cortex-data"`)
-    })
-    dataDir = gw.logs().match(/embedded store (\S+),/)?.[1] ?? ""
-  }, 180_000)
-
-  afterAll(async () => {
-    await gw?.stop()
-  })
-
-  it("cortex keys create prints the secret once; list, revoke and rotate take effect", async () => {
-    const env = { ...process.env, CORTEX_ENDPOINT: gw.url, CORTEX_ADMIN_KEY: ADMIN }
-    const created = await promisify(execFile)(process.execPath, [
-      CLI,
-      "keys",
-      "create",
-      "--name",
-      "cli-team",
-      "--models",
-      "tiny",
-      "--rpm",
-      "100",
-      "--budget-usd",
-      "50",
-      "--window",
-      "30d",
-      "--expires",
-      "2099-01-01"
-    ], { env })
-    const secret = created.stdout.match(/ck-[0-9a-f]{16}-\S+/)?.[0]
-    expect(secret).toBeDefined()
-    const listed = await promisify(execFile)(process.execPath, [CLI, "keys", "list"], { env })
-    expect(listed.stdout).toContain("cli-team")
-    expect(listed.stdout).not.toContain(secret!)
-    expect((await chat(gw, secret!)).usage?.completion_tokens).toBe(2)
-    // A model the key may not use: 403 in the caller's dialect.
-    const denied = await chat(gw, secret!, 2, "tiny-b").catch((e) => e)
-    expect(denied).toBeInstanceOf(OpenAI.PermissionDeniedError)
-
-    const { key: rotating, secret: before } = await issue(gw, { name: "rotating" })
-    const rotated = await admin(gw, "POST", `/admin/keys/${rotating.id}/rotate`)
+/** What every store must do, on one gateway in front of it (undefined: skipped, the store is missing). */
+const sharedTests = (gateway: () => GatewayProcess | undefined) => {
+  it("keys: issued, rotated (the old secret stops working) and revoked, in both dialects", async (ctx) => {
+    const gw = gateway()
+    if (!gw) return ctx.skip()
+    const { key, secret } = await issue(gw, { name: "lifecycle" })
+    expect((await chat(gw, secret)).usage?.completion_tokens).toBe(2)
+    const listed = await admin(gw, "GET", "/admin/keys")
+    expect(listed.body.data.find((k: { id: string }) => k.id === key.id)?.name).toBe("lifecycle")
+    expect(JSON.stringify(listed.body)).not.toContain(secret)
+    const rotated = await admin(gw, "POST", `/admin/keys/lifecycle/rotate`)
     expect(rotated.status).toBe(200)
-    const after = rotated.body.secret as string
-    expect(after).not.toBe(before)
-    expect(await chat(gw, before).catch((e) => e)).toBeInstanceOf(OpenAI.AuthenticationError)
-    expect((await chat(gw, after)).usage?.completion_tokens).toBe(2)
-
-    const revoked = await promisify(execFile)(process.execPath, [CLI, "keys", "revoke", rotating.id], { env })
-    expect(revoked.stdout).toContain("revoked")
-    expect(await chat(gw, after).catch((e) => e)).toBeInstanceOf(OpenAI.AuthenticationError)
-    const anthropicRefused = await anthropic(gw, after).messages
+    const fresh = rotated.body.secret as string
+    expect(await chat(gw, secret).catch((e) => e)).toBeInstanceOf(OpenAI.AuthenticationError)
+    expect(
+      (await anthropic(gw, fresh).messages.create({
+        model: "tiny",
+        max_tokens: 2,
+        messages: [{ role: "user", content: "x" }]
+      })).usage.output_tokens
+    ).toBe(2)
+    expect((await admin(gw, "POST", `/admin/keys/${key.id}/revoke`)).status).toBe(200)
+    expect(await chat(gw, fresh).catch((e) => e)).toBeInstanceOf(OpenAI.AuthenticationError)
+    const refused = await anthropic(gw, fresh).messages
       .create({ model: "tiny", max_tokens: 2, messages: [{ role: "user", content: "x" }] }).catch((e) => e)
-    expect(anthropicRefused).toBeInstanceOf(Anthropic.AuthenticationError)
-    // The admin API is behind the admin key, not an ordinary one.
-    expect((await fetch(`${gw.url}/admin/keys`, { headers: { authorization: `Bearer ${secret}` } })).status).toBe(401)
+    expect(refused).toBeInstanceOf(Anthropic.AuthenticationError)
+    expect((await admin(gw, "POST", `/admin/keys/${key.id}/revoke`)).status).toBe(404)
   }, 120_000)
 
-  it("429 at each limit, in both dialects, with Retry-After and x-ratelimit-* headers", async () => {
+  it("429 at each limit, in both dialects, with Retry-After and x-ratelimit-* headers", async (ctx) => {
+    const gw = gateway()
+    if (!gw) return ctx.skip()
     // Requests per minute.
     const rpm = await issue(gw, { name: "rpm", rpm: 2 })
     await chat(gw, rpm.secret)
@@ -258,7 +225,9 @@ describe("embedded store (PGlite)", () => {
     expect(modelLimited.message).toContain("model 'tiny-b'")
   }, 180_000)
 
-  it("32 concurrent requests against a budget that allows 10: exactly 10 served", async () => {
+  it("32 concurrent requests against a budget that allows 10: exactly 10 served", async (ctx) => {
+    const gw = gateway()
+    if (!gw) return ctx.skip()
     const { key, secret } = await issue(gw, { name: "ten", budget_usd: 21, window: "month" })
     const result = await burst([gw], secret, 32)
     expect(result.other).toEqual([])
@@ -270,7 +239,9 @@ describe("embedded store (PGlite)", () => {
     expect(total.errors).toBe(22)
   }, 180_000)
 
-  it("the ledger's rows match the usage the clients received", async () => {
+  it("the ledger's rows match the usage the clients received", async (ctx) => {
+    const gw = gateway()
+    if (!gw) return ctx.skip()
     const { key, secret } = await issue(gw, { name: "ledger" })
     const o = openai(gw, secret)
     const a = anthropic(gw, secret)
@@ -327,6 +298,73 @@ describe("embedded store (PGlite)", () => {
     })
     expect(JSON.parse(printed.stdout).data[0].completion_tokens).toBe(completion)
   }, 120_000)
+}
+
+describe("embedded store (PGlite)", () => {
+  let gw: GatewayProcess
+  let dataDir: string
+
+  beforeAll(async () => {
+    gw = await startGateway({
+      neurons: [{ name: "n1", url: neuron.url }],
+      modelsToml: MODELS_TOML,
+      extraToml: storeToml(`path = "cortex-data"`)
+    })
+    dataDir = gw.logs().match(/embedded store (\S+),/)?.[1] ?? ""
+  }, 180_000)
+
+  afterAll(async () => {
+    await gw?.stop()
+  })
+
+  sharedTests(() => gw)
+
+  it("cortex keys create prints the secret once; list, revoke and rotate take effect", async () => {
+    const env = { ...process.env, CORTEX_ENDPOINT: gw.url, CORTEX_ADMIN_KEY: ADMIN }
+    const created = await promisify(execFile)(process.execPath, [
+      CLI,
+      "keys",
+      "create",
+      "--name",
+      "cli-team",
+      "--models",
+      "tiny",
+      "--rpm",
+      "100",
+      "--budget-usd",
+      "50",
+      "--window",
+      "30d",
+      "--expires",
+      "2099-01-01"
+    ], { env })
+    const secret = created.stdout.match(/ck-[0-9a-f]{16}-\S+/)?.[0]
+    expect(secret).toBeDefined()
+    const listed = await promisify(execFile)(process.execPath, [CLI, "keys", "list"], { env })
+    expect(listed.stdout).toContain("cli-team")
+    expect(listed.stdout).not.toContain(secret!)
+    expect((await chat(gw, secret!)).usage?.completion_tokens).toBe(2)
+    // A model the key may not use: 403 in the caller's dialect.
+    const denied = await chat(gw, secret!, 2, "tiny-b").catch((e) => e)
+    expect(denied).toBeInstanceOf(OpenAI.PermissionDeniedError)
+
+    const { key: rotating, secret: before } = await issue(gw, { name: "rotating" })
+    const rotated = await admin(gw, "POST", `/admin/keys/${rotating.id}/rotate`)
+    expect(rotated.status).toBe(200)
+    const after = rotated.body.secret as string
+    expect(after).not.toBe(before)
+    expect(await chat(gw, before).catch((e) => e)).toBeInstanceOf(OpenAI.AuthenticationError)
+    expect((await chat(gw, after)).usage?.completion_tokens).toBe(2)
+
+    const revoked = await promisify(execFile)(process.execPath, [CLI, "keys", "revoke", rotating.id], { env })
+    expect(revoked.stdout).toContain("revoked")
+    expect(await chat(gw, after).catch((e) => e)).toBeInstanceOf(OpenAI.AuthenticationError)
+    const anthropicRefused = await anthropic(gw, after).messages
+      .create({ model: "tiny", max_tokens: 2, messages: [{ role: "user", content: "x" }] }).catch((e) => e)
+    expect(anthropicRefused).toBeInstanceOf(Anthropic.AuthenticationError)
+    // The admin API is behind the admin key, not an ordinary one.
+    expect((await fetch(`${gw.url}/admin/keys`, { headers: { authorization: `Bearer ${secret}` } })).status).toBe(401)
+  }, 120_000)
 
   it("stores only a keyed hash: the secret is nowhere in the data files", async () => {
     const { secret } = await issue(gw, { name: "at-rest" })
@@ -381,6 +419,8 @@ describe("PostgreSQL, two gateway replicas", () => {
     await b?.stop()
     await server?.destroy()
   })
+
+  sharedTests(() => server ? a : undefined)
 
   it("two replicas enforce one budget together: 32 requests across both, exactly 10 served", async (ctx) => {
     if (!server) return ctx.skip()

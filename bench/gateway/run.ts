@@ -884,7 +884,10 @@ const childEnv = () => {
 }
 
 /** A second gateway: the embedded store, one issued key (limits with --key-limits) that every request sends. */
-const startKeysGateway = async (upstreamUrl: string): Promise<Target> => {
+const startKeysGateway = async (
+  upstreamUrl: string,
+  profileFlags: ReadonlyArray<string>
+): Promise<{ readonly target: Target; readonly child: BenchChild }> => {
   const [port, metricsPort] = [await freePort(), await freePort()]
   const dir = path.join(tempDir!, "keys")
   await mkdir(dir, { recursive: true })
@@ -910,7 +913,7 @@ const startKeysGateway = async (upstreamUrl: string): Promise<Target> => {
   const t0 = performance.now()
   const gateway = start(
     "gateway-keys",
-    ["--import", ORPHAN_GUARD, path.join(ROOT, "bin/cortex.js"), "serve", "--config", config],
+    [...profileFlags, "--import", ORPHAN_GUARD, path.join(ROOT, "bin/cortex.js"), "serve", "--config", config],
     { ...childEnv(), CORTEX_BENCH_ADMIN_KEY: adminKey }
   )
   const base = `http://127.0.0.1:${port}`
@@ -924,7 +927,7 @@ const startKeysGateway = async (upstreamUrl: string): Promise<Target> => {
   const { secret } = (await created.json()) as { secret: string }
   log(`keys gateway on ${base} (pid ${gateway.pid}), ready after ${((performance.now() - t0) / 1000).toFixed(1)} s`)
   probes.push({ name: "gateway-keys", pid: gateway.pid })
-  return {
+  const target: Target = {
     key: "keys",
     label: args["key-limits"] ? "gateway (keys+ledger+limits)" : "gateway (keys+ledger)",
     host: "127.0.0.1",
@@ -934,6 +937,7 @@ const startKeysGateway = async (upstreamUrl: string): Promise<Target> => {
     proxyPid: gateway.pid,
     headers: { authorization: `Bearer ${secret}` }
   }
+  return { target, child: gateway }
 }
 
 const main = async () => {
@@ -1031,7 +1035,8 @@ const main = async () => {
       proxyPid: gateway.pid
     }
   ]
-  if (args.keys) targets.push(await startKeysGateway(upstreamUrl))
+  const keysGateway = args.keys ? await startKeysGateway(upstreamUrl, profileFlags) : undefined
+  if (keysGateway) targets.push(keysGateway.target)
   for (const t of targets) await validate(t)
   log("all paths answer correctly; warming up")
   for (const t of targets) await warmUp(t)
@@ -1040,21 +1045,30 @@ const main = async () => {
   const profiles: Array<{ title: string; summary: ProfileSummary }> = []
   if (profileDir) {
     await gateway.stop(10_000)
+    await keysGateway?.child.stop(10_000)
     const fresh = (await readdir(profileDir)).filter((f) => f.endsWith(".cpuprofile") && !profilesBefore.has(f))
     // Node names profiles CPU.<date>.<time>.<pid>.<thread>.<seq>: thread 0 is the main one (tsx's
     // loader runs in a worker that writes its own).
-    const main = fresh.find((f) => f.includes(`.${gateway.pid}.0.`)) ?? fresh[0]
-    const file = main === undefined ? undefined : path.join(profileDir, main)
-    if (file) {
-      // The phases beside the profile, for a closer look later (monotonic µs, as the samples).
-      await writeFile(`${file}.phases.json`, JSON.stringify(phases))
-      for (const kind of ["unary", "stream"] as const) {
-        const windows = phases.filter((p) => p.key === "gateway" && p.kind === kind)
-        const title = `OpenAI ${kind === "unary" ? "non-streaming" : "streaming"} c=${SETTINGS.concurrency} phases only`
-        profiles.push({ title, summary: await summarizeProfile(file, windows, 20) })
+    const profiled = [
+      { child: gateway, key: "gateway" as const, label: "OpenAI" },
+      ...(keysGateway ? [{ child: keysGateway.child, key: "keys" as const, label: "keys+ledger" }] : [])
+    ]
+    for (const { child, key, label } of profiled) {
+      const main = fresh.find((f) => f.includes(`.${child.pid}.0.`))
+      const file = main === undefined ? undefined : path.join(profileDir, main)
+      if (file) {
+        // The phases beside the profile, for a closer look later (monotonic µs, as the samples).
+        await writeFile(`${file}.phases.json`, JSON.stringify(phases))
+        for (const kind of ["unary", "stream"] as const) {
+          const windows = phases.filter((p) => p.key === key && p.kind === kind)
+          const title = `${label} ${
+            kind === "unary" ? "non-streaming" : "streaming"
+          } c=${SETTINGS.concurrency} phases only`
+          profiles.push({ title, summary: await summarizeProfile(file, windows, 20) })
+        }
+      } else {
+        log(`no new .cpuprofile for ${label} in ${profileDir} (the gateway did not exit cleanly?)`)
       }
-    } else {
-      log(`no new .cpuprofile in ${profileDir} (the gateway did not exit cleanly?)`)
     }
   }
   report(targets, results, load, { upstream: upstreamMs, floor: floorMs, gateway: gatewayMs }, profiles)
