@@ -146,6 +146,9 @@ const sharedTests = (gateway: () => GatewayProcess | undefined) => {
       .create({ model: "tiny", max_tokens: 2, messages: [{ role: "user", content: "x" }] }).catch((e) => e)
     expect(refused).toBeInstanceOf(Anthropic.AuthenticationError)
     expect((await admin(gw, "POST", `/admin/keys/${key.id}/revoke`)).status).toBe(404)
+    // An expired key is refused like a revoked one.
+    const expired = await issue(gw, { name: "expired", expires_at: "2020-01-01" })
+    expect(await chat(gw, expired.secret).catch((e) => e)).toBeInstanceOf(OpenAI.AuthenticationError)
   }, 120_000)
 
   it("429 at each limit, in both dialects, with Retry-After and x-ratelimit-* headers", async (ctx) => {

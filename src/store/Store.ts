@@ -64,7 +64,7 @@ const initial = Effect.gen(function*() {
 
 export const migrations = Migrator.fromRecord({ "0001_initial": initial })
 
-const migrate = Migrator.make({})({ loader: migrations, table: "cortex_migrations" })
+export const migrate = Migrator.make({})({ loader: migrations, table: "cortex_migrations" })
 
 /** The SqlClient for `settings`, migrated. */
 export const StoreLive = (
