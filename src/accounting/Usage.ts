@@ -55,16 +55,3 @@ export const queryUsage = (q: UsageQuery) =>
       FROM cortex_usage WHERE ${sql.and(conditions)}
       GROUP BY 1 ORDER BY 1`
   })
-
-/** The rows themselves, newest first (bounded), for checks and `--json` consumers. */
-export const usageRows = (q: UsageQuery, limit: number) =>
-  Effect.gen(function*() {
-    const sql = yield* SqlClient.SqlClient
-    const conditions = [
-      sql`started_at >= ${q.since}`,
-      ...(q.key !== undefined ? [sql`(key_id = ${q.key} OR principal = ${q.key})`] : []),
-      ...(q.model !== undefined ? [sql`model = ${q.model}`] : [])
-    ]
-    return yield* sql<Record<string, unknown>>`SELECT * FROM cortex_usage WHERE ${sql.and(conditions)}
-      ORDER BY started_at DESC LIMIT ${limit}`
-  })
