@@ -130,6 +130,7 @@ export class Accounting extends Effect.Service<Accounting>()("cortex/Accounting"
     let keys = new Map<string, KeyRecord>()
     let keysFailing = false
     const refreshKeys = run(loadKeys).pipe(
+      Effect.withTracerEnabled(false),
       Effect.tap((all) =>
         Effect.sync(() => {
           keys = new Map(all.map((k) => [k.id, k]))
@@ -157,7 +158,11 @@ export class Accounting extends Effect.Service<Accounting>()("cortex/Accounting"
     // ---- the ledger: flushed every flush_ms, and once more at shutdown
     const ledger = new Ledger(settings.ledgerBuffer)
     yield* Effect.forkScoped(
-      run(ledger.flush).pipe(Effect.ignore, Effect.repeat(Schedule.spaced(`${settings.flushMs} millis`)))
+      run(ledger.flush).pipe(
+        Effect.withTracerEnabled(false),
+        Effect.ignore,
+        Effect.repeat(Schedule.spaced(`${settings.flushMs} millis`))
+      )
     )
     yield* Effect.addFinalizer(() =>
       run(ledger.flush).pipe(
@@ -255,6 +260,8 @@ export class Accounting extends Effect.Service<Accounting>()("cortex/Accounting"
       const started = Date.now()
       return runPromiseExit(
         reserve(meters, estimate, started).pipe(
+          // No span per query on the request path (the request's own span says how it went).
+          Effect.withTracerEnabled(false),
           Effect.timeout(RESERVE_TIMEOUT),
           Effect.map((reserved): Ticket => ({ model, reserved, estimate })),
           Effect.catchAll((e) => {
@@ -291,6 +298,7 @@ export class Accounting extends Effect.Service<Accounting>()("cortex/Accounting"
       if (ticket !== undefined && ticket.reserved.length > 0) {
         runFork(
           settle(ticket.reserved, { tokens: prompt + completion, usd: cost }).pipe(
+            Effect.withTracerEnabled(false),
             Effect.timeout("30 seconds"),
             Effect.catchAllCause((cause) => Effect.logWarning(`limits: could not settle a reservation: ${cause}`))
           )
