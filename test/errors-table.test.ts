@@ -15,8 +15,10 @@ import {
   InvalidJson,
   InvalidRequest,
   isApiError,
+  LimitExceeded,
   ModelInfeasible,
   ModelLoadFailed,
+  ModelNotAllowed,
   ModelNotFound,
   ModelUnavailable,
   NotFoundRoute,
@@ -103,6 +105,66 @@ const cases: ReadonlyArray<Case> = [
     openai:
       `{"error":{"message":"Not enough memory on cpu for m: 9 MB required, 1 MB free","type":"insufficient_vram","code":"insufficient_vram","param":null,"required_mb":9,"free_mb":1}}`,
     anthropic: [529, "overloaded_error", "Not enough memory on cpu for m: 9 MB required, 1 MB free"]
+  },
+  {
+    error: new LimitExceeded({ scope: "key", name: "team", limit: "rpm", cap: 60, retry_after_secs: 12 }),
+    status: 429,
+    headers: {
+      "retry-after": "12",
+      "x-ratelimit-limit-requests": "60",
+      "x-ratelimit-remaining-requests": "0",
+      "x-ratelimit-reset-requests": "12s"
+    },
+    openai:
+      `{"error":{"message":"Rate limit reached for key 'team': 60 requests per minute","type":"requests","code":"rate_limit_exceeded","param":null}}`,
+    anthropic: [429, "rate_limit_error", "Rate limit reached for key 'team': 60 requests per minute"]
+  },
+  {
+    error: new LimitExceeded({ scope: "model", name: "m", limit: "tpm", cap: 1000, retry_after_secs: 5 }),
+    status: 429,
+    headers: {
+      "retry-after": "5",
+      "x-ratelimit-limit-tokens": "1000",
+      "x-ratelimit-remaining-tokens": "0",
+      "x-ratelimit-reset-tokens": "5s"
+    },
+    openai:
+      `{"error":{"message":"Rate limit reached for model 'm': 1000 tokens per minute","type":"tokens","code":"rate_limit_exceeded","param":null}}`,
+    anthropic: [429, "rate_limit_error", "Rate limit reached for model 'm': 1000 tokens per minute"]
+  },
+  {
+    error: new LimitExceeded({ scope: "key", name: "team", limit: "spend", cap: 50, retry_after_secs: 3600 }),
+    status: 429,
+    headers: {
+      "retry-after": "3600",
+      "x-ratelimit-limit-usd": "50",
+      "x-ratelimit-remaining-usd": "0",
+      "x-ratelimit-reset-usd": "3600s"
+    },
+    openai:
+      `{"error":{"message":"Budget exhausted for key 'team': 50 USD in its window","type":"insufficient_quota","code":"insufficient_quota","param":null}}`,
+    anthropic: [429, "rate_limit_error", "Budget exhausted for key 'team': 50 USD in its window"]
+  },
+  {
+    error: new LimitExceeded({ scope: "key", name: "team", limit: "concurrent", cap: 2, retry_after_secs: 1 }),
+    status: 429,
+    headers: {
+      "retry-after": "1",
+      "x-ratelimit-limit-concurrent": "2",
+      "x-ratelimit-remaining-concurrent": "0",
+      "x-ratelimit-reset-concurrent": "1s"
+    },
+    openai:
+      `{"error":{"message":"Too many concurrent requests for key 'team': at most 2","type":"requests","code":"rate_limit_exceeded","param":null}}`,
+    anthropic: [429, "rate_limit_error", "Too many concurrent requests for key 'team': at most 2"]
+  },
+  {
+    error: new ModelNotAllowed({ model: "m" }),
+    status: 403,
+    headers: {},
+    openai:
+      `{"error":{"message":"This API key may not use the model 'm'","type":"invalid_request_error","code":"model_not_allowed","param":"model"}}`,
+    anthropic: [403, "permission_error", "This API key may not use the model 'm'"]
   },
   {
     error: new Overloaded({ model: "m", reason: "queue_full", retry_after_secs: 1 }),

@@ -10,6 +10,9 @@
  *   floor      client → plain node:http reverse proxy (bench/gateway/floor.ts) → upstream
  *   gateway    client → cortex serve → upstream (OpenAI chat, relayed)
  *   anthropic  client → cortex serve → upstream (Anthropic messages, translated both ways)
+ *   keys       (--keys) client → another cortex serve, every request with an issued key, and the usage
+ *              ledger on (embedded store) → upstream (OpenAI chat): keys+ledger on vs off, same run
+ *   twin       (--keys) the same without the store: the "keys off" side of that comparison
  * The upstream (bench/gateway/upstream.ts) and the floor run in child processes; the client runs
  * here. Phases alternate between paths in rounds (order rotated each round) so that drift in the
  * machine's load lands on every path alike.
@@ -56,6 +59,10 @@ const USAGE = `usage: npx tsx bench/gateway/run.ts [options]
   --streams N           streams at concurrency 1 per path (default 60; quick 12)
   --concurrency N       the concurrency of the throughput rounds (default 32)
   --rounds N            throughput rounds per path (default 3; quick 2)
+  --keys                add a gateway with an issued key and the usage ledger (embedded store),
+                        compared with the plain gateway (keys off) in the same run
+  --key-limits          with --keys: give the key rpm/tpm limits it never reaches, so every
+                        request also reserves and settles in the store
   --cpu-prof DIR        write V8 CPU profiles of the gateway and the floor to DIR and summarize them
   --verbose             show the children's logs
   --help                this text`
@@ -71,6 +78,8 @@ const args = parseCli({
   concurrency: { type: "string", default: "32" },
   rounds: { type: "string" },
   "cpu-prof": { type: "string" },
+  keys: { type: "boolean", default: false },
+  "key-limits": { type: "boolean", default: false },
   verbose: { type: "boolean", default: false }
 }, USAGE)
 
@@ -127,7 +136,7 @@ const cpuSeconds = (pid: number | undefined): number | undefined => {
 // Client
 
 type Dialect = "openai" | "anthropic"
-type PathKey = "direct" | "floor" | "gateway" | "anthropic"
+type PathKey = "direct" | "floor" | "gateway" | "anthropic" | "keys" | "twin"
 
 interface Target {
   readonly key: PathKey
@@ -138,6 +147,8 @@ interface Target {
   readonly dialect: Dialect
   /** The process between client and upstream, if any (for its CPU time). */
   readonly proxyPid: number | undefined
+  /** Extra request headers (the issued key). */
+  readonly headers?: Readonly<Record<string, string>>
 }
 
 const PROMPT = "Say something short."
@@ -183,7 +194,7 @@ const post = (target: Target, body: Buffer, sink: (chunk: Buffer) => void = igno
       port: target.port,
       method: "POST",
       path: routeOf(target.dialect),
-      headers: { "content-type": "application/json", "content-length": body.length }
+      headers: { ...target.headers, "content-type": "application/json", "content-length": body.length }
     }, (res) => {
       res.on("data", sink)
       res.once("end", () => resolve(res.statusCode ?? 0))
@@ -641,6 +652,19 @@ const report = (
     ])
   }
 
+  const keys = view.get("keys")
+  const off = view.get("twin") ?? gateway
+  const keysLines = keys === undefined ? [] : [
+    {
+      name: `keys+ledger req/s at c=${SETTINGS.concurrency} within 10 % of keys off (its twin)`,
+      value: `${(keys.reqPerSec.median / off.reqPerSec.median).toFixed(3)} × (${keys.reqPerSec.median.toFixed(0)} vs ${
+        off.reqPerSec.median.toFixed(0)
+      } req/s); streams/s ${(keys.streamsPerSec.median / off.streamsPerSec.median).toFixed(3)} ×; p50 at c=1 ${
+        signedMs(keys.latency.p50 - off.latency.p50)
+      } ms; gateway CPU per request ${((keys.proxyCpuUsPerReq ?? NaN) / (off.proxyCpuUsPerReq ?? NaN)).toFixed(3)} ×`,
+      pass: keys.reqPerSec.median >= 0.9 * off.reqPerSec.median
+    }
+  ]
   const addedP50 = gateway.latency.p50 - direct.latency.p50
   const throughputRatio = toFloor(gateway.reqPerSec)
   const targetLines = [
@@ -715,7 +739,7 @@ const report = (
   )
   console.log("")
   console.log("targets:")
-  for (const t of targetLines) console.log(`  ${t.pass ? "PASS" : "MISS"}  ${t.name}: ${t.value}`)
+  for (const t of [...targetLines, ...keysLines]) console.log(`  ${t.pass ? "PASS" : "MISS"}  ${t.name}: ${t.value}`)
   const shareLines = (list: ReadonlyArray<{ name: string; ms: number; percent: number }>) =>
     list.map((s) => `    ${s.percent.toFixed(1).padStart(5)}%  ${s.ms.toFixed(0).padStart(6)} ms  ${s.name}`).join("\n")
   for (const { summary, title } of profiles) {
@@ -780,7 +804,18 @@ const report = (
     },
     targets: {
       addedP50: { valueMs: round(addedP50), limitMs: TARGETS.addedP50Ms, pass: targetLines[0]!.pass },
-      throughput: { ratio: round(throughputRatio), limit: TARGETS.throughputRatio, pass: targetLines[1]!.pass }
+      throughput: { ratio: round(throughputRatio), limit: TARGETS.throughputRatio, pass: targetLines[1]!.pass },
+      ...(keys !== undefined
+        ? {
+          keysVsOff: {
+            reqPerSecRatio: round(keys.reqPerSec.median / off.reqPerSec.median),
+            streamsPerSecRatio: round(keys.streamsPerSec.median / off.streamsPerSec.median),
+            addedP50MsOverOff: round(keys.latency.p50 - off.latency.p50),
+            cpuPerRequestRatio: round((keys.proxyCpuUsPerReq ?? NaN) / (off.proxyCpuUsPerReq ?? NaN)),
+            pass: keysLines[0]!.pass
+          }
+        }
+        : {})
     },
     ...(profiles.length > 0
       ? {
@@ -847,6 +882,75 @@ const childEnv = () => {
     if (value !== undefined && !key.startsWith("CORTEX_")) env[key] = value
   }
   return env
+}
+
+/**
+ * Another gateway, started the same way for both sides of the keys comparison: with the store,
+ * the embedded store and one issued key (limits with --key-limits) that every request sends; the
+ * twin without, the same header going unrecognised. (A second gateway process measured slower
+ * than the first even with identical configs on a shared box, so keys on is compared with its
+ * twin, not with the first gateway.)
+ */
+const startKeysGateway = async (
+  upstreamUrl: string,
+  profileFlags: ReadonlyArray<string>,
+  withStore: boolean
+): Promise<{ readonly target: Target; readonly child: BenchChild }> => {
+  const [port, metricsPort] = [await freePort(), await freePort()]
+  const dir = path.join(tempDir!, withStore ? "keys" : "twin")
+  await mkdir(dir, { recursive: true })
+  const config = path.join(dir, "cortex.toml")
+  const adminKey = "bench-admin-key-0123456789"
+  await writeFile(
+    config,
+    [
+      "[gateway]",
+      `listen = "127.0.0.1:${port}"`,
+      `metrics_listen = "127.0.0.1:${metricsPort}"`,
+      "poll_interval_secs = 1",
+      ...(withStore ? ["[auth]", `admin_key_env = "CORTEX_BENCH_ADMIN_KEY"`, "[store]", `path = "cortex-data"`] : []),
+      "[[neurons]]",
+      `name = "up"`,
+      `endpoint = "${upstreamUrl}"`,
+      ""
+    ].join("\n")
+  )
+  const t0 = performance.now()
+  const name = withStore ? "gateway-keys" : "gateway-twin"
+  const gateway = start(
+    name,
+    [...profileFlags, "--import", ORPHAN_GUARD, path.join(ROOT, "bin/cortex.js"), "serve", "--config", config],
+    { ...childEnv(), CORTEX_BENCH_ADMIN_KEY: adminKey }
+  )
+  const base = `http://127.0.0.1:${port}`
+  await waitGateway(gateway, base, 120_000)
+  let secret = "ck-0000000000000000-not-an-issued-key-at-all"
+  if (withStore) {
+    const created = await fetch(`${base}/admin/keys`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${adminKey}`, "content-type": "application/json" },
+      body: JSON.stringify({ name: "bench", ...(args["key-limits"] ? { rpm: 1e9, tpm: 1e9 } : {}) })
+    })
+    if (created.status !== 201) throw new Error(`could not issue the bench key: ${await created.text()}`)
+    secret = ((await created.json()) as { secret: string }).secret
+  }
+  log(`${name} on ${base} (pid ${gateway.pid}), ready after ${((performance.now() - t0) / 1000).toFixed(1)} s`)
+  probes.push({ name, pid: gateway.pid })
+  const target: Target = {
+    key: withStore ? "keys" : "twin",
+    label: !withStore
+      ? "gateway twin (keys off)"
+      : args["key-limits"]
+      ? "gateway (keys+ledger+limits)"
+      : "gateway (keys+ledger)",
+    host: "127.0.0.1",
+    port,
+    agent: agent(),
+    dialect: "openai",
+    proxyPid: gateway.pid,
+    headers: { authorization: `Bearer ${secret}` }
+  }
+  return { target, child: gateway }
 }
 
 const main = async () => {
@@ -944,6 +1048,9 @@ const main = async () => {
       proxyPid: gateway.pid
     }
   ]
+  const twinGateway = args.keys ? await startKeysGateway(upstreamUrl, profileFlags, false) : undefined
+  const keysGateway = args.keys ? await startKeysGateway(upstreamUrl, profileFlags, true) : undefined
+  if (twinGateway && keysGateway) targets.push(twinGateway.target, keysGateway.target)
   for (const t of targets) await validate(t)
   log("all paths answer correctly; warming up")
   for (const t of targets) await warmUp(t)
@@ -952,21 +1059,32 @@ const main = async () => {
   const profiles: Array<{ title: string; summary: ProfileSummary }> = []
   if (profileDir) {
     await gateway.stop(10_000)
+    await keysGateway?.child.stop(10_000)
+    await twinGateway?.child.stop(10_000)
     const fresh = (await readdir(profileDir)).filter((f) => f.endsWith(".cpuprofile") && !profilesBefore.has(f))
     // Node names profiles CPU.<date>.<time>.<pid>.<thread>.<seq>: thread 0 is the main one (tsx's
     // loader runs in a worker that writes its own).
-    const main = fresh.find((f) => f.includes(`.${gateway.pid}.0.`)) ?? fresh[0]
-    const file = main === undefined ? undefined : path.join(profileDir, main)
-    if (file) {
-      // The phases beside the profile, for a closer look later (monotonic µs, as the samples).
-      await writeFile(`${file}.phases.json`, JSON.stringify(phases))
-      for (const kind of ["unary", "stream"] as const) {
-        const windows = phases.filter((p) => p.key === "gateway" && p.kind === kind)
-        const title = `OpenAI ${kind === "unary" ? "non-streaming" : "streaming"} c=${SETTINGS.concurrency} phases only`
-        profiles.push({ title, summary: await summarizeProfile(file, windows, 20) })
+    const profiled = [
+      { child: gateway, key: "gateway" as const, label: "OpenAI" },
+      ...(keysGateway ? [{ child: keysGateway.child, key: "keys" as const, label: "keys+ledger" }] : []),
+      ...(twinGateway ? [{ child: twinGateway.child, key: "twin" as const, label: "twin (keys off)" }] : [])
+    ]
+    for (const { child, key, label } of profiled) {
+      const main = fresh.find((f) => f.includes(`.${child.pid}.0.`))
+      const file = main === undefined ? undefined : path.join(profileDir, main)
+      if (file) {
+        // The phases beside the profile, for a closer look later (monotonic µs, as the samples).
+        await writeFile(`${file}.phases.json`, JSON.stringify(phases))
+        for (const kind of ["unary", "stream"] as const) {
+          const windows = phases.filter((p) => p.key === key && p.kind === kind)
+          const title = `${label} ${
+            kind === "unary" ? "non-streaming" : "streaming"
+          } c=${SETTINGS.concurrency} phases only`
+          profiles.push({ title, summary: await summarizeProfile(file, windows, 20) })
+        }
+      } else {
+        log(`no new .cpuprofile for ${label} in ${profileDir} (the gateway did not exit cleanly?)`)
       }
-    } else {
-      log(`no new .cpuprofile in ${profileDir} (the gateway did not exit cleanly?)`)
     }
   }
   report(targets, results, load, { upstream: upstreamMs, floor: floorMs, gateway: gatewayMs }, profiles)

@@ -161,12 +161,28 @@ const serve = Command.make(
 import { adminCommands } from "./admin.js"
 import { waitReady } from "./wait.js"
 const { load, models, status, unload } = adminCommands
+import { accountingCommands } from "./keys.js"
 import { pullCommands } from "./pull.js"
 const { pull, rm } = pullCommands
+const { keys, usage } = accountingCommands
 
 const cortex = Command.make("cortex").pipe(
   Command.withDescription("Gateway and fleet manager for local LLM inference"),
-  Command.withSubcommands([up, serve, neuron, status, models, load, unload, pull, rm, makeModel, waitReady])
+  Command.withSubcommands([
+    up,
+    serve,
+    neuron,
+    status,
+    models,
+    load,
+    unload,
+    pull,
+    rm,
+    keys,
+    usage,
+    makeModel,
+    waitReady
+  ])
 )
 
 const cli = Command.run(cortex, { name: "cortex", version: versionLine() })

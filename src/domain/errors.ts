@@ -31,7 +31,7 @@ type Cell<E, A> = A | ((error: E) => A)
 /** How one error answers: status, OpenAI type, code and param; headers and extra envelope fields if any. */
 export interface ErrorRow<E> {
   readonly status: Cell<E, number>
-  readonly type: string
+  readonly type: Cell<E, string>
   readonly code: Cell<E, string | null>
   readonly param: Cell<E, string | null>
   readonly headers?: (error: E) => Record<string, string>
@@ -52,7 +52,7 @@ const answerOf = (error: { readonly _tag: string; readonly message: string }): A
     body: {
       error: {
         message: row.publicMessage?.(error) ?? error.message,
-        type: row.type,
+        type: cell(row.type, error),
         code: cell(row.code, error),
         param: cell(row.param, error),
         ...row.extra?.(error)
@@ -346,7 +346,50 @@ export class ImageRejected extends answering(
   })
 ) {}
 
+/**
+ * A key's or a model's limit (src/accounting/Limits.ts): requests or tokens per minute, spend in
+ * its window, or concurrent requests. 429 always (never 402); OpenAI's `insufficient_quota` for
+ * spend, `rate_limit_exceeded` otherwise; Retry-After and x-ratelimit-* headers as hosted APIs send.
+ */
+export class LimitExceeded extends answering(
+  Schema.TaggedError<LimitExceeded>()("LimitExceeded", {
+    scope: Schema.Literal("key", "model"),
+    name: Schema.String,
+    limit: Schema.Literal("rpm", "tpm", "spend", "concurrent"),
+    cap: Schema.Number,
+    retry_after_secs: Schema.Number
+  })
+) {
+  override get message() {
+    const what = this.scope === "key" ? `key '${this.name}'` : `model '${this.name}'`
+    switch (this.limit) {
+      case "rpm":
+        return `Rate limit reached for ${what}: ${this.cap} requests per minute`
+      case "tpm":
+        return `Rate limit reached for ${what}: ${this.cap} tokens per minute`
+      case "spend":
+        return `Budget exhausted for ${what}: ${this.cap} USD in its window`
+      case "concurrent":
+        return `Too many concurrent requests for ${what}: at most ${this.cap}`
+    }
+  }
+}
+
+/** The x-ratelimit-* unit of each limit (OpenAI names requests and tokens; cortex adds usd and concurrent). */
+const limitUnit = { rpm: "requests", tpm: "tokens", spend: "usd", concurrent: "concurrent" } as const
+
+/** A key restricted to some models asked for another. */
+export class ModelNotAllowed extends answering(
+  Schema.TaggedError<ModelNotAllowed>()("ModelNotAllowed", { model: Schema.String })
+) {
+  override get message() {
+    return `This API key may not use the model '${this.model}'`
+  }
+}
+
 export type ApiError =
+  | LimitExceeded
+  | ModelNotAllowed
   | ImageRejected
   | InvalidJson
   | InvalidRequest
@@ -372,6 +415,19 @@ const retryAfter = (secs: string) => () => ({ "retry-after": secs })
 /** How every client-facing error answers, by `_tag`. */
 export const errorTable: { readonly [T in ApiError["_tag"]]: ErrorRow<Extract<ApiError, { readonly _tag: T }>> } = {
   ImageRejected: { status: 400, type: "invalid_request_error", code: (e) => e.code, param: (e) => e.param },
+  LimitExceeded: {
+    status: 429,
+    type: (e) => e.limit === "spend" ? "insufficient_quota" : e.limit === "tpm" ? "tokens" : "requests",
+    code: (e) => e.limit === "spend" ? "insufficient_quota" : "rate_limit_exceeded",
+    param: null,
+    headers: (e) => ({
+      "retry-after": String(e.retry_after_secs),
+      [`x-ratelimit-limit-${limitUnit[e.limit]}`]: String(e.cap),
+      [`x-ratelimit-remaining-${limitUnit[e.limit]}`]: "0",
+      [`x-ratelimit-reset-${limitUnit[e.limit]}`]: `${e.retry_after_secs}s`
+    })
+  },
+  ModelNotAllowed: { status: 403, type: "invalid_request_error", code: "model_not_allowed", param: "model" },
   InvalidJson: { status: 400, type: "invalid_request_error", code: "invalid_json", param: null },
   InvalidRequest: { status: 422, type: "invalid_request_error", code: "invalid_value", param: (e) => e.param },
   ModelNotFound: { status: 404, type: "invalid_request_error", code: "model_not_found", param: "model" },

@@ -10,6 +10,7 @@ import * as path from "node:path"
 import { parse as parseToml } from "smol-toml"
 import { ConfigError } from "../domain/contract.js"
 import { isHfId, isRefError, parseHfRef } from "../domain/modelSource.js"
+import { ModelLimitsTable, resolveStore, type StoreSettings, StoreTable } from "../store/StoreConfig.js"
 import { GatewayTelemetryTable, resolveTelemetry, type TelemetrySettings } from "../telemetry/TelemetryConfig.js"
 import { ImageFetchKeys, type ImageFetchSettings, resolveImageFetch } from "./ImageFetch.js"
 
@@ -84,6 +85,8 @@ export const CortexFile = Schema.Struct({
   auth: opt(
     Schema.Struct({
       require_auth: opt(Schema.Boolean),
+      /** The environment variable holding the admin key for /admin/keys and /admin/usage. */
+      admin_key_env: opt(Schema.String.pipe(Schema.pattern(/^[A-Za-z_][A-Za-z0-9_]*$/))),
       keys: opt(Schema.Array(
         Schema.Struct({ key: Schema.String.pipe(Schema.minLength(8)), name: Schema.String })
           .annotations(strict)
@@ -91,7 +94,9 @@ export const CortexFile = Schema.Struct({
     }).annotations(strict)
   ),
   /** Trace export and the per-request log line (src/telemetry/TelemetryConfig.ts; OTEL_* variables win). */
-  telemetry: opt(GatewayTelemetryTable)
+  telemetry: opt(GatewayTelemetryTable),
+  /** Keys, usage ledger and limits (src/store/StoreConfig.ts). */
+  store: opt(StoreTable)
 }).annotations(strict)
 export type CortexFile = typeof CortexFile.Type
 
@@ -124,6 +129,8 @@ export const ModelProfile = Schema.Struct({
     }).annotations(strict)
   ),
   capabilities: opt(Schema.Array(Schema.String)),
+  /** The model's own limits, whoever asks (src/accounting/Limits.ts). */
+  limits: opt(ModelLimitsTable),
   sampling: opt(
     Schema.Struct({
       temperature: opt(Schema.Number.pipe(Schema.between(0, 2))),
@@ -186,6 +193,10 @@ export interface GatewaySettings {
   readonly source?: GatewayConfigSource
   /** Image URLs in chat requests (ImageFetch.ts). */
   readonly imageFetch: ImageFetchSettings
+  /** Keys, ledger and limits; undefined without a `[store]` table. */
+  readonly store: StoreSettings | undefined
+  /** The admin key for /admin/keys and /admin/usage (from `[auth] admin_key_env`). */
+  readonly adminKey: Redacted.Redacted<string> | undefined
 }
 
 export class GatewayConfig extends Context.Tag("cortex/GatewayConfig")<GatewayConfig, GatewaySettings>() {}
@@ -306,6 +317,15 @@ export const loadGatewayConfig = (options: GatewayConfigSource) =>
         Effect.flatMap((m) => checkModels(modelsFile, m))
       )
       : {}
+    const store = resolveStore(cortex.store, base, env)
+    const limited = (models.models ?? []).findIndex((m) => m.limits !== undefined)
+    if (limited >= 0 && store === undefined) {
+      return yield* new ConfigError({
+        file: modelsFile ?? "models.toml",
+        key: `models.${limited}.limits`,
+        reason: "limits need a [store] in cortex.toml (their counts live there)"
+      })
+    }
     const metricsListen = envMetrics === "off"
       ? undefined
       : parseListen(envMetrics ?? cortex.gateway?.metrics_listen ?? "0.0.0.0:31314")
@@ -359,6 +379,10 @@ export const loadGatewayConfig = (options: GatewayConfigSource) =>
       telemetry,
       watchConfig: cortex.gateway?.watch_config ?? false,
       source: options,
-      imageFetch: resolveImageFetch(cortex.gateway)
+      imageFetch: resolveImageFetch(cortex.gateway),
+      store,
+      adminKey: cortex.auth?.admin_key_env !== undefined && env[cortex.auth.admin_key_env]
+        ? Redacted.make(env[cortex.auth.admin_key_env]!)
+        : undefined
     } satisfies GatewaySettings
   })

@@ -6,6 +6,7 @@
  */
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Effect, Schema } from "effect"
+import { Accounting } from "../accounting/Accounting.js"
 import type { AdminDownload, AdminLifecycleAnswer, AdminRemoveAnswer, AdminStatus, NodeView } from "../domain/admin.js"
 import { CountTokensRequest, MessagesRequest } from "../domain/anthropic.js"
 import { NeuronModel, TokenizeAnswer, VERSION } from "../domain/contract.js"
@@ -21,7 +22,7 @@ import {
 } from "../domain/errors.js"
 import { decodeBody } from "../domain/openai.js"
 import { buildInfo } from "../telemetry/BuildInfo.js"
-import { principalFor } from "./Auth.js"
+import { accountingRoutes } from "./AccountingRoutes.js"
 import { Catalogue, catalogueList } from "./Catalogue.js"
 import { ColdLoader } from "./ColdLoader.js"
 import { ConfigReload } from "./ConfigReload.js"
@@ -63,13 +64,13 @@ export const makeGatewayApp = Effect.gen(function*() {
   const loader = yield* ColdLoader
   const reloader = yield* ConfigReload
   const pulls = yield* Pulls
+  const accounting = yield* Accounting
 
   const principal = Effect.map(HttpServerRequest.HttpServerRequest, (request) =>
-    principalFor(
-      config,
+    accounting.authenticate(
       request.headers,
       request.remoteAddress._tag === "Some" ? request.remoteAddress.value : "unknown"
-    ))
+    )?.principal)
 
   /** Authenticate, run, and answer any failure in the dialect's envelope. */
   const guarded = <R>(
@@ -298,7 +299,8 @@ export const makeGatewayApp = Effect.gen(function*() {
     HttpRouter.post("/admin/reload", adminReload),
     HttpRouter.post("/admin/pull", adminPull),
     HttpRouter.post("/admin/rm", adminRemove),
-    HttpRouter.concat(yield* makeConsoleRouter)
+    HttpRouter.concat(yield* makeConsoleRouter),
+    HttpRouter.concat(yield* accountingRoutes)
   )
   return app.pipe(
     Effect.catchTag("RouteNotFound", (e) => {

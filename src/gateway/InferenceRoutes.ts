@@ -9,6 +9,7 @@ import { HttpTraceContext } from "@effect/platform"
 import type { Headers } from "@effect/platform"
 import { Context, Effect, Either, Exit, type Schema, type Tracer } from "effect"
 import type { IncomingMessage, ServerResponse } from "node:http"
+import { Accounting, type Caller, type Ticket } from "../accounting/Accounting.js"
 import { MessagesRequest } from "../domain/anthropic.js"
 import {
   type ApiError,
@@ -21,7 +22,6 @@ import {
 import { ChatCompletionRequest, CompletionRequest, EmbeddingRequest, parseBody } from "../domain/openai.js"
 import { ResponsesRequest } from "../domain/responses.js"
 import { formatRequestLine, nextRequestId, RequestSummary, writeLine } from "../telemetry/RequestLog.js"
-import { principalFor } from "./Auth.js"
 import { Catalogue, resolveAlias } from "./Catalogue.js"
 import {
   anthropicDialect,
@@ -139,6 +139,7 @@ export class InferenceRoutes extends Effect.Service<InferenceRoutes>()("cortex/I
   effect: Effect.gen(function*() {
     const config = yield* GatewayConfig
     const proxy = yield* Proxy
+    const accounting = yield* Accounting
     const tracer = yield* Effect.tracer
     const clock = yield* Effect.clock
 
@@ -216,10 +217,29 @@ export class InferenceRoutes extends Effect.Service<InferenceRoutes>()("cortex/I
       span.attribute("cortex.request_id", summary.requestId)
       let model = ""
       let principal = "none"
+      let caller: Caller | undefined
+      let ticket: Ticket | undefined
       // The request ends when both the response closed and the proxy said how it went (a client
       // that hangs up closes first, and the proxy records after it stopped the upstream).
       let closed = false
-      const end = () => finish(span, route, summary, model, principal, received)
+      const end = () => {
+        finish(span, route, summary, model, principal, received)
+        if (caller !== undefined) {
+          accounting.finish(ticket, caller, {
+            requestId: summary.requestId,
+            model,
+            route: route.name,
+            node: summary.node,
+            status: summary.status,
+            error: summary.error,
+            promptTokens: summary.promptTokens,
+            cachedTokens: summary.cachedTokens,
+            completionTokens: summary.completionTokens,
+            ttftMs: summary.ttftMs,
+            received
+          })
+        }
+      }
       summary.onRecorded = () => {
         if (closed) end()
       }
@@ -235,8 +255,7 @@ export class InferenceRoutes extends Effect.Service<InferenceRoutes>()("cortex/I
         return sendError(res, route, error)
       }
       try {
-        const who = principalFor(
-          config,
+        const who = accounting.authenticate(
           req.headers as Record<string, string | undefined>,
           req.socket.remoteAddress ?? "unknown"
         )
@@ -244,7 +263,8 @@ export class InferenceRoutes extends Effect.Service<InferenceRoutes>()("cortex/I
           req.resume()
           return refuse(new Unauthorized())
         }
-        principal = who
+        caller = who
+        principal = who.principal
         span.attribute("cortex.principal", principal)
         const body = await readAll(req, MAX_BODY_BYTES).catch((e: unknown) => {
           throw e instanceof BodyTooLarge
@@ -255,6 +275,9 @@ export class InferenceRoutes extends Effect.Service<InferenceRoutes>()("cortex/I
         model = prepared.model
         span.attribute("gen_ai.request.model", prepared.model)
         span.attribute("cortex.stream", prepared.stream)
+        // A key's models and limits: a reservation in the store only when a limit applies.
+        const admitted = accounting.admit(who, prepared.model, prepared.body)
+        ticket = admitted instanceof Promise ? await admitted : admitted
         if (captureContent) {
           const input = prepared.body.messages ?? prepared.body.prompt ?? prepared.body.input ?? null
           span.attribute("gen_ai.input.messages", JSON.stringify(input))

@@ -18,7 +18,9 @@ export const RESTART_ONLY: ReadonlyArray<readonly [keyof GatewaySettings, string
   ["idleTimeoutSecs", "[gateway] idle_timeout_secs"],
   ["retry", "[gateway] retry_on / max_attempts"],
   ["pollIntervalSecs", "[gateway] poll_interval_secs"],
-  ["watchConfig", "[gateway] watch_config"]
+  ["watchConfig", "[gateway] watch_config"],
+  ["store", "[store]"],
+  ["imageFetch", "[gateway] image_fetch*"]
 ]
 
 export interface LiveConfigService {

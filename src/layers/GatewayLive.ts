@@ -3,6 +3,7 @@ import { HttpServer } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { Effect, Layer, Metric, MetricLabel, Schedule } from "effect"
 import { createServer } from "node:http"
+import { Accounting } from "../accounting/Accounting.js"
 import { Catalogue } from "../gateway/Catalogue.js"
 import { ColdLoader } from "../gateway/ColdLoader.js"
 import { ConfigReload } from "../gateway/ConfigReload.js"
@@ -76,6 +77,7 @@ export const GatewayLive = (settings: GatewaySettings) =>
     Layer.provideMerge(Pulls.DefaultWithoutDependencies),
     Layer.provideMerge(Layer.mergeAll(Catalogue.DefaultWithoutDependencies, InFlight.Default, NeuronClient.Default)),
     Layer.provideMerge(Poller.Default),
+    Layer.provideMerge(Accounting.Default),
     // Log lines from here up also reach the console's log tail.
     Layer.provide(ConsoleLogger),
     Layer.provideMerge(ConsoleFeed.Default),

@@ -241,7 +241,10 @@ export const make = (
           duration: options.stopTimeout,
           onSuccess: () => Effect.void,
           onTimeout: () =>
-            Effect.sync(() => current.child.kill("SIGKILL")).pipe(Effect.zipRight(Deferred.await(current.exited)))
+            Effect.sync(() => current.child.kill("SIGKILL")).pipe(
+              Effect.zipRight(Deferred.await(current.exited)),
+              Effect.asVoid
+            )
         }),
         Effect.flatten,
         Effect.asVoid
