@@ -14,18 +14,22 @@ export const nodeOption = Options.text("node").pipe(Options.withDescription("The
 const base = (endpoint: Option.Option<string>) =>
   Option.getOrElse(endpoint, () => process.env.CORTEX_ENDPOINT ?? "http://127.0.0.1:31313").replace(/\/+$/, "")
 
-/** Call the gateway and decode its answer: another version's answer names the field it lacks. */
-export const call = <A, I>(
+/**
+ * Call the gateway and decode its answer: another version's answer names the field it lacks. The
+ * bearer is $CORTEX_API_KEY (the admin key for /admin/keys and /admin/usage: keys.ts passes it).
+ */
+export const request = <A, I>(
   endpoint: Option.Option<string>,
   path: string,
   schema: Schema.Schema<A, I>,
-  body?: unknown
+  options: { readonly method?: "GET" | "POST"; readonly body?: unknown; readonly key?: string | undefined } = {}
 ) =>
   Effect.tryPromise({
     try: async () => {
-      const key = process.env.CORTEX_API_KEY
+      const { body } = options
+      const key = "key" in options ? options.key : process.env.CORTEX_API_KEY
       const res = await fetch(`${base(endpoint)}${path}`, {
-        method: body === undefined ? "GET" : "POST",
+        method: options.method ?? (body === undefined ? "GET" : "POST"),
         headers: {
           ...(body === undefined ? {} : { "content-type": "application/json" }),
           ...(key ? { authorization: `Bearer ${key}` } : {})
@@ -44,6 +48,13 @@ export const call = <A, I>(
     },
     catch: (e) => new Error(`${base(endpoint)}${path}: ${(e as Error).message}`)
   })
+
+export const call = <A, I>(
+  endpoint: Option.Option<string>,
+  path: string,
+  schema: Schema.Schema<A, I>,
+  body?: unknown
+) => request(endpoint, path, schema, { body })
 
 /** Left-aligned columns, widths from the content. */
 export const table = (header: ReadonlyArray<string>, rows: ReadonlyArray<ReadonlyArray<string>>) => {

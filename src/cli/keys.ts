@@ -4,10 +4,10 @@
  * it is created or rotated; the gateway stores only its hash.
  */
 import { Args, Command, Options } from "@effect/cli"
-import { Console, Effect, Either, Option, ParseResult, Schema } from "effect"
+import { Console, Effect, Option, Schema } from "effect"
 import { IssuedKey, KeyList, KeyView, UsageAnswer } from "../domain/accounting.js"
 import { parseWindow } from "../store/StoreConfig.js"
-import { table } from "./admin.js"
+import { request, table } from "./admin.js"
 
 const endpointOption = Options.text("endpoint").pipe(
   Options.withDescription("The gateway's URL (default $CORTEX_ENDPOINT or http://127.0.0.1:31313)"),
@@ -15,9 +15,7 @@ const endpointOption = Options.text("endpoint").pipe(
 )
 const jsonOption = Options.boolean("json").pipe(Options.withDescription("Print JSON for scripts"))
 
-const base = (endpoint: Option.Option<string>) =>
-  Option.getOrElse(endpoint, () => process.env.CORTEX_ENDPOINT ?? "http://127.0.0.1:31313").replace(/\/+$/, "")
-
+/** The admin API with $CORTEX_ADMIN_KEY (refused here, before any request, when it is not set). */
 const call = <A, I>(
   endpoint: Option.Option<string>,
   method: "GET" | "POST",
@@ -25,29 +23,11 @@ const call = <A, I>(
   schema: Schema.Schema<A, I>,
   body?: unknown
 ) =>
-  Effect.tryPromise({
-    try: async () => {
-      const key = process.env.CORTEX_ADMIN_KEY
-      if (!key) throw new Error("set CORTEX_ADMIN_KEY to the gateway's admin key ([auth] admin_key_env)")
-      const res = await fetch(`${base(endpoint)}${route}`, {
-        method,
-        headers: {
-          authorization: `Bearer ${key}`,
-          ...(body === undefined ? {} : { "content-type": "application/json" })
-        },
-        ...(body === undefined ? {} : { body: JSON.stringify(body) })
-      })
-      const json: unknown = await res.json()
-      if (!res.ok) {
-        const message = (json as { error?: { message?: unknown } } | null)?.error?.message
-        throw new Error(typeof message === "string" ? message : `HTTP ${res.status}`)
-      }
-      const decoded = Schema.decodeUnknownEither(schema, { errors: "first" })(json)
-      if (Either.isRight(decoded)) return decoded.right
-      const issue = ParseResult.ArrayFormatter.formatErrorSync(decoded.left)[0]
-      throw new Error(`unexpected answer (another cortex version?): ${issue?.path.join(".")}: ${issue?.message}`)
-    },
-    catch: (e) => new Error(`${base(endpoint)}${route}: ${(e as Error).message}`)
+  Effect.suspend(() => {
+    const key = process.env.CORTEX_ADMIN_KEY
+    return key
+      ? request(endpoint, route, schema, { method, body, key })
+      : Effect.fail(new Error("set CORTEX_ADMIN_KEY to the gateway's admin key ([auth] admin_key_env)"))
   })
 
 const fail = (error: Error) =>

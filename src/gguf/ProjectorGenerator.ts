@@ -10,11 +10,8 @@
  * `v.blk.N.{ln1,ln2}.{weight,bias}`, `v.blk.N.ffn_up` [embd, ff], `v.blk.N.ffn_down` [ff, embd],
  * then the projector `mm.0` [embd, hidden] → GELU → `mm.2` [hidden, lmDim].
  */
-import { createHash, randomBytes } from "node:crypto"
-import { mkdir, rename, rm, writeFile } from "node:fs/promises"
-import { dirname } from "node:path"
 import * as Gguf from "./GgufWriter.js"
-import { linearScale, uniform, writeModel } from "./ModelGenerator.js"
+import { linearScale, uniform, writeAtomically, writeModel } from "./ModelGenerator.js"
 
 export interface ProjectorSpec {
   /** The language model's embedding width: the projector's output width. */
@@ -137,22 +134,10 @@ export const generateProjector = (options: ProjectorOptions = {}): Uint8Array =>
   return Gguf.writeGguf({ metadata: metadata.filter(([key]) => !omit.has(key)), tensors })
 }
 
-export const writeProjector = async (
+export const writeProjector = (
   path: string,
   options: ProjectorOptions = {}
-): Promise<{ bytes: number; sha256: string }> => {
-  const bytes = generateProjector(options)
-  await mkdir(dirname(path), { recursive: true })
-  const temp = `${path}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`
-  try {
-    await writeFile(temp, bytes)
-    await rename(temp, path)
-  } catch (error) {
-    await rm(temp, { force: true })
-    throw error
-  }
-  return { bytes: bytes.length, sha256: createHash("sha256").update(bytes).digest("hex") }
-}
+): Promise<{ bytes: number; sha256: string }> => writeAtomically(path, generateProjector(options))
 
 /** The projector file the neuron pairs with the model at `modelPath`: `<id>.mmproj.gguf` beside it. */
 export const projectorPathFor = (modelPath: string) => modelPath.replace(/(\.gguf)?$/i, ".mmproj.gguf")
