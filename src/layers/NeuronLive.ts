@@ -11,6 +11,30 @@ import { NeuronConfig, type NeuronSettings } from "../neuron/NeuronConfig.js"
 import { NeuronConfigLive, NeuronReload } from "../neuron/NeuronReload.js"
 import { TelemetryLive } from "./TelemetryLive.js"
 
+/**
+ * node-llama-cpp (loaded in this process for pulls) registers signal-exit, which re-sends SIGTERM
+ * to the process when it believes it is the last listener. Effect's runMain removes its own
+ * listener as it starts the graceful shutdown, so without another listener the re-sent signal
+ * would kill the neuron mid-drain. This one keeps the drain alive; a second signal still exits.
+ */
+const SignalGuard = Layer.scopedDiscard(Effect.acquireRelease(
+  Effect.sync(() => {
+    let received = 0
+    const guard = (signal: NodeJS.Signals) => {
+      received += 1
+      if (received > 1) process.exit(signal === "SIGINT" ? 130 : 143)
+    }
+    process.on("SIGTERM", guard)
+    process.on("SIGINT", guard)
+    return guard
+  }),
+  (guard) =>
+    Effect.sync(() => {
+      process.off("SIGTERM", guard)
+      process.off("SIGINT", guard)
+    })
+))
+
 const Serve = Layer.scopedDiscard(Effect.gen(function*() {
   const models = yield* ModelManager
   const config = yield* NeuronConfig
@@ -36,6 +60,7 @@ export const NeuronLive = (settings: NeuronSettings) =>
     })),
     Layer.provide(Inference.Default),
     Layer.merge(NeuronReload),
+    Layer.merge(SignalGuard),
     Layer.provideMerge(ModelManager.Default),
     // NeuronConfig is a view of the settings in force: SIGHUP replaces them (NeuronReload.ts).
     Layer.provide(NeuronConfigLive(settings)),

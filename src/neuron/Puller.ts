@@ -11,7 +11,6 @@
  * off every request path: `/health` and inference never wait for them.
  */
 import { Deferred, Effect, Exit, Metric, MetricBoundaries, MetricLabel, Redacted } from "effect"
-import { createModelDownloader } from "node-llama-cpp"
 import { mkdir, rm, stat, statfs } from "node:fs/promises"
 import * as path from "node:path"
 import type { PullRecord } from "../domain/contract.js"
@@ -205,6 +204,9 @@ export class Puller extends Effect.Service<Puller>()("cortex/Puller", {
     ) =>
       Effect.tryPromise({
         try: async (signal) => {
+          // node-llama-cpp loads on the first pull, not with the neuron: most neurons never pull,
+          // and the daemon process otherwise never needs it (the workers own inference).
+          const { createModelDownloader } = await import("node-llama-cpp")
           const endpoints = { huggingFace: `${settings.hf.endpoint}/` }
           const tokens = settings.hf.token ? { huggingFace: Redacted.value(settings.hf.token) } : {}
           const done = new Map<string, number>()
