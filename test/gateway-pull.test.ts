@@ -18,6 +18,7 @@ import parsePrometheus from "parse-prometheus-text-format"
 import { type Hub, startHub } from "./fixtures/hub.js"
 import { fixturePath } from "./fixtures/models.js"
 import { CLI, freePort, getJson, waitFor } from "./fixtures/neuron.js"
+import { requirePromtool, runPromtool } from "./fixtures/promtool.js"
 import { type Stack, startStack } from "./fixtures/stack.js"
 
 const tiny = readFileSync(fixturePath("tiny"))
@@ -189,8 +190,7 @@ describe("operator commands", () => {
   }, 60_000)
 
   it("counts pulled bytes and pull durations on the gateway and the neuron, promtool-clean", async () => {
-    const promtool = await promisify(execFile)("promtool", ["--version"]).then(() => true, () => false)
-    if (!promtool && process.env.CI) throw new Error("promtool is missing on CI: .ci/run should have installed it")
+    const promtool = await requirePromtool()
     for (const url of [stack.gateway.metricsUrl, neuronMetrics]) {
       const text = await (await fetch(url)).text()
       const families = new Map(parsePrometheus(text).map((f) => [f.name, f]))
@@ -204,15 +204,7 @@ describe("operator commands", () => {
       expect(text).toMatch(/cortex_model_pull_seconds_bucket\{[^}]*le="5"/)
       if (promtool) {
         const pulls = text.split("\n").filter((line) => line.includes("cortex_model_pull_")).join("\n") + "\n"
-        const check = await new Promise<{ code: number; out: string }>((resolve) => {
-          const child = execFile(
-            "promtool",
-            ["check", "metrics"],
-            (error, stdout, stderr) =>
-              resolve({ code: error ? Number((error as { code?: number }).code ?? 1) : 0, out: stdout + stderr })
-          )
-          child.stdin!.end(pulls)
-        })
+        const check = await runPromtool(["check", "metrics"], pulls)
         expect(check).toEqual({ code: 0, out: "" })
       }
     }

@@ -10,6 +10,7 @@ import OpenAI from "openai"
 import parsePrometheus from "parse-prometheus-text-format"
 import { type GatewayProcess, startGateway } from "./fixtures/gateway.js"
 import { CLI, getJson, type NeuronProcess, postJson, readSse, startNeuron, waitFor } from "./fixtures/neuron.js"
+import { requirePromtool, runPromtool } from "./fixtures/promtool.js"
 
 let alpha: NeuronProcess
 let beta: NeuronProcess
@@ -374,18 +375,8 @@ describe("metrics", () => {
     // promtool (Debian's prometheus package; .ci/run installs it) parses the exposition too.
     // Exit 3 means "parsed, with lint remarks": the only ones allowed are about the `_mb` units
     // of the predecessor's device metric names, kept for dashboard continuity.
-    const promtool = await promisify(execFile)("promtool", ["--version"]).then(() => true, () => false)
-    if (!promtool && process.env.CI) throw new Error("promtool is missing on CI: .ci/run should have installed it")
-    if (promtool) {
-      const check = await new Promise<{ code: number; out: string }>((resolve) => {
-        const child = execFile(
-          "promtool",
-          ["check", "metrics"],
-          (error, stdout, stderr) =>
-            resolve({ code: error ? Number((error as { code?: number }).code ?? 1) : 0, out: stdout + stderr })
-        )
-        child.stdin!.end(text)
-      })
+    if (await requirePromtool()) {
+      const check = await runPromtool(["check", "metrics"], text)
       expect([0, 3]).toContain(check.code)
       const remarks = check.out.split("\n").filter((line) => line.trim().length > 0)
       for (const remark of remarks) expect(remark).toMatch(/^cortex_device_vram_(used|free)_mb .*abbreviated units/)

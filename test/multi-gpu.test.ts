@@ -16,6 +16,7 @@ import OpenAI from "openai"
 import { NeuronDiscovery, NeuronHealth, NeuronModels } from "../src/domain/contract.js"
 import { type GatewayProcess, startGateway } from "./fixtures/gateway.js"
 import { CLI, getJson, type NeuronProcess, postJson, startNeuron, waitFor } from "./fixtures/neuron.js"
+import { requirePromtool, runPromtool } from "./fixtures/promtool.js"
 import { type Stack, startStack } from "./fixtures/stack.js"
 
 // tiny's estimate with one sequence at the default context is ~45 MB (neuron-preflight.test.ts):
@@ -270,18 +271,8 @@ describe("device telemetry", () => {
     expect(line("cortex_device_power_watts", "cuda:1")).toMatch(/ 130$/)
     const smallText = await (await fetch(smallGateway.metricsUrl)).text()
     expect(smallText).not.toContain("cortex_device_temperature_celsius{")
-    const promtool = await promisify(execFile)("promtool", ["--version"]).then(() => true, () => false)
-    if (!promtool && process.env.CI) throw new Error("promtool is missing on CI: .ci/run should have installed it")
-    if (promtool) {
-      const check = await new Promise<{ code: number; out: string }>((resolve) => {
-        const child = execFile(
-          "promtool",
-          ["check", "metrics"],
-          (error, stdout, stderr) =>
-            resolve({ code: error ? Number((error as { code?: number }).code ?? 1) : 0, out: stdout + stderr })
-        )
-        child.stdin!.end(text)
-      })
+    if (await requirePromtool()) {
+      const check = await runPromtool(["check", "metrics"], text)
       expect([0, 3]).toContain(check.code)
       // The only remarks allowed are the predecessor's `_mb` device names (gateway.test.ts).
       for (const remark of check.out.split("\n").filter((l) => l.trim().length > 0)) {

@@ -6,7 +6,6 @@
  */
 import Anthropic from "@anthropic-ai/sdk"
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { execFile } from "node:child_process"
 import { randomBytes } from "node:crypto"
 import { readFileSync } from "node:fs"
 import { createServer, type Server, type Socket } from "node:net"
@@ -17,6 +16,7 @@ import parsePrometheus from "parse-prometheus-text-format"
 import { type GatewayProcess, startGateway } from "./fixtures/gateway.js"
 import { freePort, type NeuronProcess, postJson, startNeuron, waitFor } from "./fixtures/neuron.js"
 import { type OtlpReceiver, type ReceivedSpan, startOtlpReceiver } from "./fixtures/otlp-receiver.js"
+import { requirePromtool, runPromtool } from "./fixtures/promtool.js"
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url))
 
@@ -202,23 +202,6 @@ describe("one trace per request across gateway and neuron", () => {
 // Metrics, rules and the dashboard
 
 const scrapes: Array<string> = []
-const promtool = () =>
-  new Promise<boolean>((resolve) => execFile("promtool", ["--version"], (error) => resolve(!error)))
-const runPromtool = (args: ReadonlyArray<string>, stdin?: string) =>
-  new Promise<{ code: number; out: string }>((resolve) => {
-    const child = execFile(
-      "promtool",
-      args,
-      (error, stdout, stderr) =>
-        resolve({ code: error ? Number((error as { code?: number }).code ?? 1) : 0, out: stdout + stderr })
-    )
-    child.stdin!.end(stdin ?? "")
-  })
-const requirePromtool = async () => {
-  const here = await promtool()
-  if (!here && process.env.CI) throw new Error("promtool is missing on CI: .ci/run should have installed it")
-  return here
-}
 
 const families = (text: string) => new Set((parsePrometheus(text) as Array<{ name: string }>).map((f) => f.name))
 
