@@ -43,6 +43,7 @@ const LIVE_KEYS: ReadonlyArray<readonly [keyof NeuronSettings, string]> = [
   ["maxWaitSecs", "max_wait_secs"],
   ["autoLoad", "auto_load"],
   ["loadDelayMs", "load_delay_ms"],
+  ["streamCoalesceMs", "stream_coalesce_ms"],
   ["contextSize", "context_size"],
   ["memoryBudgetMb", "memory_budget_mb"],
   ["defaultModels", "default_models"]

@@ -14,7 +14,6 @@ import { toApiError } from "./WorkerJobs.js"
 const encoder = new TextEncoder()
 const frame = (value: unknown) => encoder.encode(`data: ${JSON.stringify(value)}\n\n`)
 const KEEPALIVE = encoder.encode(": keep-alive\n\n")
-const DONE = encoder.encode("data: [DONE]\n\n")
 /** How long a stream may stay silent before its headers go out with a keep-alive. */
 const HEAD_START_MS = 750
 
@@ -37,10 +36,23 @@ export const sseResponse = <R>(
     const queue = yield* Queue.unbounded<Uint8Array | null>()
     const started = yield* Deferred.make<void, ApiError>()
     const push = (bytes: Uint8Array) => Queue.unsafeOffer(queue, bytes)
+    // Frames written in one synchronous run (a worker message, the closing chunks) leave as one
+    // buffer: one pull of the body stream and one socket write instead of one per frame.
+    let frames = ""
+    const flush = () => {
+      if (frames === "") return
+      const text = frames
+      frames = ""
+      push(encoder.encode(text))
+    }
+    const write = (text: string) => {
+      if (frames === "") queueMicrotask(flush)
+      frames += text
+    }
     const writer: SseWriter = {
       started: () => Deferred.unsafeDone(started, Exit.void),
-      send: (value) => push(frame(value)),
-      done: () => push(DONE)
+      send: (value) => write(`data: ${JSON.stringify(value)}\n\n`),
+      done: () => write("data: [DONE]\n\n")
     }
     const run = generation(writer).pipe(
       Effect.catchAllCause((cause) => {
@@ -50,11 +62,12 @@ export const sseResponse = <R>(
         return reportInternal(error, requestId).pipe(
           Effect.zipRight(Effect.sync(() => {
             Deferred.unsafeDone(started, Exit.fail(error))
+            flush()
             push(frame(publicBody(error, requestId)))
           }))
         )
       }),
-      Effect.ensuring(Queue.offer(queue, null))
+      Effect.ensuring(Effect.sync(flush).pipe(Effect.zipRight(Queue.offer(queue, null))))
     )
     const fiber = yield* Effect.forkDaemon(run)
     // The client may hang up before the stream starts: take the generation down with it.

@@ -68,7 +68,7 @@ const hasImages = (job: Job) =>
 
 /** A generation on the seat's worker, with the seat's memory budget; streamed when `events.onChunk` is given. */
 export const generate = (
-  config: Pick<NeuronSettings, "prefillBaseMb" | "prefillMbPer1kTokens" | "vision">,
+  config: Pick<NeuronSettings, "prefillBaseMb" | "prefillMbPer1kTokens" | "vision" | "streamCoalesceMs">,
   seat: Seat,
   job: Job,
   params: GenerationParams,
@@ -81,6 +81,7 @@ export const generate = (
     job,
     params,
     stream: events.onChunk !== undefined,
+    ...(events.onChunk !== undefined ? { coalesceMs: config.streamCoalesceMs } : {}),
     ...(n > 1 ? { choices: n, parallel: seat.seats } : {}),
     budget: {
       freeMb: seat.freeMb,

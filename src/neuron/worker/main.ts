@@ -4,6 +4,7 @@
  * dies; the neuron sees the exit and recovers.
  */
 import { Schema } from "effect"
+import { coalescer } from "./coalesce.js"
 import { isWorkerEngineKind, type WorkerEngine } from "./harness.js"
 import { type FromWorker, ToWorker, WorkerError, type WorkerFailure } from "./protocol.js"
 
@@ -55,6 +56,7 @@ const handle = async (message: ToWorker): Promise<void> => {
     case "generate": {
       const controller = new AbortController()
       running.set(message.id, controller)
+      const pieces = message.stream ? coalescer(message.id, message.coalesceMs ?? 0, send) : undefined
       try {
         const result = await engine.generate(
           message.model,
@@ -63,23 +65,18 @@ const handle = async (message: ToWorker): Promise<void> => {
           message.budget,
           controller.signal,
           {
-            chunk: message.stream
-              ? (choice, kind, text, logprobs) =>
-                // The common case (one choice, no logprobs) stays the plain four-field message.
-                send(
-                  choice === 0 && logprobs === undefined
-                    ? { _tag: "chunk", id: message.id, kind, text }
-                    : { _tag: "chunk", id: message.id, kind, text, choice, ...(logprobs ? { logprobs } : {}) }
-                )
-              : () => {},
+            chunk: pieces ? pieces.push : () => {},
             prefilled: (promptTokens, cachedTokens) =>
               send({ _tag: "prefilled", id: message.id, promptTokens, cachedTokens })
           },
           message.choices,
           message.parallel
         )
+        pieces?.flush()
         return send({ _tag: "result", id: message.id, value: result })
       } finally {
+        // A failed job's pieces go out before its failure (sent by the caller).
+        pieces?.flush()
         running.delete(message.id)
       }
     }

@@ -125,6 +125,12 @@ export const ToWorker = Schema.Union(
     budget: RequestBudget,
     /** Send `chunk` messages as tokens come; off for non-streaming requests (saves IPC per token). */
     stream: Schema.Boolean,
+    /**
+     * Streamed pieces that come within this many ms of the last one sent are joined into the next
+     * message (the first is never held): one IPC message, one SSE frame and one write for several
+     * tokens. 0 sends every piece on its own. See worker/coalesce.ts.
+     */
+    coalesceMs: Schema.optionalWith(Schema.Int.pipe(Schema.between(0, 1000)), { exact: true }),
     /** How many choices to generate from the prompt (OpenAI `n`), and on how many sequences at once. */
     choices: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 64)), { exact: true }),
     parallel: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 64)), { exact: true })
