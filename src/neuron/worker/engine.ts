@@ -5,9 +5,11 @@
 import {
   type ChatHistoryItem,
   type ChatModelFunctions,
+  type ChatWrapper,
   getLlama,
   getModuleVersion,
   GgufInsights,
+  JinjaTemplateChatWrapper,
   type Llama,
   LlamaChat,
   LlamaCompletion,
@@ -19,8 +21,11 @@ import {
   type LlamaModel,
   LlamaVocabularyType,
   readGgufFileInfo,
+  resolveChatWrapper,
+  TemplateChatWrapper,
   type Token
 } from "node-llama-cpp"
+import { stat } from "node:fs/promises"
 import type { StreamSink, WorkerEngine } from "./harness.js"
 import { LogprobRecorder } from "./logprobs.js"
 import { minPromptTokens } from "./promptSize.js"
@@ -68,6 +73,28 @@ const chatOf = (slots: ReadonlyArray<Slot>, slot: Slot): LlamaChat => {
   })
   return slot.chat
 }
+
+/**
+ * What a load works out from the model file alone, kept for the worker's life so that reloading
+ * a model (after an eviction, a context change) does not do it again: resolving the chat wrapper
+ * renders the model's Jinja template against each specialized wrapper node-llama-cpp knows
+ * (350–700 ms on the bench model, more than loadModel + createContext), and the longest token
+ * is a walk over the vocabulary. Keyed by path, size and mtime, so a replaced file resolves anew.
+ */
+const resolved = new Map<string, { readonly wrapper: ChatWrapper; readonly maxTokenBytes: number }>()
+
+const fileIdentity = async (path: string) => {
+  try {
+    const info = await stat(path)
+    return `${path}\0${info.size}\0${info.mtimeMs}`
+  } catch {
+    return undefined
+  }
+}
+
+/** Specialized wrappers are plain settings; a template wrapper holds the tokenizer of the model it was made for. */
+const reusable = (wrapper: ChatWrapper) =>
+  !(wrapper instanceof JinjaTemplateChatWrapper) && !(wrapper instanceof TemplateChatWrapper)
 
 interface Resident {
   readonly model: LlamaModel
@@ -250,9 +277,18 @@ export class Engine implements WorkerEngine {
         const sequence = context.getSequence()
         slots.push({ sequence, chat: undefined, busy: false })
       }
-      // The chat wrapper is resolved once, here, not on the first request.
-      chatOf(slots, slots[0]!)
-      const maxTokenBytes = this.maxTokenBytes(model)
+      // The chat wrapper is resolved once, here, not on the first request; a reload of the same
+      // file takes the one resolved before (see `resolved`).
+      const identity = await fileIdentity(path)
+      const known = identity !== undefined ? resolved.get(identity) : undefined
+      const wrapper = known?.wrapper ?? resolveChatWrapper(model)
+      slots[0]!.chat = new LlamaChat({
+        contextSequence: slots[0]!.sequence,
+        autoDisposeSequence: false,
+        chatWrapper: wrapper
+      })
+      const maxTokenBytes = known?.maxTokenBytes ?? this.maxTokenBytes(model)
+      if (identity !== undefined && reusable(wrapper)) resolved.set(identity, { wrapper, maxTokenBytes })
       this.models.set(id, {
         model,
         context,
