@@ -832,7 +832,15 @@ const report = (
     console.log("  top functions by self time (src/ positions are in tsx's output):")
     console.log(shareLines(summary.topFunctions))
   }
-  if (profiles[0]) console.log(`  profile file: ${profiles[0].summary.file}`)
+  if (profiles[0]) {
+    console.log(`  profile file: ${profiles[0].summary.file}`)
+    console.log(
+      "  V8 samples on a wall-clock timer: time the gateway sat descheduled inside a system call (a writev that\n"
+        + "  woke the process it writes to, on a busy box) is counted as that call's self time, so writev looks far\n"
+        + "  heavier here than on-CPU sampling shows (perf record -e cpu-clock with node --perf-basic-prof); the\n"
+        + "  proxy CPU µs/req column is the CPU measure"
+    )
+  }
   console.log("")
 
   const pathJson = (key: PathKey) => {
