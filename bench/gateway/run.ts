@@ -4,6 +4,7 @@
  *
  *   npx tsx bench/gateway/run.ts [--quick] [--latency-ms N] [--frames N] [--frame-gap-ms N]
  *     [--requests N] [--duration-ms N] [--streams N] [--concurrency N] [--rounds N] [--cpu-prof DIR]
+ *     [--no-peers]
  *
  * Paths, each with its own keep-alive agent of the same settings:
  *   direct     client → upstream
@@ -13,6 +14,9 @@
  *   keys       (--keys) client → another cortex serve, every request with an issued key, and the usage
  *              ledger on (embedded store) → upstream (OpenAI chat): keys+ledger on vs off, same run
  *   twin       (--keys) the same without the store: the "keys off" side of that comparison
+ *   portkey    client → @portkey-ai/gateway → upstream (OpenAI chat), a peer (bench/gateway/peers.ts)
+ *   ccr        client → @musistudio/claude-code-router → upstream (Anthropic in, OpenAI chat out), a peer
+ *              (--no-peers leaves both out; a peer that cannot start is skipped with the reason)
  * The upstream (bench/gateway/upstream.ts) and the floor run in child processes; the client runs
  * here. Phases alternate between paths in rounds (order rotated each round) so that drift in the
  * machine's load lands on every path alike.
@@ -39,6 +43,7 @@ import {
   sleep,
   stopChildrenOnExit
 } from "../lib.js"
+import { type Peer, type PeerKey, type PeerSkip, startPeers } from "./peers.js"
 import { monotonicUs, type ProfileSummary, summarizeProfile, type Window } from "./profile.js"
 
 // ---------------------------------------------------------------------------------------------
@@ -64,6 +69,8 @@ const USAGE = `usage: npx tsx bench/gateway/run.ts [options]
   --key-limits          with --keys: give the key rpm/tpm limits it never reaches, so every
                         request also reserves and settles in the store
   --cpu-prof DIR        write V8 CPU profiles of the gateway and the floor to DIR and summarize them
+  --no-peers            leave out the peers (Portkey, OpenAI in; claude-code-router, Anthropic in),
+                        measured otherwise in the same rounds over the same upstream
   --verbose             show the children's logs
   --help                this text`
 
@@ -80,6 +87,7 @@ const args = parseCli({
   "cpu-prof": { type: "string" },
   keys: { type: "boolean", default: false },
   "key-limits": { type: "boolean", default: false },
+  "no-peers": { type: "boolean", default: false },
   verbose: { type: "boolean", default: false }
 }, USAGE)
 
@@ -136,7 +144,7 @@ const cpuSeconds = (pid: number | undefined): number | undefined => {
 // Client
 
 type Dialect = "openai" | "anthropic"
-type PathKey = "direct" | "floor" | "gateway" | "anthropic" | "keys" | "twin"
+type PathKey = "direct" | "floor" | "gateway" | "anthropic" | "keys" | "twin" | PeerKey
 
 interface Target {
   readonly key: PathKey
@@ -553,8 +561,13 @@ const report = (
   targets: ReadonlyArray<Target>,
   results: ReadonlyMap<PathKey, PathResult>,
   load: Load,
-  startupMs: { upstream: number; floor: number; gateway: number },
-  profiles: ReadonlyArray<{ readonly title: string; readonly summary: ProfileSummary }>
+  startupMs:
+    & { readonly upstream: number; readonly floor: number; readonly gateway: number }
+    & Readonly<
+      Partial<Record<PeerKey, number>>
+    >,
+  profiles: ReadonlyArray<{ readonly title: string; readonly summary: ProfileSummary }>,
+  peerInfo: { readonly peers: ReadonlyArray<Peer>; readonly skipped: ReadonlyArray<PeerSkip> }
 ) => {
   const get = (key: PathKey) => results.get(key)!
   const median = (xs: ReadonlyArray<number | undefined>) => {
@@ -689,6 +702,45 @@ const report = (
     cpuRatio: (anthropic.proxyCpuUsPerReq ?? NaN) / (gateway.proxyCpuUsPerReq ?? NaN),
     streamCpuRatio: (anthropic.proxyCpuUsPerStream ?? NaN) / (gateway.proxyCpuUsPerStream ?? NaN)
   }
+  /** Each peer against the gateway path of its dialect: ratios are cortex / peer. */
+  const peerComparisons = peerInfo.peers.map((peer) => {
+    const x = v(peer.key)
+    const ours = peer.dialect === "openai" ? gateway : anthropic
+    const ourLabel = peer.dialect === "openai" ? "gateway (OpenAI)" : "gateway (Anthropic)"
+    return {
+      peer,
+      ourLabel,
+      reqPerSecRatio: ours.reqPerSec.median / x.reqPerSec.median,
+      streamsPerSecRatio: ours.streamsPerSec.median / x.streamsPerSec.median,
+      added: {
+        p50: { cortex: ours.latency.p50 - direct.latency.p50, peer: x.latency.p50 - direct.latency.p50 },
+        p99: { cortex: ours.latency.p99 - direct.latency.p99, peer: x.latency.p99 - direct.latency.p99 },
+        ttftP50: { cortex: ours.ttft.p50 - direct.ttft.p50, peer: x.ttft.p50 - direct.ttft.p50 },
+        gapMean: { cortex: ours.gaps.mean - direct.gaps.mean, peer: x.gaps.mean - direct.gaps.mean }
+      },
+      cpuPerRequestRatio: (ours.proxyCpuUsPerReq ?? NaN) / (x.proxyCpuUsPerReq ?? NaN),
+      ours,
+      x
+    }
+  })
+  const PEER_GOAL = { portkey: 3 } as const satisfies Partial<Record<PeerKey, number>>
+  const peerLines = peerComparisons.flatMap((c) => {
+    const goal = c.peer.key === "portkey" ? PEER_GOAL.portkey : undefined
+    return [
+      ...(goal === undefined ? [] : [{
+        name: `${c.ourLabel} req/s at c=${SETTINGS.concurrency} ≥ ${goal} × ${c.peer.label} (goal)`,
+        value: `${ratioText(c.reqPerSecRatio)} × (${c.ours.reqPerSec.median.toFixed(0)} vs ${
+          c.x.reqPerSec.median.toFixed(0)
+        } req/s)`,
+        pass: c.reqPerSecRatio >= goal
+      }]),
+      {
+        name: `${c.ourLabel} added p50 at c=1 below ${c.peer.label}'s (goal)`,
+        value: `${signedMs(c.added.p50.cortex)} vs ${signedMs(c.added.p50.peer)} ms`,
+        pass: c.added.p50.cortex < c.added.p50.peer
+      }
+    ]
+  })
   const cpu = cpuInfo()
   const after = os.loadavg()
   const loadText = (l: ReadonlyArray<number>) => l.map((x) => x.toFixed(2)).join(" ")
@@ -704,12 +756,14 @@ const report = (
     `settings: upstream latency ${SETTINGS.upstreamLatencyMs} ms, ${SETTINGS.frames} frames ${SETTINGS.frameGapMs} ms apart; `
       + `${SETTINGS.requests} requests and ${SETTINGS.streams} streams at c=1 per path, ${SETTINGS.rounds} rounds of `
       + `${SETTINGS.durationMs} ms at c=${SETTINGS.concurrency} per path; keep-alive agents (maxSockets 64); `
-      + `processes: client (this), upstream, floor, gateway (one node each)${quick ? "; --quick" : ""}`
+      + `processes: client (this), upstream, floor, gateway${
+        peerInfo.peers.map((p) => `, ${p.key}`).join("")
+      } (one node each)${quick ? "; --quick" : ""}`
   )
   console.log(
-    `startup:  upstream ${startupMs.upstream.toFixed(0)} ms, floor ${startupMs.floor.toFixed(0)} ms, gateway ${
-      startupMs.gateway.toFixed(0)
-    } ms (spawn → ready), not part of any figure`
+    `startup:  ${
+      Object.entries(startupMs).map(([name, t]) => `${name} ${(t ?? NaN).toFixed(0)} ms`).join(", ")
+    } (spawn → ready), not part of any figure`
   )
   if (profiles.length > 0) {
     console.log("NOTE: the gateway ran under --cpu-prof; its figures are slower than unprofiled ones")
@@ -729,6 +783,30 @@ const report = (
         ratioText(translation.streamCpuRatio)
       } ×`
   )
+  if (peerComparisons.length > 0 || peerInfo.skipped.length > 0) {
+    console.log("")
+    console.log("Peers: the same upstream, measured in the same interleaved rounds (ratios are cortex / peer)")
+    for (const c of peerComparisons) {
+      const pair = (a: { cortex: number; peer: number }) => `${signedMs(a.cortex)} vs ${signedMs(a.peer)} ms`
+      console.log(
+        `  ${c.peer.label} (${
+          c.peer.dialect === "openai" ? "OpenAI" : "Anthropic"
+        } in) vs ${c.ourLabel}: req/s c=${SETTINGS.concurrency} ${c.ours.reqPerSec.median.toFixed(0)} vs ${
+          c.x.reqPerSec.median.toFixed(0)
+        } = ${ratioText(c.reqPerSecRatio)} ×; streams/s ${ratioText(c.streamsPerSecRatio)} ×; CPU per request ${
+          ratioText(c.cpuPerRequestRatio)
+        } ×`
+      )
+      console.log(
+        `    added at c=1, cortex vs peer: p50 ${pair(c.added.p50)}, p99 ${pair(c.added.p99)}, TTFT p50 ${
+          pair(c.added.ttftP50)
+        }, frame gap mean ${pair(c.added.gapMean)}`
+      )
+      console.log(`    setup: ${c.peer.setup}`)
+      if (c.peer.note !== undefined) console.log(`    note: ${c.peer.note}`)
+    }
+    for (const skip of peerInfo.skipped) console.log(`  skipped: ${skip.name}: ${skip.reason}`)
+  }
   console.log(
     `cores busy at c=${SETTINGS.concurrency} non-streaming (median; CPU time / wall time per process): ${
       targets.map((t) => {
@@ -739,7 +817,9 @@ const report = (
   )
   console.log("")
   console.log("targets:")
-  for (const t of [...targetLines, ...keysLines]) console.log(`  ${t.pass ? "PASS" : "MISS"}  ${t.name}: ${t.value}`)
+  for (const t of [...targetLines, ...keysLines, ...peerLines]) {
+    console.log(`  ${t.pass ? "PASS" : "MISS"}  ${t.name}: ${t.value}`)
+  }
   const shareLines = (list: ReadonlyArray<{ name: string; ms: number; percent: number }>) =>
     list.map((s) => `    ${s.percent.toFixed(1).padStart(5)}%  ${s.ms.toFixed(0).padStart(6)} ms  ${s.name}`).join("\n")
   for (const { summary, title } of profiles) {
@@ -752,7 +832,15 @@ const report = (
     console.log("  top functions by self time (src/ positions are in tsx's output):")
     console.log(shareLines(summary.topFunctions))
   }
-  if (profiles[0]) console.log(`  profile file: ${profiles[0].summary.file}`)
+  if (profiles[0]) {
+    console.log(`  profile file: ${profiles[0].summary.file}`)
+    console.log(
+      "  V8 samples on a wall-clock timer: time the gateway sat descheduled inside a system call (a writev that\n"
+        + "  woke the process it writes to, on a busy box) is counted as that call's self time, so writev looks far\n"
+        + "  heavier here than on-CPU sampling shows (perf record -e cpu-clock with node --perf-basic-prof); the\n"
+        + "  proxy CPU µs/req column is the CPU measure"
+    )
+  }
   console.log("")
 
   const pathJson = (key: PathKey) => {
@@ -789,11 +877,7 @@ const report = (
       loadavgAfter: after.map((x) => round(x, 2))
     },
     settings: { ...SETTINGS, cpuProfile: profiles.length > 0 },
-    startupMs: {
-      upstream: Math.round(startupMs.upstream),
-      floor: Math.round(startupMs.floor),
-      gateway: Math.round(startupMs.gateway)
-    },
+    startupMs: Object.fromEntries(Object.entries(startupMs).map(([name, t]) => [name, Math.round(t ?? NaN)])),
     paths: Object.fromEntries(targets.map((t) => [t.key, pathJson(t.key)])),
     translation: {
       reqPerSecRatio: round(translation.unaryRatio),
@@ -817,6 +901,25 @@ const report = (
         }
         : {})
     },
+    peers: Object.fromEntries(peerComparisons.map((c) => [c.peer.key, {
+      name: c.peer.label,
+      version: c.peer.version,
+      dialect: c.peer.dialect,
+      setup: c.peer.setup,
+      ...(c.peer.note !== undefined ? { note: c.peer.note } : {}),
+      comparedWith: c.ourLabel,
+      reqPerSecRatio: round(c.reqPerSecRatio),
+      streamsPerSecRatio: round(c.streamsPerSecRatio),
+      cpuPerRequestRatio: round(c.cpuPerRequestRatio),
+      addedP50Ms: { cortex: round(c.added.p50.cortex), peer: round(c.added.p50.peer) },
+      addedP99Ms: { cortex: round(c.added.p99.cortex), peer: round(c.added.p99.peer) },
+      addedTtftP50Ms: { cortex: round(c.added.ttftP50.cortex), peer: round(c.added.ttftP50.peer) },
+      addedGapMeanMs: { cortex: round(c.added.gapMean.cortex), peer: round(c.added.gapMean.peer) },
+      ...(c.peer.key === "portkey"
+        ? { reqPerSecGoal: PEER_GOAL.portkey, reqPerSecGoalPass: c.reqPerSecRatio >= PEER_GOAL.portkey }
+        : {})
+    }])),
+    peersSkipped: peerInfo.skipped,
     ...(profiles.length > 0
       ? {
         profiles: profiles.map(({ summary, title }) => ({
@@ -1052,6 +1155,40 @@ const main = async () => {
   const keysGateway = args.keys ? await startKeysGateway(upstreamUrl, profileFlags, true) : undefined
   if (twinGateway && keysGateway) targets.push(twinGateway.target, keysGateway.target)
   for (const t of targets) await validate(t)
+
+  const peerRun = args["no-peers"]
+    ? { peers: [], skipped: [] as Array<PeerSkip> }
+    : await startPeers({ root: ROOT, upstreamUrl, tempDir, verbose: args.verbose })
+  const peers: Array<Peer> = []
+  for (const peer of peerRun.peers) {
+    const target: Target = {
+      key: peer.key,
+      label: `${peer.label} (${peer.dialect === "openai" ? "OpenAI" : "Anthropic"})`,
+      host,
+      port: peer.port,
+      agent: agent(),
+      dialect: peer.dialect,
+      proxyPid: peer.child.pid,
+      headers: peer.headers
+    }
+    try {
+      await validate(target)
+    } catch (error) {
+      // A peer that answers wrong is left out, not timed; the rest of the run goes on.
+      peerRun.skipped.push({ key: peer.key, name: peer.label, reason: (error as Error).message.slice(0, 600) })
+      await peer.child.stop(3000)
+      continue
+    }
+    log(
+      `${peer.label} on http://127.0.0.1:${peer.port} (pid ${peer.child.pid}), ready after ${
+        (peer.startupMs / 1000).toFixed(1)
+      } s: ${peer.setup}`
+    )
+    peers.push(peer)
+    targets.push(target)
+    probes.push({ name: peer.key, pid: peer.child.pid })
+  }
+  for (const skip of peerRun.skipped) log(`peer skipped: ${skip.name}: ${skip.reason}`)
   log("all paths answer correctly; warming up")
   for (const t of targets) await warmUp(t)
   const results = await measure(targets)
@@ -1087,7 +1224,19 @@ const main = async () => {
       }
     }
   }
-  report(targets, results, load, { upstream: upstreamMs, floor: floorMs, gateway: gatewayMs }, profiles)
+  report(
+    targets,
+    results,
+    load,
+    {
+      upstream: upstreamMs,
+      floor: floorMs,
+      gateway: gatewayMs,
+      ...Object.fromEntries(peers.map((p) => [p.key, p.startupMs]))
+    },
+    profiles,
+    { peers, skipped: peerRun.skipped }
+  )
 }
 
 try {
