@@ -313,9 +313,9 @@ const report = (c: Context) => {
   if (c.llamaServerSide) {
     const i = c.llamaServerSide.info
     console.log(`llama-server slots: n_ctx_slot ${i.nCtxSlot ?? "?"}, kv_unified ${i.kvUnified ?? "?"}`)
-    console.log(`llama-server system_info: ${i.systemInfo ?? "?"}`)
   }
-  console.log(`in-process system_info: ${c.inProcess.systemInfo.trim()}`)
+  // The prebuilt loads one CPU variant at run time: its features here show which (llama-server's are the -DGGML_ flags above).
+  console.log(`in-process (prebuilt node-llama-cpp) system_info: ${c.inProcess.systemInfo.trim()}`)
   console.log(
     `load: llama-server = spawn → /health 200; in-process = loadModel + createContext; neuron = POST /models/load `
       + `after /models/unload. Neuron spawn → model loaded (once): ${c.neuron.startupMs.toFixed(0)} ms`

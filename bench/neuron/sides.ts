@@ -134,8 +134,8 @@ export class LlamaServerSide implements Side {
   readonly name = "llama-server"
   private child: BenchChild | undefined
   private base = ""
-  /** What the server said about its slots and CPU at its last start. */
-  info: { nCtxSlot?: number; systemInfo?: string; kvUnified?: string } = {}
+  /** What the server said about its slots at its last start. */
+  info: { nCtxSlot?: number; kvUnified?: string } = {}
 
   constructor(private readonly binary: string, private readonly settings: SideSettings) {}
 
@@ -189,11 +189,9 @@ export class LlamaServerSide implements Side {
     const logText = child.lines.map((l) => l.text).join("\n")
     const slot = /n_ctx_slot = (\d+)/.exec(logText)
     const unified = /kv_unified = '(\w+)'/.exec(logText)
-    const system = /system_info: (.*)/.exec(logText)
     this.info = {
       ...(slot ? { nCtxSlot: Number(slot[1]) } : {}),
-      ...(unified ? { kvUnified: unified[1]! } : {}),
-      ...(system ? { systemInfo: system[1]!.trim() } : {})
+      ...(unified ? { kvUnified: unified[1]! } : {})
     }
     return { ms }
   }
