@@ -302,3 +302,25 @@ const buildOrReuse = async (
     binary: { path: binary, commit, version, variant: variantName, cmakeFlags, buildSeconds, cached: false }
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Which compiler built a binary (its .comment section), to print beside the flags
+
+const compilerIn = (file: string): string | undefined => {
+  try {
+    const m = /(GCC: \([^)\n]*\) [\d.]+|clang version [\d.]+)/.exec(readFileSync(file).toString("latin1"))
+    return m?.[1]
+  } catch {
+    return undefined
+  }
+}
+
+/** The compiler of a llama-server binary, when it says. */
+export const llamaServerCompiler = (binary: string) => compilerIn(binary)
+
+/** The compiler of node-llama-cpp's prebuilt CPU binaries for this platform, when installed and it says. */
+export const prebuiltCompiler = (root: string): string | undefined => {
+  const dir = path.join(root, "node_modules/@node-llama-cpp", `${process.platform}-${process.arch}`, "bins")
+  const base = path.join(dir, `${process.platform}-${process.arch}`, "libggml-base.so")
+  return existsSync(base) ? compilerIn(base) : undefined
+}

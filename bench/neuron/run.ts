@@ -30,7 +30,13 @@ import {
   summarize,
   type Summary
 } from "./common.js"
-import { buildLlamaServer, givenLlamaServer, type LlamaServerResolution } from "./llama-server.js"
+import {
+  buildLlamaServer,
+  givenLlamaServer,
+  llamaServerCompiler,
+  type LlamaServerResolution,
+  prebuiltCompiler
+} from "./llama-server.js"
 import { InProcessSide, LlamaServerSide, NeuronSide, type SideSettings } from "./sides.js"
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..")
@@ -314,6 +320,11 @@ const report = (c: Context) => {
     const i = c.llamaServerSide.info
     console.log(`llama-server slots: n_ctx_slot ${i.nCtxSlot ?? "?"}, kv_unified ${i.kvUnified ?? "?"}`)
   }
+  const compilers = {
+    llamaServer: ls ? llamaServerCompiler(ls.path) ?? "unknown" : null,
+    prebuilt: prebuiltCompiler(ROOT) ?? "unknown"
+  }
+  console.log(`compilers: llama-server ${compilers.llamaServer ?? "–"}; node-llama-cpp prebuilt ${compilers.prebuilt}`)
   // The prebuilt loads one CPU variant at run time: its features here show which (llama-server's are the -DGGML_ flags above).
   console.log(`in-process (prebuilt node-llama-cpp) system_info: ${c.inProcess.systemInfo.trim()}`)
   console.log(
@@ -387,6 +398,7 @@ const report = (c: Context) => {
         ...c.llamaServerSide?.info
       }
       : { skipped: c.llamaServer._tag === "skip" ? c.llamaServer.reason : "" },
+    compilers,
     sides: Object.fromEntries(sides.map((s) => [s, json(fig.get(s)) ?? null])),
     ratios: { neuronOverLlamaServer: ratios("llama-server"), neuronOverInProcess: ratios("in-process") },
     tokens: Object.fromEntries(sides.map((s) => [s, tok.get(s) ?? null])),
