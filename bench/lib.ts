@@ -70,10 +70,17 @@ export const children = new Set<BenchChild>()
 export class BenchChild {
   readonly lines: Array<{ readonly at: number; readonly text: string }> = []
   private readonly lineWaiters: Array<(line: string) => void> = []
+  private readonly stdoutLines: Array<string> = []
+  private stdoutRead = 0
   private readonly exited: Promise<void>
   private exitInfo: string | undefined
 
-  private constructor(readonly name: string, readonly proc: ChildProcess, verbose: boolean) {
+  private constructor(
+    readonly name: string,
+    readonly proc: ChildProcess,
+    verbose: boolean,
+    private readonly detached: boolean
+  ) {
     const keep = (stream: "out" | "err") => {
       let partial = ""
       return (data: Buffer) => {
@@ -83,7 +90,10 @@ export class BenchChild {
           if (text.length === 0) continue
           if (verbose) process.stderr.write(`[${name}] ${text}\n`)
           this.lines.push({ at: Date.now(), text })
-          if (stream === "out") { for (const waiter of this.lineWaiters.splice(0)) waiter(text) }
+          if (stream === "out") {
+            this.stdoutLines.push(text)
+            for (const waiter of this.lineWaiters.splice(0)) waiter(text)
+          }
         }
       }
     }
@@ -97,18 +107,28 @@ export class BenchChild {
     })
   }
 
-  /** Start `node ...argv` in `cwd`; stdin stays a pipe (see ORPHAN_GUARD). */
+  /**
+   * Start `node ...argv` (or `command ...argv`) in `cwd`; stdin stays a pipe (see ORPHAN_GUARD).
+   * `detached`: in a process group and setsid session of its own, signalled as a group.
+   */
   static spawn(
     name: string,
     argv: ReadonlyArray<string>,
-    options: { readonly cwd: string; readonly env?: NodeJS.ProcessEnv; readonly verbose?: boolean }
+    options: {
+      readonly cwd: string
+      readonly env?: NodeJS.ProcessEnv
+      readonly verbose?: boolean
+      readonly command?: string
+      readonly detached?: boolean
+    }
   ): BenchChild {
-    const proc = spawn(process.execPath, [...argv], {
+    const proc = spawn(options.command ?? process.execPath, [...argv], {
       cwd: options.cwd,
       env: options.env ?? process.env,
-      stdio: ["pipe", "pipe", "pipe"]
+      stdio: ["pipe", "pipe", "pipe"],
+      detached: options.detached ?? false
     })
-    const child = new BenchChild(name, proc, options.verbose ?? false)
+    const child = new BenchChild(name, proc, options.verbose ?? false, options.detached ?? false)
     children.add(child)
     return child
   }
@@ -119,6 +139,34 @@ export class BenchChild {
 
   get pid() {
     return this.proc.pid
+  }
+
+  /** Signal the child, or its whole process group when it was spawned detached. */
+  kill(signal: NodeJS.Signals) {
+    if (!this.alive) return
+    try {
+      if (this.detached && this.proc.pid !== undefined) {
+        process.kill(-this.proc.pid, signal)
+      } else {
+        this.proc.kill(signal)
+      }
+    } catch {
+      // already gone
+    }
+  }
+
+  /**
+   * The child's stdout lines in order, each once: the first call returns its first line, the next
+   * call the line after it (waiting for it); an error when it exits or `timeoutMs` passes first.
+   */
+  async nextLine(timeoutMs: number): Promise<string> {
+    const deadline = Date.now() + timeoutMs
+    while (Date.now() < deadline) {
+      if (this.stdoutRead < this.stdoutLines.length) return this.stdoutLines[this.stdoutRead++]!
+      if (!this.alive) throw new Error(`${this.name} exited: ${this.describeExit()}`)
+      await Promise.race([new Promise<string>((resolve) => this.lineWaiters.push(resolve)), sleep(200)])
+    }
+    throw new Error(`${this.name} printed nothing within ${timeoutMs} ms: ${this.describeExit()}`)
   }
 
   describeExit() {
@@ -147,11 +195,11 @@ export class BenchChild {
   /** SIGTERM, then SIGKILL if it has not exited after `graceMs`. */
   async stop(graceMs = 5000) {
     if (this.alive) {
-      this.proc.kill("SIGTERM")
+      this.kill("SIGTERM")
       const timedOut = await Promise.race([this.exited.then(() => false), sleep(graceMs).then(() => true)])
       if (timedOut && this.alive) {
         log(`${this.name} ignored SIGTERM, sending SIGKILL`)
-        this.proc.kill("SIGKILL")
+        this.kill("SIGKILL")
         await this.exited
       }
     }
@@ -167,12 +215,12 @@ export const stopChildrenOnExit = (cleanup: () => Promise<void>) => {
   for (const signal of ["SIGINT", "SIGTERM"] as const) {
     process.once(signal, () => {
       log(`${signal}: stopping`)
-      for (const child of children) child.proc.kill("SIGKILL")
+      for (const child of children) child.kill("SIGKILL")
       void cleanup().finally(() => process.exit(130))
     })
   }
   process.once("exit", () => {
-    for (const child of children) if (child.alive) child.proc.kill("SIGKILL")
+    for (const child of children) child.kill("SIGKILL")
   })
 }
 

@@ -1,483 +1,190 @@
 /**
- * Neuron benchmark: node-llama-cpp called directly in this process versus the same model served
- * by a real neuron process over HTTP (streaming SSE), on the generated `bench` model.
+ * Neuron benchmark: the same GGUF served three ways, measured in one run, interleaved:
+ * llama.cpp's own `llama-server` (built from the llama.cpp node-llama-cpp ships, see
+ * ./llama-server.ts), node-llama-cpp called in-process (in a child of its own, ./inproc.ts) and a
+ * real neuron over HTTP. Every side runs in its own process group and setsid session, with the
+ * same threads, context per sequence, batch size and slots; the servers are measured on their
+ * OpenAI chat route streamed over SSE.
  *
- *   npx tsx bench/neuron/run.ts [--quick] [--model PATH] [--runs N] [--decode-tokens N] [--prefill-words N]
+ *   npx tsx bench/neuron/run.ts [--quick] [--repeats N] [--threads N] [--llama-server PATH | --no-llama-server]
  *
- * Not part of the test suite: it takes a minute or two (about 30 s with --quick) and wants the
- * CPU to itself.
+ * Not part of the test suite: it wants the CPU to itself (a few minutes; --quick about two).
  */
-import { type ChatHistoryItem, getLlama, LlamaChat, LlamaLogLevel, type Token } from "node-llama-cpp"
-import { type ChildProcess, spawn } from "node:child_process"
 import { existsSync } from "node:fs"
 import { mkdtemp, rm } from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { writeModel } from "../../src/gguf/ModelGenerator.js"
-import { freePort, parseCli } from "../lib.js"
-
-// ---------------------------------------------------------------------------------------------
-// Settings
+import { log, numberArg, parseCli, stopChildrenOnExit } from "../lib.js"
+import {
+  aggregateRate,
+  type ChatRequest,
+  decodeRate,
+  fillerText,
+  type LoadSample,
+  prefillRate,
+  round,
+  type Sample,
+  type Side,
+  summarize,
+  type Summary
+} from "./common.js"
+import {
+  buildLlamaServer,
+  givenLlamaServer,
+  llamaServerCompiler,
+  type LlamaServerResolution,
+  prebuiltCompiler
+} from "./llama-server.js"
+import { InProcessSide, LlamaServerSide, NeuronSide, type SideSettings } from "./sides.js"
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..")
 
 const USAGE = `usage: npx tsx bench/neuron/run.ts [options]
 
-  --quick              1 run, 64 decode tokens, 300 prefill words (a smoke run, not a figure to quote)
-  --model PATH         benchmark this .gguf instead of the generated bench model
-  --runs N             runs per measurement (default 3)
-  --decode-tokens N    tokens generated in the decode runs (default 256)
-  --prefill-words N    words in the prefill prompt (default 1500)
-  --verbose            show the neuron's log
-  --help               this text`
+Measures llama-server, in-process node-llama-cpp and the neuron on one GGUF, interleaved.
 
-const parsed = {
-  values: parseCli({
-    quick: { type: "boolean", default: false },
-    model: { type: "string" },
-    runs: { type: "string" },
-    "decode-tokens": { type: "string" },
-    "prefill-words": { type: "string" },
-    verbose: { type: "boolean", default: false },
-    // Internal: run only the direct side and print its result as JSON (see runDirectApart).
-    "direct-only": { type: "boolean", default: false }
-  }, USAGE)
-}
-const quick = parsed.values.quick
-const args = {
-  ...parsed.values,
-  runs: parsed.values.runs ?? (quick ? "1" : "3"),
-  "decode-tokens": parsed.values["decode-tokens"] ?? (quick ? "64" : "256"),
-  "prefill-words": parsed.values["prefill-words"] ?? (quick ? "300" : "1500")
-}
+  --quick               1 repeat, short prompts and generations (a smoke run of about two minutes,
+                        not a figure to quote)
+  --repeats N           repeats of every measurement, the sides' order rotated each time (default 3)
+  --threads N           threads on every side (default 1)
+  --decode-tokens N     tokens generated in the decode and concurrent runs (default 128)
+  --prefill-words N     words in the prefill prompt (default 1000, about as many tokens)
+  --history-words N     words in the two-turn history (default 1000)
+  --streams N           concurrent streams, and slots on every side (default 4)
+  --context N           context per sequence on every side (default 4096)
+  --model PATH          benchmark this .gguf instead of the generated bench model
+  --llama-server PATH   use this llama-server binary instead of building one
+  --no-llama-server     leave the llama-server column out
+  --build-jobs N        parallel compile jobs for the llama-server build (default 2)
+  --verbose             show the servers' logs
+  --help                this text
 
-const positiveInt = (name: string, raw: string | undefined): number => {
-  const n = Number(raw)
-  if (!Number.isInteger(n) || n < 1) {
-    console.error(`--${name} must be a positive integer, got ${raw}`)
-    process.exit(2)
-  }
-  return n
-}
+The first run builds llama-server from node_modules/node-llama-cpp/llama/gitRelease.bundle into
+\${XDG_CACHE_HOME:-~/.cache}/cortex-bench/ (several minutes); later runs reuse it. Without cmake or
+a C++ compiler that column is skipped with the reason printed.`
+
+const values = parseCli({
+  quick: { type: "boolean", default: false },
+  repeats: { type: "string" },
+  runs: { type: "string" },
+  threads: { type: "string", default: "1" },
+  "decode-tokens": { type: "string" },
+  "prefill-words": { type: "string" },
+  "history-words": { type: "string" },
+  streams: { type: "string", default: "4" },
+  context: { type: "string", default: "4096" },
+  model: { type: "string" },
+  "llama-server": { type: "string" },
+  "no-llama-server": { type: "boolean", default: false },
+  "build-jobs": { type: "string", default: "2" },
+  verbose: { type: "boolean", default: false }
+}, USAGE)
+const quick = values.quick
 
 const SETTINGS = {
-  threads: 1,
-  contextSize: 4096,
+  repeats: numberArg("repeats", values.repeats ?? values.runs ?? (quick ? "1" : "3"), 1, true),
+  threads: numberArg("threads", values.threads, 1, true),
+  contextSize: numberArg("context", values.context, 256, true),
   batchSize: 512,
+  slots: numberArg("streams", values.streams, 1, true),
   temperature: 0,
   seed: 42,
-  runs: positiveInt("runs", args.runs),
-  decodeTokens: positiveInt("decode-tokens", args["decode-tokens"]),
-  prefillWords: positiveInt("prefill-words", args["prefill-words"])
+  decodeTokens: numberArg("decode-tokens", values["decode-tokens"] ?? (quick ? "32" : "128"), 2, true),
+  prefillWords: numberArg("prefill-words", values["prefill-words"] ?? (quick ? "300" : "1000"), 1, true),
+  historyWords: numberArg("history-words", values["history-words"] ?? (quick ? "300" : "1000"), 1, true),
+  replyTokens: 32,
+  buildJobs: numberArg("build-jobs", values["build-jobs"], 1, true)
 } as const
+
+// ---------------------------------------------------------------------------------------------
+// The measurements
 
 const DECODE_PROMPT = "Write a long story about the water and the people."
 const TTFT_PROMPT = "Hello, what is your name?"
-
-/** Deterministic filler text of `n` words from the bench vocabulary (about one token a word). */
-const fillerText = (n: number): string => {
-  const words = (
-    "the of and to in is it you that he was for on are with as his they be at one have this from or had by "
-    + "but what some we can out other were all there when up use your how said an each she which do their time "
-    + "if will way about many then them write would like so these her long make thing see him two has look more "
-    + "day could go come did number sound no most people my over know water than call first who may down side"
-  ).split(" ")
-  let state = 0x12345678
-  const out: Array<string> = []
-  for (let i = 0; i < n; i++) {
-    state = (Math.imul(state, 1664525) + 1013904223) >>> 0
-    out.push(words[state % words.length]!)
-  }
-  return out.join(" ")
-}
-
+const SECOND_TURN = "Thank you. And what about the water?"
 const PREFILL_TEXT = fillerText(SETTINGS.prefillWords)
+const HISTORY_TEXT = fillerText(SETTINGS.historyWords, 0x9e3779b9)
 
-/** A per-run prefix that makes each prompt differ right after the chat template's opening. */
-const unique = (tag: string, run: number, text: string) => `${tag} run ${run}. ${text}`
+/** A per-repeat tag right after the chat template's opening, so no side finds it cached. */
+const user = (tag: string, repeat: number, text: string): ChatRequest["messages"][number] => ({
+  role: "user",
+  content: `${tag} ${repeat}. ${text}`
+})
 
-// ---------------------------------------------------------------------------------------------
-// Statistics and formatting
-
-interface Summary {
-  readonly median: number
-  readonly min: number
-  readonly max: number
-  readonly samples: ReadonlyArray<number>
+interface Measured {
+  readonly load: Array<LoadSample>
+  readonly decode: Array<Sample>
+  readonly prefill: Array<Sample>
+  readonly ttft: Array<Sample>
+  readonly turn1: Array<Sample>
+  readonly turn2: Array<Sample>
+  readonly concurrent: Array<ReadonlyArray<Sample>>
 }
 
-const summarize = (samples: ReadonlyArray<number>): Summary => {
-  const sorted = [...samples].sort((a, b) => a - b)
-  const mid = Math.floor(sorted.length / 2)
-  const median = sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2
-  return {
-    median: round(median),
-    min: round(sorted[0] ?? NaN),
-    max: round(sorted[sorted.length - 1] ?? NaN),
-    samples: samples.map(round)
-  }
-}
+const emptyMeasured = (): Measured => ({
+  load: [],
+  decode: [],
+  prefill: [],
+  ttft: [],
+  turn1: [],
+  turn2: [],
+  concurrent: []
+})
 
-const round = (x: number) => Math.round(x * 100) / 100
+const one = async (side: Side, request: ChatRequest) => (await side.chats([request]))[0]!
 
-const fmt = (s: Summary, digits = 1) =>
-  `${s.median.toFixed(digits)} (${s.min.toFixed(digits)}–${s.max.toFixed(digits)})`
+type Step = (side: Side, into: Measured, repeat: number) => Promise<string>
 
-const log = (line: string) => process.stderr.write(`[bench] ${line}\n`)
-
-// ---------------------------------------------------------------------------------------------
-// Measurements shared by both sides
-
-interface Sample {
-  /** Tokens in the prompt as the model sees it. */
-  readonly promptTokens: number
-  readonly cachedTokens: number
-  readonly completionTokens: number
-  /** Request start → first content text. */
-  readonly ttftMs: number
-  /** First content text → last content text. */
-  readonly decodeSpanMs: number
-  /** The neuron's own usage.timing (HTTP only). */
-  readonly server?: ServerTiming
-}
-
-interface ServerTiming {
-  readonly queue_ms: number
-  readonly prefill_ms: number
-  readonly decode_ms: number
-  readonly ttft_ms: number
-}
-
-type Runner = (prompt: string, maxTokens: number) => Promise<Sample>
-
-interface SideResult {
-  readonly decode: ReadonlyArray<Sample>
-  readonly prefill: ReadonlyArray<Sample>
-  readonly ttft: ReadonlyArray<Sample>
-  /** Direct only: TTFT with the chat template's opening kept in the sequence, as the neuron keeps it. */
-  readonly ttftShared: ReadonlyArray<Sample>
-}
-
-const decodeRate = (s: Sample) => (s.completionTokens - 1) / (s.decodeSpanMs / 1000)
-const prefillRate = (s: Sample) => s.promptTokens / (s.ttftMs / 1000)
-
-const measureSide = async (
-  name: string,
-  run: Runner,
-  fresh: () => Promise<void>,
-  sharedPrefix: boolean
-): Promise<SideResult> => {
-  // Warm-up (not measured): the first generation pays for lazy allocations.
-  await fresh()
-  await run(unique("warm-up", 0, DECODE_PROMPT), 16)
-  const decode: Array<Sample> = []
-  const prefill: Array<Sample> = []
-  const ttft: Array<Sample> = []
-  const ttftShared: Array<Sample> = []
-  for (let i = 1; i <= SETTINGS.runs; i++) {
-    await fresh()
-    const d = await run(unique("decode", i, DECODE_PROMPT), SETTINGS.decodeTokens)
-    decode.push(d)
-    await fresh()
-    const p = await run(unique("prefill", i, PREFILL_TEXT), 1)
-    prefill.push(p)
-    await fresh()
-    const t = await run(unique("ttft", i, TTFT_PROMPT), 1)
-    ttft.push(t)
-    // No clearing: the sequence still holds the previous prompt, so only the template's opening matches.
-    if (sharedPrefix) ttftShared.push(await run(unique("shared", i, TTFT_PROMPT), 1))
-    log(
-      `${name} run ${i}/${SETTINGS.runs}: decode ${decodeRate(d).toFixed(1)} tok/s (${d.completionTokens} tok), `
-        + `prefill ${prefillRate(p).toFixed(1)} tok/s (${p.promptTokens} tok, cached ${p.cachedTokens}), `
-        + `ttft ${t.ttftMs.toFixed(1)} ms (${t.promptTokens} tok, cached ${t.cachedTokens})`
-    )
-  }
-  return { decode, prefill, ttft, ttftShared }
-}
-
-const commonPrefix = (a: ReadonlyArray<Token>, b: ReadonlyArray<Token>) => {
-  const n = Math.min(a.length, b.length)
-  let i = 0
-  while (i < n && a[i] === b[i]) i++
-  return i
-}
-
-// ---------------------------------------------------------------------------------------------
-// Direct node-llama-cpp
-
-const runDirect = async (modelPath: string): Promise<SideResult> => {
-  const llama = await getLlama({
-    gpu: false,
-    build: "never",
-    maxThreads: SETTINGS.threads,
-    logLevel: LlamaLogLevel.error,
-    progressLogs: false
-  })
-  try {
-    const model = await llama.loadModel({ modelPath, gpuLayers: 0 })
-    try {
-      const context = await model.createContext({
-        contextSize: SETTINGS.contextSize,
-        sequences: 1,
-        batchSize: SETTINGS.batchSize,
-        threads: SETTINGS.threads
-      })
-      try {
-        const sequence = context.getSequence()
-        const chat = new LlamaChat({ contextSequence: sequence, autoDisposeSequence: false })
-        const promptTokens = (history: Array<ChatHistoryItem>) =>
-          chat.chatWrapper.generateContextState({ chatHistory: [...history, { type: "model", response: [] }] })
-            .contextText.tokenize(model.tokenizer)
-        const run: Runner = async (prompt, maxTokens) => {
-          const history: Array<ChatHistoryItem> = [{ type: "user", text: prompt }]
-          const tokens = promptTokens(history)
-          // As the neuron counts it: the last prompt token is always evaluated again.
-          const cached = Math.min(commonPrefix(sequence.contextTokens, tokens), Math.max(0, tokens.length - 1))
-          let completionTokens = 0
-          let firstText: number | undefined
-          let lastText = 0
-          const started = performance.now()
-          await chat.generateResponse(history, {
-            maxTokens,
-            temperature: SETTINGS.temperature,
-            seed: SETTINGS.seed,
-            repeatPenalty: false,
-            onToken: (t: Array<Token>) => {
-              completionTokens += t.length
-            },
-            onResponseChunk: (chunk) => {
-              if (chunk.type === "segment" || chunk.text.length === 0) return
-              const now = performance.now()
-              firstText ??= now
-              lastText = now
-            }
-          })
-          const ended = performance.now()
-          const first = firstText ?? ended
-          return {
-            promptTokens: tokens.length,
-            cachedTokens: cached,
-            completionTokens,
-            ttftMs: first - started,
-            decodeSpanMs: (firstText === undefined ? ended : lastText) - first
-          }
-        }
-        const fresh = async () => {
-          await sequence.clearHistory()
-        }
-        const result = await measureSide("direct", run, fresh, true)
-        chat.dispose({ disposeSequence: true })
-        return result
-      } finally {
-        await context.dispose()
-      }
-    } finally {
-      await model.dispose()
-    }
-  } finally {
-    await llama.dispose()
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Neuron over HTTP
-
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
-
-class NeuronProcess {
-  readonly logs: Array<string> = []
-  private exited: Promise<void>
-  private exitInfo: string | undefined
-
-  private constructor(readonly child: ChildProcess, readonly base: string) {
-    const keep = (data: Buffer) => {
-      for (const line of data.toString("utf8").split("\n")) {
-        if (line.length === 0) continue
-        if (args.verbose) process.stderr.write(`[neuron] ${line}\n`)
-        this.logs.push(line)
-        if (this.logs.length > 200) this.logs.shift()
-      }
-    }
-    child.stdout?.on("data", keep)
-    child.stderr?.on("data", keep)
-    this.exited = new Promise((resolve) => {
-      child.once("exit", (code, signal) => {
-        this.exitInfo = `code ${code}, signal ${signal}`
-        resolve()
-      })
+/** The measurements of one repeat, in order; each runs on every side before the next starts. */
+const STEPS: ReadonlyArray<readonly [string, Step]> = [
+  ["load", async (side, into) => {
+    const l = await side.load()
+    into.load.push(l)
+    // Not measured: the first generation after a load pays for lazy allocations.
+    await one(side, { messages: [user("warm-up", 0, DECODE_PROMPT)], maxTokens: 8 })
+    return `${l.ms.toFixed(0)} ms`
+  }],
+  ["decode", async (side, into, r) => {
+    const s = await one(side, { messages: [user("decode", r, DECODE_PROMPT)], maxTokens: SETTINGS.decodeTokens })
+    into.decode.push(s)
+    return `${decodeRate(s).toFixed(1)} tok/s (${s.completionTokens} tok)`
+  }],
+  ["prefill", async (side, into, r) => {
+    const s = await one(side, { messages: [user("prefill", r, PREFILL_TEXT)], maxTokens: 1 })
+    into.prefill.push(s)
+    return `${prefillRate(s).toFixed(1)} tok/s (${s.promptTokens} tok, cached ${s.cachedTokens})`
+  }],
+  ["ttft", async (side, into, r) => {
+    const s = await one(side, { messages: [user("ttft", r, TTFT_PROMPT)], maxTokens: 1 })
+    into.ttft.push(s)
+    return `${s.ttftMs.toFixed(1)} ms (${s.promptTokens} tok, cached ${s.cachedTokens})`
+  }],
+  ["two turns", async (side, into, r) => {
+    const history = user("history", r, HISTORY_TEXT)
+    const first = await one(side, { messages: [history], maxTokens: SETTINGS.replyTokens })
+    const second = await one(side, {
+      messages: [history, { role: "assistant", content: first.text }, { role: "user", content: SECOND_TURN }],
+      maxTokens: 1
     })
-  }
-
-  static async start(modelsDir: string, modelId: string): Promise<NeuronProcess> {
-    const port = await freePort()
-    const env: Record<string, string> = {}
-    for (const [key, value] of Object.entries(process.env)) {
-      if (value !== undefined && !key.startsWith("NEURON_")) env[key] = value
-    }
-    Object.assign(env, {
-      NEURON_THREADS: String(SETTINGS.threads),
-      NEURON_MODELS_DIR: modelsDir,
-      NEURON_HOST: "127.0.0.1",
-      NEURON_DEFAULT_MODELS: modelId,
-      NEURON_MAX_IN_FLIGHT: "1",
-      NEURON_CONTEXT_SIZE: String(SETTINGS.contextSize),
-      NEURON_PREFILL_CHUNK_TOKENS: String(SETTINGS.batchSize),
-      NEURON_GPU: "off"
-    })
-    const child = spawn(process.execPath, [path.join(ROOT, "bin/cortex.js"), "neuron", "--port", String(port)], {
-      cwd: ROOT,
-      env,
-      stdio: ["ignore", "pipe", "pipe"]
-    })
-    const neuron = new NeuronProcess(child, `http://127.0.0.1:${port}`)
-    active = neuron
-    return neuron
-  }
-
-  get alive() {
-    return this.exitInfo === undefined
-  }
-
-  describeExit() {
-    return `${this.exitInfo ?? "still running"}; last log lines:\n${this.logs.slice(-30).join("\n")}`
-  }
-
-  async waitLoaded(modelId: string, timeoutMs: number) {
-    const deadline = Date.now() + timeoutMs
-    while (Date.now() < deadline) {
-      if (!this.alive) throw new Error(`neuron exited before loading ${modelId}: ${this.describeExit()}`)
-      try {
-        const res = await fetch(`${this.base}/health`, { signal: AbortSignal.timeout(2000) })
-        if (res.ok) {
-          const body = (await res.json()) as { models?: Array<{ id: string; status: string }> }
-          if (body.models?.some((m) => m.id === modelId && m.status === "loaded")) return
-        }
-      } catch {
-        // not listening yet
-      }
-      await sleep(200)
-    }
-    throw new Error(`neuron did not report ${modelId} loaded within ${timeoutMs} ms: ${this.describeExit()}`)
-  }
-
-  /** SIGTERM, then SIGKILL if it has not exited after `graceMs`. */
-  async stop(graceMs = 10_000) {
-    if (this.alive) {
-      this.child.kill("SIGTERM")
-      const timedOut = await Promise.race([this.exited.then(() => false), sleep(graceMs).then(() => true)])
-      if (timedOut && this.alive) {
-        log("neuron ignored SIGTERM, sending SIGKILL")
-        this.child.kill("SIGKILL")
-        await this.exited
-      }
-    }
-    if (active === this) active = undefined
-  }
-}
-
-let active: NeuronProcess | undefined
-
-/** Parse an SSE response body into `data:` payloads, skipping comment lines such as keep-alives. */
-async function* sseEvents(body: ReadableStream<Uint8Array>): AsyncGenerator<string> {
-  const decoder = new TextDecoder()
-  let buffer = ""
-  const reader = body.getReader()
-  try {
-    for (;;) {
-      const { done, value } = await reader.read()
-      if (done) break
-      buffer += decoder.decode(value, { stream: true })
-      let boundary: number
-      while ((boundary = buffer.indexOf("\n\n")) >= 0) {
-        const event = buffer.slice(0, boundary)
-        buffer = buffer.slice(boundary + 2)
-        const data = event
-          .split("\n")
-          .filter((line) => line.startsWith("data:"))
-          .map((line) => line.slice(5).replace(/^ /, ""))
-          .join("\n")
-        if (data.length > 0) yield data
-      }
-    }
-  } finally {
-    reader.releaseLock()
-  }
-}
-
-interface ChunkBody {
-  readonly choices?: ReadonlyArray<{ readonly delta?: { readonly content?: string | null } }>
-  readonly usage?: {
-    readonly prompt_tokens: number
-    readonly completion_tokens: number
-    readonly prompt_tokens_details?: { readonly cached_tokens?: number }
-    readonly timing?: ServerTiming
-  }
-  readonly error?: unknown
-}
-
-const httpRunner = (base: string, modelId: string): Runner => async (prompt, maxTokens) => {
-  const started = performance.now()
-  const res = await fetch(`${base}/v1/chat/completions`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({
-      model: modelId,
-      messages: [{ role: "user", content: prompt }],
-      max_tokens: maxTokens,
-      temperature: SETTINGS.temperature,
-      seed: SETTINGS.seed,
-      stream: true,
-      stream_options: { include_usage: true }
-    })
-  })
-  if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}: ${await res.text()}`)
-  let firstText: number | undefined
-  let lastText = 0
-  let usage: ChunkBody["usage"]
-  let sawDone = false
-  for await (const data of sseEvents(res.body)) {
-    if (data === "[DONE]") {
-      sawDone = true
-      continue
-    }
-    const chunk = JSON.parse(data) as ChunkBody
-    if (chunk.error !== undefined) throw new Error(`stream error: ${data}`)
-    const text = chunk.choices?.[0]?.delta?.content
-    if (typeof text === "string" && text.length > 0) {
-      const now = performance.now()
-      firstText ??= now
-      lastText = now
-    }
-    if (chunk.usage) usage = chunk.usage
-  }
-  const ended = performance.now()
-  if (!sawDone) throw new Error("stream ended without [DONE]")
-  if (!usage) throw new Error("stream carried no usage chunk")
-  const first = firstText ?? ended
-  return {
-    promptTokens: usage.prompt_tokens,
-    cachedTokens: usage.prompt_tokens_details?.cached_tokens ?? 0,
-    completionTokens: usage.completion_tokens,
-    ttftMs: first - started,
-    decodeSpanMs: (firstText === undefined ? ended : lastText) - first,
-    ...(usage.timing ? { server: usage.timing } : {})
-  }
-}
-
-const runNeuron = async (modelsDir: string, modelId: string): Promise<{ result: SideResult; startupMs: number }> => {
-  const started = performance.now()
-  const neuron = await NeuronProcess.start(modelsDir, modelId)
-  try {
-    await neuron.waitLoaded(modelId, 90_000)
-    const startupMs = performance.now() - started
-    log(`neuron up on ${neuron.base} with ${modelId} loaded after ${(startupMs / 1000).toFixed(1)} s`)
-    const result = await measureSide("neuron", httpRunner(neuron.base, modelId), async () => {}, false)
-    return { result, startupMs }
-  } finally {
-    await neuron.stop()
-  }
-}
+    into.turn1.push(first)
+    into.turn2.push(second)
+    return `${first.ttftMs.toFixed(0)} → ${
+      second.ttftMs.toFixed(0)
+    } ms (${second.promptTokens} tok, cached ${second.cachedTokens})`
+  }],
+  ["concurrent", async (side, into, r) => {
+    const requests = Array.from({ length: SETTINGS.slots }, (_, i): ChatRequest => ({
+      messages: [user(`stream ${i} of`, r, DECODE_PROMPT)],
+      maxTokens: SETTINGS.decodeTokens,
+      sequence: i
+    }))
+    const samples = await side.chats(requests)
+    into.concurrent.push(samples)
+    return `${aggregateRate(samples).toFixed(1)} tok/s (${samples.map((s) => s.completionTokens).join("+")} tok)`
+  }]
+]
 
 // ---------------------------------------------------------------------------------------------
 // Report
@@ -487,7 +194,6 @@ const cpuInfo = () => {
   return {
     model: cpus[0]?.model.trim() ?? "unknown",
     logicalCores: cpus.length,
-    availableParallelism: os.availableParallelism(),
     totalMemMb: Math.round(os.totalmem() / (1024 * 1024))
   }
 }
@@ -499,211 +205,226 @@ const table = (rows: ReadonlyArray<ReadonlyArray<string>>) => {
   return [line(rows[0]!), sep, ...rows.slice(1).map(line)].join("\n")
 }
 
-const signed = (ms: number) => `${ms >= 0 ? "+" : "−"}${Math.abs(ms).toFixed(1)} ms`
+const fmt = (s: Summary | undefined, digits = 1) =>
+  s === undefined || Number.isNaN(s.median)
+    ? "–"
+    : s.samples.length === 1
+    ? s.median.toFixed(digits)
+    : `${s.median.toFixed(digits)} (${s.min.toFixed(digits)}–${s.max.toFixed(digits)})`
 
-const report = (direct: SideResult, neuron: SideResult, modelPath: string, startupMs: number, load: Load) => {
-  const ttft = (samples: ReadonlyArray<Sample>) => summarize(samples.map((s) => s.ttftMs))
-  const server = (samples: ReadonlyArray<Sample>, f: (t: ServerTiming, s: Sample) => number) =>
-    summarize(samples.flatMap((s) => (s.server ? [f(s.server, s)] : [])))
-  const d = {
-    decode: summarize(direct.decode.map(decodeRate)),
-    prefill: summarize(direct.prefill.map(prefillRate)),
-    ttft: ttft(direct.ttft),
-    ttftShared: ttft(direct.ttftShared),
-    prefillTtft: ttft(direct.prefill)
-  }
-  const n = {
-    decode: summarize(neuron.decode.map(decodeRate)),
-    prefill: summarize(neuron.prefill.map(prefillRate)),
-    ttft: ttft(neuron.ttft),
-    prefillTtft: ttft(neuron.prefill)
-  }
-  const srv = {
-    decode: server(neuron.decode, (t, s) => (s.completionTokens - 1) / (t.decode_ms / 1000)),
-    prefill: server(neuron.prefill, (t, s) => s.promptTokens / (t.prefill_ms / 1000)),
-    ttft: server(neuron.ttft, (t) => t.ttft_ms),
-    prefillTtft: server(neuron.prefill, (t) => t.ttft_ms),
-    queueMs: server([...neuron.decode, ...neuron.prefill, ...neuron.ttft], (t) => t.queue_ms)
-  }
-  const ratio = (a: Summary, b: Summary) => Math.round((b.median / a.median) * 1000) / 1000
-  const overhead = (a: Summary, b: Summary) => round(b.median - a.median)
-  const distinct = (samples: ReadonlyArray<Sample>, f: (s: Sample) => number) => [...new Set(samples.map(f))].join("/")
-  const cachedOf = (samples: ReadonlyArray<Sample>) => distinct(samples, (s) => s.cachedTokens)
+const ratio = (num: Summary | undefined, den: Summary | undefined) =>
+  num === undefined || den === undefined || !(den.median > 0) ? undefined : round(num.median / den.median, 3)
 
-  const rows: Array<Array<string>> = [
-    [
-      "metric (median, min–max)",
-      "direct node-llama-cpp",
-      "neuron HTTP (client)",
-      "neuron usage.timing",
-      "neuron/direct"
-    ],
-    [
-      `decode tok/s (${distinct(direct.decode, (s) => s.completionTokens)} tok)`,
-      fmt(d.decode),
-      fmt(n.decode),
-      fmt(srv.decode),
-      ratio(d.decode, n.decode).toFixed(3)
-    ],
-    [
-      `prefill tok/s (${distinct(direct.prefill, (s) => s.promptTokens)} tok; cached ${cachedOf(direct.prefill)} vs ${
-        cachedOf(neuron.prefill)
-      })`,
-      fmt(d.prefill),
-      fmt(n.prefill),
-      fmt(srv.prefill),
-      ratio(d.prefill, n.prefill).toFixed(3)
-    ],
-    [
-      `  its TTFT ms`,
-      fmt(d.prefillTtft),
-      fmt(n.prefillTtft),
-      fmt(srv.prefillTtft),
-      `${ratio(d.prefillTtft, n.prefillTtft).toFixed(3)} (${signed(overhead(d.prefillTtft, n.prefillTtft))})`
-    ],
-    [
-      `TTFT ms, short (${distinct(direct.ttft, (s) => s.promptTokens)} tok; cached ${cachedOf(direct.ttft)} vs ${
-        cachedOf(neuron.ttft)
-      })`,
-      fmt(d.ttft),
-      fmt(n.ttft),
-      fmt(srv.ttft),
-      `${ratio(d.ttft, n.ttft).toFixed(3)} (${signed(overhead(d.ttft, n.ttft))})`
-    ],
-    [
-      `TTFT ms, short, same prefix (cached ${cachedOf(direct.ttftShared)} vs ${cachedOf(neuron.ttft)})`,
-      fmt(d.ttftShared),
-      fmt(n.ttft),
-      fmt(srv.ttft),
-      `${ratio(d.ttftShared, n.ttft).toFixed(3)} (${signed(overhead(d.ttftShared, n.ttft))})`
-    ]
+const distinct = (values: ReadonlyArray<number | null>) =>
+  values.length === 0 ? "–" : [...new Set(values.map((v) => v ?? "?"))].join("/")
+
+interface Figures {
+  readonly decode: Summary
+  readonly prefill: Summary
+  readonly ttft: Summary
+  readonly turn1: Summary
+  readonly turn2: Summary
+  readonly turn2Fraction: Summary
+  readonly concurrent: Summary
+  readonly load: Summary
+}
+
+const figures = (m: Measured): Figures => ({
+  decode: summarize(m.decode.map(decodeRate)),
+  prefill: summarize(m.prefill.map(prefillRate)),
+  ttft: summarize(m.ttft.map((s) => s.ttftMs)),
+  turn1: summarize(m.turn1.map((s) => s.ttftMs)),
+  turn2: summarize(m.turn2.map((s) => s.ttftMs)),
+  turn2Fraction: summarize(m.turn2.map((s, i) => (100 * s.ttftMs) / m.turn1[i]!.ttftMs)),
+  concurrent: summarize(m.concurrent.map(aggregateRate)),
+  load: summarize(m.load.map((l) => l.ms))
+})
+
+/** Prompt / completion / cached tokens per request kind, to show the sides did the same work. */
+const tokens = (m: Measured) => ({
+  decode: { prompt: m.decode.map((s) => s.promptTokens), completion: m.decode.map((s) => s.completionTokens) },
+  prefill: { prompt: m.prefill.map((s) => s.promptTokens), cached: m.prefill.map((s) => s.cachedTokens) },
+  ttft: { prompt: m.ttft.map((s) => s.promptTokens), cached: m.ttft.map((s) => s.cachedTokens) },
+  turn1: { prompt: m.turn1.map((s) => s.promptTokens), completion: m.turn1.map((s) => s.completionTokens) },
+  turn2: { prompt: m.turn2.map((s) => s.promptTokens), cached: m.turn2.map((s) => s.cachedTokens) },
+  concurrent: { completion: m.concurrent.map((c) => c.reduce((n, s) => n + s.completionTokens, 0)) }
+})
+
+interface Context {
+  readonly modelPath: string
+  readonly loadBefore: ReadonlyArray<number>
+  readonly llamaServer: LlamaServerResolution
+  readonly llamaServerSide: LlamaServerSide | undefined
+  readonly inProcess: InProcessSide
+  readonly neuron: NeuronSide
+  readonly measured: ReadonlyMap<string, Measured>
+  readonly order: ReadonlyArray<string>
+  readonly wallSeconds: number
+}
+
+const report = (c: Context) => {
+  const sides = ["llama-server", "in-process", "neuron"] as const
+  const fig = new Map(sides.map((s) => [s, c.measured.has(s) ? figures(c.measured.get(s)!) : undefined]))
+  const tok = new Map(sides.map((s) => [s, c.measured.has(s) ? tokens(c.measured.get(s)!) : undefined]))
+  const n = fig.get("neuron")!
+  const row = (
+    label: string,
+    pick: (f: Figures) => Summary,
+    digits = 1
+  ) => {
+    const cells = sides.map((s) => fig.get(s) === undefined ? "skipped" : fmt(pick(fig.get(s)!), digits))
+    const r1 = ratio(pick(n), fig.get("llama-server") && pick(fig.get("llama-server")!))
+    const r2 = ratio(pick(n), fig.get("in-process") && pick(fig.get("in-process")!))
+    return [label, ...cells, r1 === undefined ? "–" : r1.toFixed(3), r2 === undefined ? "–" : r2.toFixed(3)]
+  }
+  const perSide = (f: (t: ReturnType<typeof tokens>) => string) =>
+    sides.map((s) => `${s} ${tok.get(s) ? f(tok.get(s)!) : "–"}`).join(", ")
+  const ls = c.llamaServer._tag === "ok" ? c.llamaServer.binary : undefined
+  const rows = [
+    ["metric: median (min–max)", "llama-server", "in-process", "neuron", "neuron/llama-server", "neuron/in-process"],
+    row(`decode tok/s, ${SETTINGS.decodeTokens} tok (higher is better)`, (f) => f.decode),
+    row(`prefill tok/s, ~${SETTINGS.prefillWords}-token prompt (higher)`, (f) => f.prefill),
+    row("TTFT ms, short prompt (lower)", (f) => f.ttft),
+    row(`TTFT ms, 1st turn, ~${SETTINGS.historyWords}-token history (lower)`, (f) => f.turn1),
+    row("TTFT ms, 2nd turn sharing it (lower)", (f) => f.turn2),
+    row("  2nd turn TTFT as % of 1st (target ≤ 15)", (f) => f.turn2Fraction),
+    row(`aggregate tok/s, ${SETTINGS.slots} streams × ${SETTINGS.decodeTokens} tok (higher)`, (f) => f.concurrent),
+    row("load ms (lower)", (f) => f.load, 0)
   ]
-  const cached = {
-    direct: [...direct.decode, ...direct.prefill, ...direct.ttft].map((s) => s.cachedTokens),
-    directSharedPrefix: direct.ttftShared.map((s) => s.cachedTokens),
-    neuron: [...neuron.decode, ...neuron.prefill, ...neuron.ttft].map((s) => s.cachedTokens)
-  }
   const cpu = cpuInfo()
   const loadText = (l: ReadonlyArray<number>) => l.map((x) => x.toFixed(2)).join(" ")
-
+  const loadAfter = os.loadavg()
   console.log("")
   console.log(
-    `machine:  ${cpu.model}, ${cpu.logicalCores} logical cores, ${cpu.totalMemMb} MB RAM, node ${process.version}, `
-      + `load average ${loadText(load.before)} before, ${loadText(os.loadavg())} after`
+    `machine:  ${cpu.model}, ${cpu.logicalCores} logical cores, ${cpu.totalMemMb} MB RAM, node ${process.version}; `
+      + `load average ${loadText(c.loadBefore)} before, ${
+        loadText(loadAfter)
+      } after (shared machine: figures are indicative)`
   )
   console.log(
-    `settings: model ${path.basename(modelPath)}, threads ${SETTINGS.threads}, context ${SETTINGS.contextSize}, `
-      + `batch ${SETTINGS.batchSize}, temperature ${SETTINGS.temperature}, seed ${SETTINGS.seed}, runs ${SETTINGS.runs}, `
-      + `decode ${SETTINGS.decodeTokens} tok, gpu off, neuron max_in_flight 1, chat completions streamed over SSE`
+    `settings: model ${
+      path.basename(c.modelPath)
+    }, threads ${SETTINGS.threads}, context ${SETTINGS.contextSize} per sequence, `
+      + `${SETTINGS.slots} slots/sequences per side, batch ${SETTINGS.batchSize}, temperature ${SETTINGS.temperature}, `
+      + `seed ${SETTINGS.seed}, repeats ${SETTINGS.repeats} (order rotated: ${c.order.join(", ")}), gpu off, `
+      + `flash attention off; HTTP sides on /v1/chat/completions streamed over SSE`
   )
   console.log(
-    `cached prompt tokens per request (decode, prefill, ttft runs): direct [${cached.direct.join(",")}], `
-      + `neuron [${cached.neuron.join(",")}]`
+    ls
+      ? `llama-server: ${ls.version}, llama.cpp ${ls.commit.slice(0, 12)}, ${
+        ls.cached ? "cached" : `built in ${ls.buildSeconds} s`
+      }, CPU variant ${ls.variant}; ${ls.cmakeFlags.join(" ")}`
+      : `llama-server: skipped (${c.llamaServer._tag === "skip" ? c.llamaServer.reason : ""})`
+  )
+  if (c.llamaServerSide) {
+    const i = c.llamaServerSide.info
+    console.log(`llama-server slots: n_ctx_slot ${i.nCtxSlot ?? "?"}, kv_unified ${i.kvUnified ?? "?"}`)
+  }
+  const compilers = {
+    llamaServer: ls ? llamaServerCompiler(ls.path) ?? "unknown" : null,
+    prebuilt: prebuiltCompiler(ROOT) ?? "unknown"
+  }
+  console.log(`compilers: llama-server ${compilers.llamaServer ?? "–"}; node-llama-cpp prebuilt ${compilers.prebuilt}`)
+  // The prebuilt loads one CPU variant at run time: its features here show which (llama-server's are the -DGGML_ flags above).
+  console.log(`in-process (prebuilt node-llama-cpp) system_info: ${c.inProcess.systemInfo.trim()}`)
+  console.log(
+    `load: llama-server = spawn → /health 200; in-process = loadModel + createContext; neuron = POST /models/load `
+      + `after /models/unload. Neuron spawn → model loaded (once): ${c.neuron.startupMs.toFixed(0)} ms`
+  )
+  console.log(`tokens per request, as each side counts them (prompt / completion / cached):`)
+  console.log(
+    `  decode prompt: ${perSide((t) => distinct(t.decode.prompt))}; completion: ${
+      perSide((t) => distinct(t.decode.completion))
+    }`
   )
   console.log(
-    `neuron queue_ms median ${srv.queueMs.median}; neuron startup (spawn → model loaded) `
-      + `${(startupMs / 1000).toFixed(1)} s, not part of any figure`
+    `  prefill prompt: ${perSide((t) => distinct(t.prefill.prompt))}; cached: ${
+      perSide((t) => distinct(t.prefill.cached))
+    }`
   )
+  console.log(
+    `  ttft prompt: ${perSide((t) => distinct(t.ttft.prompt))}; cached: ${perSide((t) => distinct(t.ttft.cached))}`
+  )
+  console.log(
+    `  1st turn prompt: ${perSide((t) => distinct(t.turn1.prompt))}; completion: ${
+      perSide((t) => distinct(t.turn1.completion))
+    }`
+  )
+  console.log(
+    `  2nd turn prompt: ${perSide((t) => distinct(t.turn2.prompt))}; cached: ${
+      perSide((t) => distinct(t.turn2.cached))
+    }`
+  )
+  console.log(`  concurrent completion (all streams): ${perSide((t) => distinct(t.concurrent.completion))}`)
+  console.log(`wall time ${c.wallSeconds.toFixed(0)} s`)
   console.log("")
   console.log(table(rows))
   console.log("")
+  const json = (f: Figures | undefined) =>
+    f && {
+      decodeTokPerS: f.decode,
+      prefillTokPerS: f.prefill,
+      ttftShortMs: f.ttft,
+      ttftTurn1Ms: f.turn1,
+      ttftTurn2Ms: f.turn2,
+      turn2PercentOfTurn1: f.turn2Fraction,
+      concurrentTokPerS: f.concurrent,
+      loadMs: f.load
+    }
+  const ratios = (other: "llama-server" | "in-process") => {
+    const o = fig.get(other)
+    if (!o) return null
+    return {
+      decode: ratio(n.decode, o.decode),
+      prefill: ratio(n.prefill, o.prefill),
+      ttftShort: ratio(n.ttft, o.ttft),
+      ttftTurn2: ratio(n.turn2, o.turn2),
+      concurrent: ratio(n.concurrent, o.concurrent),
+      load: ratio(n.load, o.load)
+    }
+  }
+  const serverTimings = (s: (typeof sides)[number]) => c.measured.get(s)?.decode.map((x) => x.server ?? null) ?? null
   console.log(JSON.stringify({
     bench: "neuron",
-    machine: { ...cpu, loadavgBefore: load.before.map(round), loadavgAfter: os.loadavg().map(round) },
-    settings: { ...SETTINGS, model: path.basename(modelPath), gpu: false },
-    direct: {
-      decodeTokPerS: d.decode,
-      prefillTokPerS: d.prefill,
-      prefillTtftMs: d.prefillTtft,
-      ttftMs: d.ttft,
-      ttftSharedPrefixMs: d.ttftShared
-    },
-    neuronClient: { decodeTokPerS: n.decode, prefillTokPerS: n.prefill, prefillTtftMs: n.prefillTtft, ttftMs: n.ttft },
-    neuronServer: {
-      decodeTokPerS: srv.decode,
-      prefillTokPerS: srv.prefill,
-      prefillTtftMs: srv.prefillTtft,
-      ttftMs: srv.ttft,
-      queueMs: srv.queueMs
-    },
-    ratio: {
-      decode: ratio(d.decode, n.decode),
-      prefill: ratio(d.prefill, n.prefill),
-      ttft: ratio(d.ttft, n.ttft),
-      ttftOverheadMs: overhead(d.ttft, n.ttft),
-      ttftSharedPrefix: ratio(d.ttftShared, n.ttft),
-      ttftSharedPrefixOverheadMs: overhead(d.ttftShared, n.ttft)
-    },
-    tokens: {
-      decodeCompletion: direct.decode.map((s) => s.completionTokens),
-      prefillPrompt: direct.prefill.map((s) => s.promptTokens),
-      ttftPrompt: direct.ttft.map((s) => s.promptTokens)
-    },
-    cachedTokens: cached,
-    neuronStartupMs: Math.round(startupMs)
+    machine: { ...cpu, loadavgBefore: c.loadBefore.map((x) => round(x)), loadavgAfter: loadAfter.map((x) => round(x)) },
+    settings: { ...SETTINGS, model: path.basename(c.modelPath), gpu: false, flashAttention: false, order: c.order },
+    llamaServer: ls
+      ? {
+        version: ls.version,
+        commit: ls.commit,
+        variant: ls.variant,
+        cmakeFlags: ls.cmakeFlags,
+        buildSeconds: ls.buildSeconds,
+        ...c.llamaServerSide?.info
+      }
+      : { skipped: c.llamaServer._tag === "skip" ? c.llamaServer.reason : "" },
+    compilers,
+    sides: Object.fromEntries(sides.map((s) => [s, json(fig.get(s)) ?? null])),
+    ratios: { neuronOverLlamaServer: ratios("llama-server"), neuronOverInProcess: ratios("in-process") },
+    tokens: Object.fromEntries(sides.map((s) => [s, tok.get(s) ?? null])),
+    loadDetail: Object.fromEntries(sides.map((s) => [s, c.measured.get(s)?.load.map((l) => l.detail ?? null) ?? null])),
+    decodeServerTimings: { "llama-server": serverTimings("llama-server"), neuron: serverTimings("neuron") },
+    neuronStartupMs: Math.round(c.neuron.startupMs),
+    wallSeconds: Math.round(c.wallSeconds)
   }))
-}
-
-interface Load {
-  readonly before: ReadonlyArray<number>
 }
 
 // ---------------------------------------------------------------------------------------------
 // Main
 
 let tempDir: string | undefined
+const running: Array<Side> = []
 
 const cleanup = async () => {
-  if (active) await active.stop(3000)
+  for (const side of running.splice(0)) await side.stop().catch(() => {})
   if (tempDir) await rm(tempDir, { recursive: true, force: true })
 }
-
-for (const signal of ["SIGINT", "SIGTERM"] as const) {
-  process.once(signal, () => {
-    log(`${signal}: stopping`)
-    // Kill synchronously first so nothing is left behind even if the async cleanup is cut short.
-    active?.child.kill("SIGKILL")
-    void cleanup().finally(() => process.exit(130))
-  })
-}
-process.once("exit", () => {
-  if (active?.alive) active.child.kill("SIGKILL")
-})
-
-/**
- * The direct side in a child process of its own session (setsid), as the neuron's device worker
- * runs: on a host that schedules CPU per session (autogroups), node-llama-cpp inside this
- * process would compete on other terms than the worker does, which flattered the neuron.
- */
-const runDirectApart = (modelPath: string): Promise<SideResult> =>
-  new Promise((resolve, reject) => {
-    const argv = process.argv.slice(1).filter((a) => a !== "--model" && !a.endsWith(".gguf"))
-    const child = spawn(process.execPath, [...process.execArgv, ...argv, "--direct-only", "--model", modelPath], {
-      cwd: ROOT,
-      detached: true,
-      stdio: ["ignore", "pipe", "inherit"]
-    })
-    let out = ""
-    child.stdout.on("data", (d) => (out += d))
-    child.once("error", reject)
-    child.once("exit", (code) => {
-      if (code !== 0) return reject(new Error(`the direct side exited with ${code}`))
-      try {
-        resolve(JSON.parse(out.trim().split("\n").at(-1)!) as SideResult)
-      } catch (e) {
-        reject(e)
-      }
-    })
-  })
+stopChildrenOnExit(cleanup)
 
 const main = async () => {
-  if (parsed.values["direct-only"]) {
-    console.log(JSON.stringify(await runDirect(args.model!)))
-    return
-  }
   let modelPath: string
-  if (args.model !== undefined) {
-    modelPath = path.resolve(args.model)
+  if (values.model !== undefined) {
+    modelPath = path.resolve(values.model)
     if (!existsSync(modelPath)) throw new Error(`--model ${modelPath} does not exist`)
     if (!modelPath.endsWith(".gguf")) throw new Error(`--model must name a .gguf file`)
   } else {
@@ -713,15 +434,62 @@ const main = async () => {
     const { bytes } = await writeModel(modelPath, { shape: "bench" })
     log(`generated ${modelPath} (${(bytes / 1e6).toFixed(1)} MB) in ${((performance.now() - t0) / 1000).toFixed(1)} s`)
   }
-  const load: Load = { before: os.loadavg() }
-  const modelId = path.basename(modelPath, ".gguf")
-  const modelsDir = path.dirname(modelPath)
 
-  log(`direct node-llama-cpp: ${SETTINGS.runs} runs (in its own session, as the neuron's worker is)`)
-  const direct = await runDirectApart(modelPath)
-  log(`neuron over HTTP: ${SETTINGS.runs} runs`)
-  const { result: neuron, startupMs } = await runNeuron(modelsDir, modelId)
-  report(direct, neuron, modelPath, startupMs, load)
+  const llamaServer: LlamaServerResolution = values["no-llama-server"]
+    ? { _tag: "skip", reason: "--no-llama-server" }
+    : values["llama-server"] !== undefined
+    ? await givenLlamaServer(path.resolve(values["llama-server"]))
+    : await buildLlamaServer(ROOT, log, SETTINGS.buildJobs)
+  if (llamaServer._tag === "skip") log(`llama-server column skipped: ${llamaServer.reason}`)
+
+  const loadBefore = os.loadavg()
+  const started = performance.now()
+  const modelId = path.basename(modelPath, ".gguf")
+  const settings: SideSettings = {
+    modelPath,
+    threads: SETTINGS.threads,
+    contextSize: SETTINGS.contextSize,
+    batchSize: SETTINGS.batchSize,
+    slots: SETTINGS.slots,
+    temperature: SETTINGS.temperature,
+    seed: SETTINGS.seed,
+    verbose: values.verbose
+  }
+  const inProcess = new InProcessSide(settings)
+  const neuron = new NeuronSide(modelId, settings)
+  const llamaServerSide = llamaServer._tag === "ok" ? new LlamaServerSide(llamaServer.binary.path, settings) : undefined
+  running.push(inProcess, neuron, ...(llamaServerSide ? [llamaServerSide] : []))
+
+  log("starting the in-process child and the neuron (each in its own session)")
+  await inProcess.start()
+  await neuron.start()
+  log(`neuron spawn → ${modelId} loaded: ${neuron.startupMs.toFixed(0)} ms`)
+
+  const sides: ReadonlyArray<Side> = [...(llamaServerSide ? [llamaServerSide] : []), inProcess, neuron]
+  const measured = new Map(sides.map((s) => [s.name, emptyMeasured()]))
+  for (let r = 1; r <= SETTINGS.repeats; r++) {
+    // Rotate the order each repeat, so load drift lands on every side alike.
+    const order = sides.map((_, i) => sides[(i + r - 1) % sides.length]!)
+    log(`repeat ${r}/${SETTINGS.repeats}: order ${order.map((s) => s.name).join(", ")}`)
+    for (const [name, step] of STEPS) {
+      for (const side of order) {
+        const line = await step(side, measured.get(side.name)!, r)
+        log(`  ${name.padEnd(10)} ${side.name.padEnd(12)} ${line}`)
+      }
+    }
+  }
+  const wallSeconds = (performance.now() - started) / 1000
+  report({
+    modelPath,
+    loadBefore,
+    llamaServer,
+    llamaServerSide,
+    inProcess,
+    neuron,
+    measured,
+    order: sides.map((s) => s.name),
+    wallSeconds
+  })
 }
 
 try {
