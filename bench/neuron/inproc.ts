@@ -69,7 +69,7 @@ const load = async (): Promise<LoadSample> => {
   const started = performance.now()
   const model = await llama.loadModel({ modelPath, gpuLayers: 0 })
   const modelMs = performance.now() - started
-  const context = await model.createContext({ contextSize, sequences, batchSize, threads, flashAttention: false })
+  const context = await model.createContext({ contextSize, sequences, batchSize, threads, flashAttention: "auto" })
   const ms = performance.now() - started
   const slots = Array.from({ length: sequences }, () => {
     const sequence = context.getSequence()

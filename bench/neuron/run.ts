@@ -307,7 +307,7 @@ const report = (c: Context) => {
     }, threads ${SETTINGS.threads}, context ${SETTINGS.contextSize} per sequence, `
       + `${SETTINGS.slots} slots/sequences per side, batch ${SETTINGS.batchSize}, temperature ${SETTINGS.temperature}, `
       + `seed ${SETTINGS.seed}, repeats ${SETTINGS.repeats} (order rotated: ${c.order.join(", ")}), gpu off, `
-      + `flash attention off; HTTP sides on /v1/chat/completions streamed over SSE`
+      + `flash attention auto (node-llama-cpp's default, which the neuron uses); HTTP sides on /v1/chat/completions streamed over SSE`
   )
   console.log(
     ls
@@ -387,7 +387,7 @@ const report = (c: Context) => {
   console.log(JSON.stringify({
     bench: "neuron",
     machine: { ...cpu, loadavgBefore: c.loadBefore.map((x) => round(x)), loadavgAfter: loadAfter.map((x) => round(x)) },
-    settings: { ...SETTINGS, model: path.basename(c.modelPath), gpu: false, flashAttention: false, order: c.order },
+    settings: { ...SETTINGS, model: path.basename(c.modelPath), gpu: false, flashAttention: "auto", order: c.order },
     llamaServer: ls
       ? {
         version: ls.version,

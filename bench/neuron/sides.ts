@@ -162,9 +162,10 @@ export class LlamaServerSide implements Side {
       String(s.batchSize),
       "--ubatch-size",
       String(s.batchSize),
-      // node-llama-cpp's contexts default to flash attention off.
+      // node-llama-cpp's contexts (the neuron's and the in-process side's) default to "auto",
+      // which turns flash attention on for this CPU backend: the same here.
       "--flash-attn",
-      "off",
+      "auto",
       "--jinja",
       "--no-webui",
       "--seed",

@@ -701,6 +701,9 @@ export class Engine implements WorkerEngine {
     if (sequence.nextTokenIndex > cached) {
       await sequence.eraseContextTokenRanges([{ start: cached, end: sequence.nextTokenIndex }])
     }
+    // What fits one window is left to the generation's own first evaluation: one decode for the
+    // rest of the prompt and its logits, not a prefill decode and then one for the last token.
+    if (prompt.length - cached <= window) return !signal.aborted
     for (let at = cached; at < prompt.length - 1; at += window) {
       if (signal.aborted) return false
       await sequence.evaluateWithoutGeneratingNewTokens(prompt.slice(at, Math.min(at + window, prompt.length - 1)))
