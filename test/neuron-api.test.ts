@@ -412,5 +412,7 @@ describe("model lifecycle API", () => {
     expect(body.devices[0].total_mb).toBeGreaterThan(0)
     expect(body.engine.name).toBe("node-llama-cpp")
     expect(body.engine.version).toBe("3.21.1")
+    // Which llama.cpp binary the worker loaded: the prebuilt one, or a source build on this host.
+    expect(["prebuilt", "local"]).toContain(body.engine.binary)
   })
 })

@@ -183,6 +183,8 @@ export const NeuronDiscovery = Schema.Struct({
   engine: Schema.NullOr(Schema.Struct({
     name: Schema.String,
     version: Schema.String,
+    /** "prebuilt" (the package's llama.cpp binary) or "local" (compiled on this host). */
+    binary: opt(Schema.String),
     gpu: Schema.Union(Schema.String, Schema.Boolean),
     gpu_names: opt(Schema.Array(Schema.String))
   })),

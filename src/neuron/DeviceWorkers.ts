@@ -37,7 +37,7 @@ export class DeviceWorkers extends Effect.Service<DeviceWorkers>()("cortex/Devic
       yield* Effect.logInfo(
         `worker ${worker.id} ready (pid ${worker.pid}, ${group.map((d) => d.name).join(", ")}${
           group.length > 1 ? `, CUDA_VISIBLE_DEVICES=${group.map((d) => d.index).join(",")}` : ""
-        })`
+        }${worker.info?.binary ? `, ${worker.info.binary} llama.cpp binary` : ""})`
       )
     }
 

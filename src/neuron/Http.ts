@@ -152,7 +152,13 @@ export const makeRouter = Effect.gen(function*() {
         host: hostInfo(),
         neuron: { version: VERSION, port: config.port, models_dir: config.modelsDir, threads: config.threads },
         engine: engine
-          ? { name: engine.engine, version: engine.version, gpu: engine.memory.gpu, gpu_names: engine.memory.gpuNames }
+          ? {
+            name: engine.engine,
+            version: engine.version,
+            ...(engine.binary ? { binary: engine.binary } : {}),
+            gpu: engine.memory.gpu,
+            gpu_names: engine.memory.gpuNames
+          }
           : null,
         memory_budget_mb: config.memoryBudgetMb ?? null,
         devices: models.deviceViews().map((d) => ({

@@ -186,7 +186,12 @@ export class Engine implements WorkerEngine {
   }
 
   async info(): Promise<EngineInfo> {
-    return { engine: "node-llama-cpp", version: (await getModuleVersion()) ?? "unknown", memory: await this.memory() }
+    return {
+      engine: "node-llama-cpp",
+      version: (await getModuleVersion()) ?? "unknown",
+      binary: this.llama.buildType === "localBuild" ? "local" : "prebuilt",
+      memory: await this.memory()
+    }
   }
 
   async memory(): Promise<MemoryState> {

@@ -279,6 +279,11 @@ export type MemoryState = typeof MemoryState.Type
 export const EngineInfo = Schema.Struct({
   engine: Schema.String,
   version: Schema.String,
+  /**
+   * Which llama.cpp binary the engine loaded: the package's prebuilt one, or one an operator
+   * compiled on this host (`npx --no node-llama-cpp source build`), which node-llama-cpp prefers.
+   */
+  binary: Schema.optionalWith(Schema.Literal("prebuilt", "local"), { exact: true }),
   memory: MemoryState
 })
 export type EngineInfo = typeof EngineInfo.Type
