@@ -2,7 +2,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
-import { loadNeuronConfig } from "../src/neuron/NeuronConfig.js"
+import { DEFAULT_STREAM_COALESCE_MS, loadNeuronConfig } from "../src/neuron/NeuronConfig.js"
 
 const root = fileURLToPath(new URL("../", import.meta.url))
 
@@ -13,6 +13,7 @@ describe("shipped example configuration", () => {
       expect(settings.port).toBe(13131)
       expect(settings.modelsDir).toBe(path.join(root, "models"))
       expect(settings.prefillChunkTokens).toBe(512)
+      expect(settings.streamCoalesceMs).toBe(DEFAULT_STREAM_COALESCE_MS)
       expect(settings.maxInFlight).toBe(2)
       expect(settings.defaultModels).toEqual([])
       expect(settings.apiToken).toBeUndefined()
