@@ -3,7 +3,8 @@
  * frames through a plain `SseWriter` into a Node stream the server pipes to the socket (the
  * per-token path: no Effect, no Schema, one `JSON.stringify` per chunk). A failure before the
  * generation started, within the head start, is a plain HTTP error; after the headers went out it
- * is an in-band error event (never `[DONE]`). Keep-alives go out every second; a client hanging up takes the generation down.
+ * is an in-band error event (never `[DONE]`). Keep-alives go out every second; a client hanging up
+ * takes the generation down.
  */
 import { HttpServerResponse } from "@effect/platform"
 import { Cause, Deferred, Effect, Exit, Fiber, Option } from "effect"
@@ -97,6 +98,8 @@ export const sseResponse = <R>(
       yield* Fiber.interrupt(fiber)
       return errorResponse(head.left as ApiError, requestId)
     }
+    // Still prefilling after the head start: the headers go out now, with a keep-alive to carry them.
+    if (head._tag === "Left") push(KEEPALIVE)
     return HttpServerResponse.raw(body, {
       contentType: "text/event-stream",
       headers: { "cache-control": "no-cache", "x-accel-buffering": "no", connection: "keep-alive" }
