@@ -18,6 +18,7 @@ import { imageTokens, type ProjectorSpec, writeProjector } from "../../src/gguf/
 import { binding } from "../../src/neuron/worker/llama-node.js"
 import { dataUrl, png } from "../../test/fixtures/images.js"
 import { BenchChild, freePort, log, parseCli, sleep, stopChildrenOnExit } from "../lib.js"
+import { sseEvents } from "./common.js"
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..")
 
@@ -160,20 +161,11 @@ const throughNeuron = async (modelsDir: string): Promise<Array<Sample>> => {
       })
       let first: number | undefined
       let promptTokens = 0
-      const decoder = new TextDecoder()
-      const reader = res.body!.getReader()
-      let buffer = ""
-      for (;;) {
-        const { done, value } = await reader.read()
-        if (done) break
-        buffer += decoder.decode(value, { stream: true })
-        for (const line of buffer.split("\n")) {
-          if (!line.startsWith("data: {")) continue
-          const chunk = JSON.parse(line.slice(6))
-          if (first === undefined && chunk.choices?.[0]?.delta?.content) first = performance.now()
-          if (chunk.usage) promptTokens = chunk.usage.prompt_tokens
-        }
-        buffer = buffer.slice(buffer.lastIndexOf("\n") + 1)
+      for await (const data of sseEvents(res.body!)) {
+        if (!data.startsWith("{")) continue
+        const chunk = JSON.parse(data)
+        if (first === undefined && chunk.choices?.[0]?.delta?.content) first = performance.now()
+        if (chunk.usage) promptTokens = chunk.usage.prompt_tokens
       }
       samples.push({ ttftMs: (first ?? performance.now()) - started, promptTokens })
     }

@@ -6,7 +6,7 @@
 import { Schema } from "effect"
 import { coalescer } from "./coalesce.js"
 import { isWorkerEngineKind, type WorkerEngine } from "./harness.js"
-import { type FromWorker, ToWorker, WorkerError, type WorkerFailure } from "./protocol.js"
+import { type FromWorker, type GenerationResult, ToWorker, WorkerError, type WorkerFailure } from "./protocol.js"
 
 const send = (message: FromWorker) => {
   process.send?.(message)
@@ -57,8 +57,9 @@ const handle = async (message: ToWorker): Promise<void> => {
       const controller = new AbortController()
       running.set(message.id, controller)
       const pieces = message.stream ? coalescer(message.id, message.coalesceMs ?? 0, send) : undefined
+      let result: GenerationResult
       try {
-        const result = await engine.generate(
+        result = await engine.generate(
           message.model,
           message.job,
           message.params,
@@ -72,13 +73,12 @@ const handle = async (message: ToWorker): Promise<void> => {
           message.choices,
           message.parallel
         )
-        pieces?.flush()
-        return send({ _tag: "result", id: message.id, value: result })
       } finally {
-        // A failed job's pieces go out before its failure (sent by the caller).
+        // What is held goes out before the result, or before the failure the caller sends.
         pieces?.flush()
         running.delete(message.id)
       }
+      return send({ _tag: "result", id: message.id, value: result })
     }
     case "embed":
       return send({ _tag: "result", id: message.id, value: await engine.embed(message.model, message.inputs) })
